@@ -1,0 +1,29 @@
+"""gunicorn settings for the chat app: `gunicorn wsgi:app` picks this file up from the working directory.
+
+A chat turn spends seconds to minutes waiting on the model, doing no work. gunicorn's default `sync`
+worker would hold one such turn per process, so 2 cores would serve a handful of users. The `gthread`
+worker gives each process a pool of threads; a waiting turn costs one mostly idle thread (the GIL is
+released while it waits on the socket). Threads rather than gevent: no monkey-patching, `requests` and
+the file locks behave as written, and the streaming reader threads are ordinary threads.
+
+Every value can be overridden with the usual GUNICORN_CMD_ARGS or the environment variables below.
+"""
+
+import os
+
+bind = os.environ.get("BIND", "127.0.0.1:8000")
+worker_class = "gthread"
+# One process per core; all of them share the conversation store and its locks.
+workers = int(os.environ.get("WEB_CONCURRENCY", os.cpu_count() or 2))
+# Turns in flight per process. 2 workers x 256 = 512 concurrent turns by default; threads start lazily,
+# so an idle pool costs nothing.
+threads = int(os.environ.get("GUNICORN_THREADS", 256))
+# The gthread worker heartbeats from its main loop, so a long turn does not trip `timeout`;
+# it only catches a stuck process.
+timeout = 60
+# On restart or shutdown, give in-flight turns this long to finish and be stored before workers are killed.
+graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", 120))
+keepalive = 5
+accesslog = "-"
+# The query string never holds secrets here, but keep the log to method, path, status and time.
+access_log_format = '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(M)sms'

@@ -1,0 +1,83 @@
+"""Fixtures: the fake OpenRouter (real HTTP on loopback), an app wired to it, and helpers to read pages."""
+
+import os
+import re
+import sys
+from html import unescape
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from tests.fake_openrouter import FakeOpenRouter  # noqa: E402
+from webapp import create_app  # noqa: E402
+
+API_KEY = "sk-or-v1-test-0123456789abcdef"
+
+
+@pytest.fixture(scope="session")
+def fake_server():
+    with FakeOpenRouter(api_key=API_KEY) as server:
+        yield server
+
+
+@pytest.fixture
+def fake(fake_server, request):
+    """The fake upstream, reset for this test. Afterwards it checks that the app never sent a request
+    the real API would reject (tests about rejections opt out with @pytest.mark.rejections_expected)."""
+    fake_server.reset()
+    yield fake_server
+    if not request.node.get_closest_marker("rejections_expected"):
+        assert fake_server.rejections == []
+
+
+def app_config(fake, tmp_path, **overrides):
+    config = {
+        "OPENROUTER_API_KEY": fake.api_key,
+        "OPENROUTER_BASE_URL": fake.base_url,
+        "SESSION_DIR": str(tmp_path / "sessions"),
+        "SECRET_KEY": "test-secret",
+        "OPENROUTER_READ_TIMEOUT": 5.0,
+        "TESTING": True,
+    }
+    config.update(overrides)
+    return config
+
+
+@pytest.fixture
+def make_app(fake, tmp_path):
+    """Build an app on the fake; call again with the same tmp_path to 'restart' it."""
+
+    def make(**overrides):
+        return create_app(app_config(fake, tmp_path, **overrides), env={})
+
+    return make
+
+
+@pytest.fixture
+def app(make_app):
+    return make_app()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+def messages(html):
+    """The (role, text) pairs a user sees, read from the stable `data-role` hooks."""
+    found = re.findall(r'data-role="(user|assistant)">(.*?)</div>', html, re.S)
+    return [(role, unescape(text)) for role, text in found]
+
+
+def textarea(html):
+    match = re.search(r'<textarea[^>]*name="message"[^>]*>(.*?)</textarea>', html, re.S)
+    return unescape(match.group(1)) if match else None
+
+
+def alert(html):
+    match = re.search(r'role="alert"[^>]*>(.*?)</p>', html, re.S)
+    return unescape(re.sub(r"<[^>]+>", "", match.group(1))).strip() if match else None
+
+

@@ -1,0 +1,73 @@
+"""The conversation store: per-conversation locks across threads and processes, no pruning, recovery."""
+
+import multiprocessing
+import threading
+import time
+
+from cachelib.file import FileSystemCache
+
+from webapp import conversation, turns
+from webapp.store import FileBackend, Store
+
+
+def file_store(path, ttl=3600):
+    return Store(FileBackend(FileSystemCache(str(path), threshold=0), str(path / "locks")), ttl)
+
+
+def _append_many(path, who, n):
+    store = file_store(path)
+    for i in range(n):
+        with store.update("c") as conv:
+            conv["items"].append(conversation.user_item(f"{who}-{i}"))
+            conv["meta"].append({})
+
+
+def test_concurrent_updates_from_threads_lose_nothing(tmp_path):
+    workers = [threading.Thread(target=_append_many, args=(tmp_path, f"t{k}", 25)) for k in range(4)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert len(file_store(tmp_path).load("c")["items"]) == 100
+
+
+def test_concurrent_updates_from_processes_lose_nothing(tmp_path):
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_append_many, args=(tmp_path, f"p{k}", 25)) for k in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+    assert len(file_store(tmp_path).load("c")["items"]) == 75
+
+
+def test_the_file_store_never_prunes_other_conversations(tmp_path):
+    store = file_store(tmp_path)
+    for i in range(600):  # more than cachelib's usual 500-entry threshold
+        store.save(f"c{i}", conversation.new())
+    assert all(file_store(tmp_path).backend.get(f"conv:c{i}") for i in range(600))
+
+
+def test_a_second_turn_waits_for_the_first_then_is_refused(tmp_path):
+    store = file_store(tmp_path)
+    turns.begin(store, "c", "first", stale_after=60)
+    started = time.monotonic()
+    try:
+        turns.begin(store, "c", "second", stale_after=60, wait=0.3)
+    except turns.Busy:
+        pass
+    else:
+        raise AssertionError("a second turn started while the first was pending")
+    assert time.monotonic() - started >= 0.3
+
+
+def test_a_dead_pending_turn_is_recovered_with_the_users_text_kept(tmp_path):
+    store = file_store(tmp_path)
+    turns.begin(store, "c", "orphaned question", stale_after=60)
+    with store.update("c") as conv:
+        conv["pending"]["beat"] -= 120  # its worker died two minutes ago
+    conv = turns.current(store, "c", stale_after=60)
+    assert conv["pending"] is None
+    assert conv["failed"]["text"] == "orphaned question"
+    turn, items = turns.begin(store, "c", "orphaned question", stale_after=60)
+    assert [i["role"] for i in items] == ["user"]

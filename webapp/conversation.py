@@ -1,0 +1,79 @@
+"""A conversation as data: the history as Responses API items, plus what the page needs beside them.
+
+Plain functions on a plain dict (JSON-able, so any store can hold it); no Flask, no HTTP here.
+
+    {"items":   [...],   # exactly what goes upstream as `input`, nothing else inside
+     "meta":    [...],   # one dict per item: time, model, usage, why a reply was cut short
+     "pending": None | {"turn", "text", "started", "beat", "partial", "item_id", "stop"},
+     "failed":  None | {"text", "error"}}
+
+`pending` is the turn being answered right now (at most one per conversation, so turns never
+interleave); `failed` keeps the user's text of a turn that could not be answered, so it is never lost.
+"""
+
+import time
+
+# Why a reply is marked in the page; `incomplete` replies also keep status "incomplete" upstream.
+NOTES = {
+    "max_output_tokens": "The answer was cut off: it reached the output token limit.",
+    "content_filter": "The answer was cut off by the provider's content filter.",
+    "stopped": "Stopped.",
+}
+
+
+def new():
+    return {"items": [], "meta": [], "pending": None, "failed": None}
+
+
+def user_item(text):
+    return {"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}
+
+
+def assistant_item(item_id, status, text):
+    """The assistant item as the API wants it back: the id and status it returned, never invented ones."""
+    if not item_id or not status:
+        raise ValueError("an assistant item needs the id and status the API returned")
+    return {"type": "message", "role": "assistant", "id": item_id, "status": status,
+            "content": [{"type": "output_text", "text": text, "annotations": []}]}
+
+
+def input_items(conv, text):
+    """The `input` to send for a new user turn: the full stored history plus the new message."""
+    return [*conv["items"], user_item(text)]
+
+
+def add_turn(conv, text, item_id, status, reply_text, note=None, **reply_meta):
+    """Append a finished turn (the user's message and the reply) and clear pending/failed state."""
+    now = time.time()
+    conv["items"].append(user_item(text))
+    conv["meta"].append({"at": now})
+    conv["items"].append(assistant_item(item_id, status, reply_text))
+    meta = {"at": now, **{k: v for k, v in reply_meta.items() if v is not None}}
+    if note:
+        meta["note"] = note
+    conv["meta"].append(meta)
+    conv["pending"] = None
+    conv["failed"] = None
+    return conv
+
+
+def fail_turn(conv, text, error):
+    """Record a turn that got no answer: history unchanged, the user's text kept for a retry."""
+    conv["pending"] = None
+    conv["failed"] = {"text": text, "error": error}
+    return conv
+
+
+def item_text(item):
+    return "".join(part.get("text", "") for part in item.get("content") or [])
+
+
+def messages(conv):
+    """What the page shows, in order: role, text and the note under a reply."""
+    shown = []
+    for item, meta in zip(conv["items"], conv["meta"]):
+        note = meta.get("note")
+        shown.append({"role": item["role"], "text": item_text(item),
+                      "status": item.get("status"), "note": NOTES.get(note, note),
+                      "model": meta.get("model")})
+    return shown

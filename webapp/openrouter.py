@@ -1,0 +1,289 @@
+"""The OpenRouter Responses API client: the only module that speaks HTTP upstream.
+
+It builds the request, reads a reply (whole or streamed) and turns every failure into one
+`UpstreamError(kind, message, status)` whose message a user can read. It never logs the API key
+and scrubs it from any text it passes on.
+"""
+
+import json
+import logging
+from dataclasses import dataclass
+
+import requests
+import urllib3
+
+log = logging.getLogger(__name__)
+
+# What a user is told for each kind of failure. `{detail}` is OpenRouter's own message when it sent one.
+MESSAGES = {
+    "no_key": "No OpenRouter API key is configured. The operator must set OPENROUTER_API_KEY "
+    "(in the environment or a .env file) and restart the app.",
+    "bad_request": "OpenRouter rejected the request (400): {detail}",
+    "auth": "OpenRouter did not accept the API key (401). The operator must check OPENROUTER_API_KEY.",
+    "credits": "The OpenRouter account is out of credits (402). Add credits, then retry.",
+    "moderation": "The message was flagged by moderation (403): {detail}",
+    "timeout": "The model took too long to answer. Try again.",
+    "rate_limited": "OpenRouter is rate limiting requests (429). Try again {when}.",
+    "unavailable": "The model provider is unavailable right now ({status}). Try again in a moment.",
+    "connection": "Could not reach OpenRouter. Check the network, then try again.",
+    "bad_response": "OpenRouter sent a reply the app could not read. Try again.",
+    "no_message": "The model finished without an answer. Try again.",
+    "failed": "The model stopped with an error: {detail}",
+    "upstream": "OpenRouter answered with an error ({status}): {detail}",
+    "cut": "The connection to the model was cut before the reply finished. Try again.",
+}
+
+
+class UpstreamError(Exception):
+    """A turn could not be completed. `message` is safe to show a user."""
+
+    def __init__(self, kind, status=None, detail="", retry_after=None):
+        self.kind = kind
+        self.status = status
+        self.retry_after = retry_after
+        when = f"in {retry_after} seconds" if retry_after else "shortly"
+        self.message = MESSAGES[kind].format(
+            detail=detail or "no reason given", status=status, when=when
+        )
+        super().__init__(self.message)
+
+
+def error_for_status(status, detail="", retry_after=None):
+    """Map an HTTP error status from OpenRouter to an `UpstreamError`."""
+    kinds = {400: "bad_request", 401: "auth", 402: "credits", 403: "moderation", 408: "timeout",
+             429: "rate_limited"}
+    if status in kinds:
+        return UpstreamError(kinds[status], status, detail, retry_after)
+    if status >= 500:
+        return UpstreamError("unavailable", status, detail, retry_after)
+    return UpstreamError("upstream", status, detail, retry_after)
+
+
+@dataclass
+class Reply:
+    """The assistant's answer: the message item's own id and status, its text, and usage beside it."""
+
+    item_id: str
+    status: str
+    text: str
+    usage: dict | None = None
+    model: str | None = None
+    incomplete_reason: str | None = None
+
+
+@dataclass
+class StreamState:
+    """What a stream has delivered so far; the caller keeps it, so a failure mid-stream keeps the text."""
+
+    item_id: str | None = None
+    text: str = ""
+    response: object = None  # the open upstream response, while there is one
+
+    def cancel(self):
+        """Unblock a read in progress from another thread (closing alone does not wake a recv)."""
+        if self.response is not None:
+            self.response.raw.shutdown()
+
+
+def sse_data(raw):
+    """Yield each SSE event's `data` (a str) from a urllib3 response, or None for a comment line.
+
+    `read1` returns whatever bytes have arrived, so no event waits for a buffer to fill (requests'
+    `iter_lines` reads 512-byte blocks and holds small events back when the body is not chunked)."""
+    buf, data = b"", []
+    while True:
+        chunk = raw.read1(65536)
+        if not chunk:
+            return
+        buf += chunk
+        *lines, buf = buf.split(b"\n")
+        for line in lines:
+            line = line.rstrip(b"\r")
+            if not line:
+                if data:
+                    yield "\n".join(data)
+                    data = []
+            elif line.startswith(b":"):
+                yield None  # keep-alive comment (": OPENROUTER PROCESSING"): alive, not JSON
+            elif line.startswith(b"data:"):
+                value = line[5:]
+                data.append((value[1:] if value.startswith(b" ") else value).decode("utf-8"))
+            # `event:`, `id:` and `retry:` lines carry nothing this client needs.
+
+
+def _error_detail(body):
+    """OpenRouter's error message from `{"error": {"code", "message"}}` or a flat error event."""
+    if not isinstance(body, dict):
+        return ""
+    err = body.get("error") if isinstance(body.get("error"), dict) else body
+    message = err.get("message")
+    return message if isinstance(message, str) else ""
+
+
+def reply_from_response(body):
+    """Read a non-streamed response object: join the assistant message item(s), skip reasoning."""
+    if not isinstance(body, dict) or not isinstance(body.get("output"), list):
+        raise UpstreamError("bad_response")
+    if body.get("status") == "failed":
+        raise UpstreamError("failed", detail=_error_detail(body))
+    messages = [
+        item for item in body["output"]
+        if isinstance(item, dict) and item.get("type") == "message"
+        and item.get("role", "assistant") == "assistant" and item.get("id")
+    ]
+    if not messages:
+        raise UpstreamError("no_message")
+    text = "".join(
+        part.get("text", "")
+        for item in messages for part in item.get("content") or []
+        if isinstance(part, dict) and part.get("type") == "output_text"
+    )
+    # With several message items the history keeps one item; the last one's id and status stand for it.
+    last = messages[-1]
+    status = last.get("status") or body.get("status") or "completed"
+    if body.get("status") == "incomplete":
+        status = "incomplete"
+    reason = (body.get("incomplete_details") or {}).get("reason") if status == "incomplete" else None
+    return Reply(last["id"], status, text, body.get("usage"), body.get("model"), reason)
+
+
+class Client:
+    """One per process: a pooled `requests.Session`, the key and the request defaults."""
+
+    def __init__(self, api_key, base_url, model, max_output_tokens, connect_timeout=10.0,
+                 read_timeout=300.0, app_url="", app_title=""):
+        self.api_key = api_key
+        self.url = f"{base_url}/responses"
+        self.model = model
+        self.max_output_tokens = max_output_tokens
+        self.timeout = (connect_timeout, read_timeout)
+        self.http = requests.Session()
+        # Concurrent `post` calls on one Session are fine; mutating it is not, so headers are set once here.
+        self.http.headers.update({"Authorization": f"Bearer {api_key}",
+                                  "Content-Type": "application/json"})
+        if app_url:
+            self.http.headers["HTTP-Referer"] = app_url
+        if app_title:
+            self.http.headers["X-OpenRouter-Title"] = app_title
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(config["OPENROUTER_API_KEY"], config["OPENROUTER_BASE_URL"],
+                   config["OPENROUTER_MODEL"], config["MAX_OUTPUT_TOKENS"],
+                   config["OPENROUTER_CONNECT_TIMEOUT"], config["OPENROUTER_READ_TIMEOUT"],
+                   config["OPENROUTER_APP_URL"], config["OPENROUTER_APP_TITLE"])
+
+    def scrub(self, text):
+        """Remove the API key from text that might be shown or logged."""
+        return text.replace(self.api_key, "[redacted]") if self.api_key else text
+
+    def body(self, items, stream=False):
+        return {"model": self.model, "input": items,
+                "max_output_tokens": self.max_output_tokens, "stream": stream}
+
+    def _post(self, items, stream):
+        if not self.api_key:
+            raise UpstreamError("no_key")
+        try:
+            response = self.http.post(self.url, data=json.dumps(self.body(items, stream)),
+                                      timeout=self.timeout, stream=stream,
+                                      headers={"Accept-Encoding": "identity"} if stream else None)
+        except requests.Timeout:
+            raise UpstreamError("timeout") from None
+        except requests.RequestException as exc:
+            log.warning("OpenRouter unreachable: %s", self.scrub(str(exc)))
+            raise UpstreamError("connection") from None
+        if response.status_code != 200:
+            try:
+                detail = _error_detail(response.json())
+            except ValueError:
+                detail = ""
+            finally:
+                response.close()
+            retry = response.headers.get("Retry-After", "")
+            raise error_for_status(response.status_code, self.scrub(detail),
+                                   int(retry) if retry.isdigit() else None)
+        return response
+
+    def respond(self, items):
+        """Send the history, wait for the whole answer, return a `Reply`."""
+        response = self._post(items, stream=False)
+        try:
+            body = response.json()
+        except ValueError:
+            raise UpstreamError("bad_response") from None
+        except requests.RequestException:
+            raise UpstreamError("timeout") from None
+        try:
+            return reply_from_response(body)
+        except UpstreamError as exc:
+            exc.message = self.scrub(exc.message)
+            raise
+
+    def stream(self, items, state):
+        """Send the history with `stream: true` and yield `(kind, value)` events as they arrive:
+        ("alive", None) for keep-alives and other progress, ("delta", text), and last ("done", Reply).
+
+        `state` collects the item id and text so far, so a caller that sees an `UpstreamError` (or
+        stops early: closing this generator closes the upstream connection) still has them."""
+        response = self._post(items, stream=True)
+        state.response = response
+        try:
+            if not response.headers.get("Content-Type", "").startswith("text/event-stream"):
+                # Some failures arrive as a plain JSON body even when a stream was asked for.
+                yield "done", reply_from_response(response.json())
+                return
+            for data in sse_data(response.raw):
+                if data is None:
+                    yield "alive", None
+                    continue
+                if data == "[DONE]":
+                    break
+                try:
+                    event = json.loads(data)
+                except ValueError:
+                    continue  # one unreadable event is not worth failing the reply for
+                kind = event.get("type") if isinstance(event, dict) else None
+                if kind in ("response.output_text.delta", "response.content_part.delta"):
+                    delta = event.get("delta")
+                    if isinstance(delta, str) and delta:
+                        state.text += delta
+                        yield "delta", delta
+                        continue
+                elif kind == "response.output_item.added":
+                    item = event.get("item") or {}
+                    if item.get("type") == "message" and item.get("id"):
+                        state.item_id = item["id"]
+                elif kind in ("response.completed", "response.incomplete", "response.done"):
+                    yield "done", self._final(event.get("response"), state, kind)
+                    return
+                elif kind == "response.failed":
+                    raise UpstreamError("failed", detail=self.scrub(_error_detail(event.get("response"))))
+                elif kind == "error":
+                    raise UpstreamError("failed", detail=self.scrub(_error_detail(event)))
+                yield "alive", None
+            raise UpstreamError("cut")  # ended without a terminal event
+        except ValueError:
+            raise UpstreamError("bad_response") from None
+        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
+            timeout = isinstance(exc, (requests.Timeout, urllib3.exceptions.TimeoutError, TimeoutError))
+            raise UpstreamError("timeout" if timeout else "cut") from None
+        finally:
+            state.response = None
+            response.close()
+
+    @staticmethod
+    def _final(body, state, kind):
+        """The reply from a terminal event: its full response object when it has one, else what the
+        deltas built (the item id came with `output_item.added`)."""
+        try:
+            reply = reply_from_response(body)
+        except UpstreamError:
+            if not state.item_id:
+                raise
+            status = "incomplete" if kind == "response.incomplete" else "completed"
+            details = (body or {}).get("incomplete_details") or {}
+            return Reply(state.item_id, status, state.text, (body or {}).get("usage"),
+                         (body or {}).get("model"), details.get("reason"))
+        state.item_id, state.text = reply.item_id, reply.text
+        return reply

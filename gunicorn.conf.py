@@ -10,6 +10,19 @@ Every value can be overridden with the usual GUNICORN_CMD_ARGS or the environmen
 """
 
 import os
+import sys
+
+from dotenv import load_dotenv
+
+from webapp.settings import SettingsError, from_env
+
+# Check the app's settings once, in the master, so a bad value stops startup with one clear line
+# instead of every worker failing to boot with a traceback.
+load_dotenv(os.path.join(os.getcwd(), ".env"))
+try:
+    from_env()
+except SettingsError as exc:
+    sys.exit(f"Configuration error: {exc}")
 
 bind = os.environ.get("BIND", "127.0.0.1:8000")
 worker_class = "gthread"

@@ -68,7 +68,8 @@ def client(app):
 def messages(html):
     """The (role, text) pairs a user sees, read from the stable `data-role` hooks."""
     found = re.findall(r'data-role="(user|assistant)">(.*?)</div>', html, re.S)
-    return [(role, unescape(text)) for role, text in found]
+    # Assistant replies are rendered markdown: compare the text a reader sees, without the tags.
+    return [(role, unescape(re.sub(r"<[^>]+>", "", text)).strip()) for role, text in found]
 
 
 def textarea(html):
@@ -78,6 +79,7 @@ def textarea(html):
 
 def alert(html):
     match = re.search(r'role="alert"[^>]*>(.*?)</p>', html, re.S)
-    return unescape(re.sub(r"<[^>]+>", "", match.group(1))).strip() if match else None
+    text = unescape(re.sub(r"<[^>]+>", "", match.group(1))).strip() if match else ""
+    return text or None  # the alert element is always there, empty and hidden when all is well
 
 

@@ -21,6 +21,11 @@ NOTES = {
 }
 
 
+def note_text(note):
+    """The sentence shown under a reply for a stored note (a reason code or a sentence)."""
+    return NOTES.get(note, note)
+
+
 def new():
     return {"items": [], "meta": [], "pending": None, "failed": None}
 
@@ -74,6 +79,6 @@ def messages(conv):
     for item, meta in zip(conv["items"], conv["meta"]):
         note = meta.get("note")
         shown.append({"role": item["role"], "text": item_text(item),
-                      "status": item.get("status"), "note": NOTES.get(note, note),
+                      "status": item.get("status"), "note": note_text(note),
                       "model": meta.get("model")})
     return shown

@@ -12,6 +12,7 @@ every worker (and host) sees it; a listener in another process follows the saved
 turn whose worker died (no heartbeat for longer than any read could take) is settled, not left hanging.
 """
 
+import logging
 import secrets
 import threading
 import time
@@ -19,9 +20,12 @@ import time
 from . import conversation
 from .openrouter import StreamState, UpstreamError
 
+log = logging.getLogger(__name__)
+
 INTERRUPTED = "The reply was interrupted before it finished (the server restarted). Send it again."
 STOPPED_EARLY = "Stopped before the model wrote anything."
-FLUSH_EVERY = 0.5  # seconds between saves of a streaming reply's progress (and stop checks)
+FLUSH_EVERY = 0.5  # seconds between saves of a streaming reply's progress
+HEARTBEAT = 2.0  # seconds between "still alive" saves (and stop checks) while the model is silent
 
 
 class Busy(Exception):
@@ -103,12 +107,13 @@ def note_for(reply):
 class Relay:
     """The events of one turn being written in this process; listeners replay them from the start."""
 
-    def __init__(self, turn):
-        self.turn = turn
+    def __init__(self, store, cid, turn):
+        self.store, self.cid, self.turn = store, cid, turn
         self.events = []
         self.finished = False
         self.stop_requested = False
         self.state = StreamState()
+        self.saved = (0.0, None)  # (when, text) of the last progress save
         self._cond = threading.Condition()
 
     def publish(self, kind, data=None, final=False):
@@ -141,6 +146,17 @@ class Relay:
         self.stop_requested = True
         self.state.cancel()
 
+    def save_progress(self, now):
+        """Save the text so far when it changed (at most every FLUSH_EVERY seconds), else a heartbeat
+        every HEARTBEAT seconds; either way learn whether a Stop from another worker arrived."""
+        when, text = self.saved
+        changed = self.state.text != text
+        if now - when < (FLUSH_EVERY if changed else HEARTBEAT) or self.finished:
+            return
+        self.saved = (now, self.state.text)
+        if _flush(self.store, self.cid, self.turn, self.state) != "running":
+            self.stop()  # stopped or settled elsewhere (another worker's Stop, a New chat)
+
 
 LIVE = {}  # turn id -> Relay, for turns running in this process
 _LIVE_LOCK = threading.Lock()
@@ -157,7 +173,6 @@ def execute(store, client, cid, turn, items, relay, stream=True):
     final ("done", {...}) or ("error", {...}) on `relay`."""
     state = relay.state
     events = client.stream(items, state) if stream else _whole(client, items, state)
-    last_flush = 0.0  # the first event saves at once: a reload then shows the turn under way
     outcome = None
     try:
         for kind, value in events:
@@ -166,15 +181,12 @@ def execute(store, client, cid, turn, items, relay, stream=True):
                 ok = _settle(store, cid, turn, lambda conv, pending: _add(
                     conv, pending, reply.item_id, reply.status, reply.text, note=note_for(reply),
                     model=reply.model, usage=reply.usage))
-                outcome = ("done", {"text": reply.text, "note": note_for(reply), "stored": ok})
+                outcome = ("done", {"text": reply.text, "note": conversation.note_text(note_for(reply)),
+                                    "stored": ok})
                 break
             relay.publish(kind, value)
             if relay.stop_requested:
                 break
-            if time.monotonic() - last_flush >= FLUSH_EVERY:
-                last_flush = time.monotonic()
-                if _flush(store, cid, turn, state) != "running":
-                    break  # stopped or settled elsewhere (another worker's Stop, a New chat)
     except UpstreamError as error:
         if not relay.stop_requested:
             outcome = _failed(store, cid, turn, state, error)
@@ -211,14 +223,34 @@ def _stopped(store, cid, turn, state):
     note = "stopped" if state.item_id else STOPPED_EARLY
     _settle(store, cid, turn, lambda conv, pending: _settle_partial(
         conv, pending, state.item_id, state.text, note))
-    return "done", {"text": state.text, "note": conversation.NOTES.get(note, note),
+    return "done", {"text": state.text, "note": conversation.note_text(note),
                     "stopped": True, "kept": bool(state.item_id)}
 
 
-def _register(turn):
-    relay = Relay(turn)
+def _save_progress_forever():
+    """One thread per process saves the progress of every turn running here. Saving from a timer,
+    not from the reading loop, means a reply that pauses mid-sentence still has its last words saved."""
+    while True:
+        time.sleep(FLUSH_EVERY / 2)
+        now = time.monotonic()
+        for relay in list(LIVE.values()):
+            try:
+                relay.save_progress(now)
+            except Exception:  # a store hiccup: the next round tries again
+                log.warning("could not save the progress of turn %s", relay.turn, exc_info=True)
+
+
+_saver = None
+
+
+def _register(store, cid, turn):
+    global _saver
+    relay = Relay(store, cid, turn)
     with _LIVE_LOCK:
         LIVE[turn] = relay
+        if _saver is None or not _saver.is_alive():  # started lazily: after gunicorn's fork
+            _saver = threading.Thread(target=_save_progress_forever, name="progress", daemon=True)
+            _saver.start()
     return relay
 
 
@@ -232,12 +264,12 @@ def _run(store, client, cid, turn, items, relay, stream):
 
 def run(store, client, cid, turn, items):
     """Run a begun turn in this thread with a whole (non-streamed) reply: the JS-off form post."""
-    return _run(store, client, cid, turn, items, _register(turn), stream=False)
+    return _run(store, client, cid, turn, items, _register(store, cid, turn), stream=False)
 
 
 def start(store, client, cid, turn, items):
     """Run a begun turn, streamed, in a background thread that outlives the request; return its Relay."""
-    relay = _register(turn)
+    relay = _register(store, cid, turn)
     # Not a daemon: on a graceful shutdown the interpreter waits for replies still being written.
     threading.Thread(target=_run, args=(store, client, cid, turn, items, relay, True),
                      name=f"turn-{turn}").start()

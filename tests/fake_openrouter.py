@@ -1,0 +1,494 @@
+"""A strict fake of OpenRouter's Responses API: a real HTTP server on loopback that speaks real SSE.
+
+Mocking `requests` would hide exactly the bugs that matter here (buffered streams, keep-alive comments,
+connections closed mid-reply, ids the app made up), so the app talks to this over TCP like it would to
+https://openrouter.ai/api/v1. It validates every request the way the real API would and records why it
+refused one in `rejections`, so a test can assert that the app never sent anything the real API rejects.
+
+    with FakeOpenRouter() as fake:
+        fake.queue(reply("Hello"), error(429, "slow down", retry_after=3))
+        ... point the app at fake.base_url with fake.api_key ...
+
+Behaviours (`reply`, `error`, `raw`, `no_message`, `hang`, `stream_error`) are consumed one per accepted
+POST /responses; with none queued the fake answers with `reply()`.
+"""
+
+import json
+import secrets
+import threading
+import time
+from dataclasses import KW_ONLY, dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+KEEPALIVE = b": OPENROUTER PROCESSING\n\n"
+REASONING_TEXT = "thinking\u2026"
+ROLES = {"user", "assistant", "system", "developer"}
+ITEM_KEYS = {"type", "role", "content", "id", "status"}
+ASSISTANT_STATUSES = {"completed", "incomplete", "in_progress"}
+GONE = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError)
+MODELS = {"data": [
+    {"id": "openai/o4-mini", "name": "OpenAI: o4-mini", "context_length": 200000,
+     "pricing": {"prompt": "0.0000011", "completion": "0.0000044"},
+     "supported_parameters": ["max_tokens", "reasoning"]},
+    {"id": "openai/gpt-4o-mini", "name": "OpenAI: GPT-4o-mini", "context_length": 128000,
+     "pricing": {"prompt": "0.00000015", "completion": "0.0000006"},
+     "supported_parameters": ["max_tokens", "temperature", "top_p"]}]}
+
+
+# --- behaviours: plain data, so a test reads like a script of what upstream will do -----------------
+
+# Each constructor is the dataclass itself (reply = Reply, ...): one place for the defaults.
+@dataclass
+class Reply:
+    """A successful answer; text=None echoes "Reply {n}: {last user text}" so tests can see what was sent."""
+    text: object = None
+    _: KW_ONLY
+    status: str = "completed"
+    reasoning: bool = True
+    chunks: object = None         # the exact deltas; default: the text in ~4-character pieces
+    delay: float = 0.0            # silence before answering (streams: after response.in_progress)
+    chunk_delay: float = 0.0
+    keepalive_every: object = None
+    gate: object = None           # threading.Event holding the stream after its first delta
+    usage: bool = True
+
+
+@dataclass
+class Error:
+    status: int
+    message: str = "Upstream error"
+    _: KW_ONLY
+    code: object = None
+    metadata: object = None
+    retry_after: object = None
+    delay: float = 0.0
+
+
+@dataclass
+class Raw:
+    status: int
+    body: object                  # bytes or str, sent exactly as given
+    content_type: str = "text/html"
+
+
+@dataclass
+class NoMessage:
+    pass
+
+
+@dataclass
+class Hang:
+    seconds: float
+
+
+@dataclass
+class StreamError:
+    after_chunks: int = 2
+    _: KW_ONLY
+    style: str = "flat"           # flat | nested | failed | truncated
+    chunk_delay: float = 0.0
+    text: str = "partial answer text here"
+
+    def __post_init__(self):
+        if self.style not in ("flat", "nested", "failed", "truncated"):
+            raise ValueError(f"unknown stream_error style {self.style!r}")
+
+
+reply, error, raw, no_message, hang, stream_error = Reply, Error, Raw, NoMessage, Hang, StreamError
+
+
+# --- validation: what the real API would refuse, phrased so a failing test explains itself ----------
+
+def _parts_problem(content, part_type, where):
+    if part_type == "input_text" and isinstance(content, str):
+        return None
+    if not isinstance(content, list):
+        return f"{where}: content must be {'a string or ' if part_type == 'input_text' else ''}a list of parts"
+    for j, part in enumerate(content):
+        allowed = {"type", "text", "annotations"} if part_type == "output_text" else {"type", "text"}
+        if not isinstance(part, dict) or part.get("type") != part_type or not isinstance(part.get("text"), str):
+            return f"{where}: content[{j}] must be {{'type': '{part_type}', 'text': str}}, got {part!r}"
+        if part_type == "output_text" and not isinstance(part.get("annotations"), list):
+            return f"{where}: content[{j}] needs 'annotations' (a list)"
+        if set(part) - allowed:
+            return f"{where}: content[{j}] has unknown keys {sorted(set(part) - allowed)}"
+    return None
+
+
+def _body_problem(body, issued_ids):
+    """None if the real API would accept this body, else the reason it would send a 400."""
+    if not isinstance(body, dict):
+        return "body is not a JSON object"
+    if not isinstance(body.get("model"), str) or not body["model"]:
+        return "'model' must be a non-empty string"
+    if "instructions" in body and not isinstance(body["instructions"], str):
+        return "'instructions' must be a string"
+    if body.get("store") is True:
+        return "'store: true' is not supported (the API is stateless)"
+    if "previous_response_id" in body:
+        return "'previous_response_id' is not supported (send the full history)"
+    limit = body.get("max_output_tokens")
+    if "max_output_tokens" in body and (type(limit) is not int or limit <= 0):
+        return f"'max_output_tokens' must be a positive integer, got {limit!r}"
+    if "stream" in body and not isinstance(body["stream"], bool):
+        return f"'stream' must be a boolean, got {body['stream']!r}"
+    items = body.get("input")
+    if isinstance(items, str):
+        return None
+    if not isinstance(items, list) or not items:
+        return "'input' must be a string or a non-empty list of items"
+    for i, item in enumerate(items):
+        where = f"input[{i}]"
+        if isinstance(item, dict) and item.get("type") == "reasoning":
+            continue  # earlier reasoning may be sent back; the fake ignores it
+        if not isinstance(item, dict) or item.get("type") != "message":
+            return f"{where}: must be an item with type 'message', got {item!r}"
+        if set(item) - ITEM_KEYS:
+            return f"{where}: unknown keys {sorted(set(item) - ITEM_KEYS)} (app metadata leaked upstream?)"
+        role = item.get("role")
+        if role not in ROLES:
+            return f"{where}: role must be one of {sorted(ROLES)}, got {role!r}"
+        if role == "assistant":
+            if not isinstance(item.get("id"), str):
+                return f"{where}: assistant item needs the 'id' the API gave it"
+            if item.get("status") not in ASSISTANT_STATUSES:
+                return f"{where}: assistant item needs 'status' in {sorted(ASSISTANT_STATUSES)}"
+            if item["id"] not in issued_ids:
+                return f"{where}: unknown assistant id {item['id']!r} (the app invented an id)"
+        kind = "output_text" if role == "assistant" else "input_text"
+        if problem := _parts_problem(item.get("content"), kind, where):
+            return problem
+    if items[-1].get("type") != "message" or items[-1].get("role") != "user":
+        return "the last input item must be the user's message"
+    return None
+
+
+def _user_texts(items):
+    """The text of each user turn in a (validated) input."""
+    contents = [items] if isinstance(items, str) else [
+        item["content"] for item in items if item.get("type") == "message" and item.get("role") == "user"]
+    return [c if isinstance(c, str) else "".join(part["text"] for part in c) for c in contents]
+
+
+class _Abort(Exception):
+    """Drop the connection without finishing the response (truncated streams, server stopping)."""
+
+
+# --- the server ----------------------------------------------------------------------------------
+
+class FakeOpenRouter:
+    def __init__(self, api_key="sk-or-v1-test-0123456789abcdef", host="127.0.0.1", chunked=True):
+        self.api_key, self.host, self.chunked = api_key, host, chunked
+        self.requests, self.rejections, self.issued_ids, self.disconnects = [], [], set(), 0
+        self._queue = []
+        # One condition guards all shared state; it also wakes wait_for_requests.
+        self._lock = threading.Condition()
+        self._stopping = threading.Event()
+        self._server = self.base_url = None
+
+    def start(self):
+        self._stopping.clear()
+        handler = type("Handler", (_Handler,), {"fake": self})
+        self._server = ThreadingHTTPServer((self.host, 0), handler)
+        self._server.daemon_threads = True  # a hung or gated stream must never keep pytest alive
+        self.base_url = f"http://{self.host}:{self._server.server_address[1]}/api/v1"
+        threading.Thread(target=self._server.serve_forever, name="fake-openrouter", daemon=True).start()
+        return self
+
+    def stop(self):
+        if self._server:
+            self._stopping.set()  # wakes delays and hangs, so their threads end promptly
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    def queue(self, *behaviours):
+        with self._lock:
+            self._queue.extend(behaviours)
+
+    def reset(self):
+        # Cleared in place: issued ids stay valid because a conversation may outlive a test's reset.
+        with self._lock:
+            self._queue.clear()
+            self.requests.clear()
+            self.rejections.clear()
+            self.disconnects = 0
+
+    def wait_for_requests(self, n, timeout=5.0):
+        with self._lock:
+            return self._lock.wait_for(lambda: len(self.requests) >= n, timeout)
+
+    # Called from handler threads.
+    def _record(self, entry, reject=None):
+        with self._lock:
+            self.requests.append(entry)
+            if reject:
+                self.rejections.append(reject)
+            self._lock.notify_all()
+
+    def _next(self):
+        with self._lock:
+            return self._queue.pop(0) if self._queue else Reply()
+
+    def _issue_message_id(self):
+        new_id = f"msg_{secrets.token_hex(12)}"
+        with self._lock:
+            self.issued_ids.add(new_id)
+        return new_id
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, so connection reuse in the app's Session is exercised
+    fake = None  # set per server by FakeOpenRouter.start
+
+    def log_message(self, *args):
+        pass
+
+    def handle(self):
+        try:
+            super().handle()
+        except GONE:
+            pass  # a client that left while we answered is normal here; streams count it themselves
+
+    # -- plumbing --
+    def _send(self, status, data, content_type="application/json", headers=None):
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _send_error(self, status, message, metadata=None, code=None, headers=None):
+        err = {"code": code or status, "message": message, **({} if metadata is None else {"metadata": metadata})}
+        self._send(status, json.dumps({"error": err}).encode(), headers=headers)
+
+    def _sleep(self, seconds):
+        if seconds and self.fake._stopping.wait(seconds):
+            raise _Abort()
+
+    # -- routes --
+    def do_GET(self):
+        if self.path.split("?")[0] == "/api/v1/models":
+            self._send(200, json.dumps(MODELS).encode())
+        else:
+            self._not_found()
+
+    def _not_found(self):
+        # Recorded as a rejection too: an app calling a wrong URL is a bug the tests should see.
+        reason = f"404 {self.command} {self.path}: no such route"
+        with self.fake._lock:
+            self.fake.rejections.append(reason)
+        self._send_error(404, "Not Found")
+
+    def do_POST(self):
+        # Read the whole body even for a request we refuse, so the keep-alive connection stays in step.
+        raw_body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        if self.path.split("?")[0] != "/api/v1/responses":
+            return self._not_found()
+        try:
+            body = json.loads(raw_body.decode("utf-8"))
+        except ValueError:
+            body = None
+        entry = {"path": self.path, "headers": dict(self.headers), "body": body,
+                 "accepted": False, "rejection": None}
+        if self.headers.get("Authorization") != f"Bearer {self.fake.api_key}":
+            status, reason = 401, "missing or wrong 'Authorization: Bearer <key>' header"
+        else:
+            with self.fake._lock:
+                issued = set(self.fake.issued_ids)
+            status, reason = 400, _body_problem(body, issued)
+        if reason:
+            entry["rejection"] = f"{status}: {reason}"
+            self.fake._record(entry, entry["rejection"])
+            message = "No auth credentials found" if status == 401 else reason
+            return self._send_error(status, message)
+        entry["accepted"] = True
+        self.fake._record(entry)
+        behaviour = self.fake._next()
+        try:
+            self._serve(behaviour, body)
+        except _Abort:
+            self.close_connection = True
+        except GONE:
+            self.close_connection = True
+            if body.get("stream") is True and not isinstance(behaviour, (Error, Raw)):
+                with self.fake._lock:
+                    self.fake.disconnects += 1
+
+    def _serve(self, b, body):
+        stream = body.get("stream") is True
+        if isinstance(b, Error):
+            self._sleep(b.delay)
+            headers = {"Retry-After": str(b.retry_after)} if b.retry_after is not None else None
+            self._send_error(b.status, b.message, b.metadata, b.code, headers)
+        elif isinstance(b, Raw):
+            self._send(b.status, b.body.encode() if isinstance(b.body, str) else b.body, b.content_type)
+        elif isinstance(b, Hang):
+            self._sleep(b.seconds)
+            raise _Abort()  # close without a byte: the client sees its read timeout or a dropped connection
+        elif isinstance(b, StreamError) and not stream:
+            self._send_error(502, "Provider disconnected")
+        elif not stream:
+            self._sleep(getattr(b, "delay", 0.0))
+            self._send(200, json.dumps(_Turn(self.fake, body, b).final()).encode())
+        else:
+            _SSE(self, _Turn(self.fake, body, b)).run()
+
+
+class _Turn:
+    """The ids, text and response objects of one answer, shared by the JSON and the streamed forms."""
+
+    def __init__(self, fake, body, behaviour):
+        self.fake, self.b, self.model = fake, behaviour, body["model"]
+        users = _user_texts(body["input"])
+        text = getattr(behaviour, "text", None)
+        self.text = text if text is not None else f"Reply {len(users)}: {users[-1] if users else ''}"
+        self.status = getattr(behaviour, "status", "completed")
+        self.id = f"resp_{secrets.token_hex(12)}"
+        self.reasoning = getattr(behaviour, "reasoning", True)
+        self.has_message = not isinstance(behaviour, NoMessage)
+        self.input_chars = sum(len(t) for t in users)
+        self.msg_id = None
+
+    def reasoning_item(self):
+        return {"type": "reasoning", "id": f"rs_{secrets.token_hex(12)}",
+                "summary": [{"type": "summary_text", "text": REASONING_TEXT}]}
+
+    def message_item(self, status, text):
+        if self.msg_id is None:
+            self.msg_id = self.fake._issue_message_id()
+        content = [] if text is None else [{"type": "output_text", "text": text, "annotations": []}]
+        return {"type": "message", "id": self.msg_id, "status": status, "role": "assistant", "content": content}
+
+    def usage(self):
+        if not getattr(self.b, "usage", True):
+            return None
+        reasoning = 8 if self.reasoning else 0
+        inp, out = max(1, self.input_chars // 4), len(self.text) // 4 + 1 + reasoning
+        return {"input_tokens": inp, "output_tokens": out,
+                "output_tokens_details": {"reasoning_tokens": reasoning},
+                "total_tokens": inp + out, "cost": round(inp * 1.1e-6 + out * 4.4e-6, 10)}
+
+    def response(self, status, output, usage=None):
+        return {"id": self.id, "object": "response", "model": self.model, "status": status, "output": output,
+                "usage": usage, "incomplete_details": {"reason": "max_output_tokens"}
+                if status == "incomplete" else None}
+
+    def final(self):
+        output = [self.reasoning_item()] if self.reasoning or not self.has_message else []
+        if self.has_message:
+            output.append(self.message_item(self.status, self.text))
+        return self.response(self.status, output, self.usage())
+
+
+class _SSE:
+    """Writes one event stream: every event its own flushed write (its own chunk when chunked)."""
+
+    def __init__(self, handler, turn):
+        self.h, self.t, self.b = handler, turn, turn.b
+        self.seq = 0
+        self.last_write = time.monotonic()
+        self.keepalive = getattr(self.b, "keepalive_every", None)
+
+    def write(self, data):
+        if self.h.fake.chunked:
+            data = b"%x\r\n%s\r\n" % (len(data), data)
+        self.h.wfile.write(data)
+        self.h.wfile.flush()
+        self.last_write = time.monotonic()
+
+    def event(self, kind, **fields):
+        self.write(b"data: " + json.dumps({"type": kind, "sequence_number": self.seq, **fields}).encode() + b"\n\n")
+        self.seq += 1
+
+    def wait(self, seconds, until=None):
+        """Stay silent for `seconds` (or until `until` is set), but send keep-alive comments whenever
+        `keepalive_every` passes without a write, as OpenRouter does during long reasoning."""
+        deadline = time.monotonic() + seconds
+        while (now := time.monotonic()) < deadline and not (until and until.is_set()):
+            step = deadline - now
+            if self.keepalive:
+                step = min(step, max(0.0, self.last_write + self.keepalive - now))
+            if until is not None:
+                until.wait(min(step, 0.05))  # wakes at once when set; the cap keeps the stop flag polled
+            if self.h.fake._stopping.wait(0 if until is not None else step):
+                raise _Abort()
+            if self.keepalive and time.monotonic() - self.last_write >= self.keepalive:
+                self.write(KEEPALIVE)
+
+    def run(self):
+        h, t, b = self.h, self.t, self.b
+        h.send_response(200)
+        h.send_header("Content-Type", "text/event-stream")
+        h.send_header("Cache-Control", "no-cache")
+        # Unchunked means no length either: the body ends when the socket closes, as behind some proxies.
+        h.send_header(*(("Transfer-Encoding", "chunked") if h.fake.chunked else ("Connection", "close")))
+        h.close_connection = not h.fake.chunked
+        h.end_headers()
+        self.write(KEEPALIVE)
+        opening = t.response("in_progress", [])
+        self.event("response.created", response=opening)
+        self.event("response.in_progress", response=opening)
+        self.wait(getattr(b, "delay", 0.0))  # the "model is thinking" silence before any output
+        output = []
+        if t.reasoning or not t.has_message:
+            item = t.reasoning_item()
+            self.event("response.output_item.added", output_index=0, item={**item, "summary": []})
+            self.event("response.reasoning_summary_text.delta", item_id=item["id"], output_index=0,
+                       summary_index=0, delta=REASONING_TEXT)
+            self.event("response.output_item.done", output_index=0, item=item)
+            output.append(item)
+        if not t.has_message:
+            return self.finish("response.completed", t.response("completed", output, t.usage()))
+        index = len(output)
+        # Added (and so issued) before any delta: a reply cut short still has an id the app may send back.
+        self.event("response.output_item.added", output_index=index, item=t.message_item("in_progress", None))
+        ids = {"item_id": t.msg_id, "output_index": index, "content_index": 0}
+        self.event("response.content_part.added", **ids, part={"type": "output_text", "text": "", "annotations": []})
+        chunks = getattr(b, "chunks", None) or [t.text[i:i + 4] for i in range(0, len(t.text), 4)]
+        limit = b.after_chunks if isinstance(b, StreamError) else len(chunks)
+        for i, chunk in enumerate(chunks[:limit]):
+            if i:
+                self.wait(b.chunk_delay)
+            self.event("response.output_text.delta", **ids, delta=chunk)
+            if i == 0 and getattr(b, "gate", None) is not None:
+                self.wait(30.0, until=b.gate)
+        if isinstance(b, StreamError):
+            return self.fail(output + [t.message_item("incomplete", "".join(chunks[:limit]))])
+        part = {"type": "output_text", "text": t.text, "annotations": []}
+        self.event("response.output_text.done", **ids, text=t.text)
+        self.event("response.content_part.done", **ids, part=part)
+        final = t.message_item(t.status, t.text)
+        self.event("response.output_item.done", output_index=index, item=final)
+        terminal = {"incomplete": "response.incomplete", "failed": "response.failed"}
+        self.finish(terminal.get(t.status, "response.completed"), t.response(t.status, output + [final], t.usage()))
+
+    def fail(self, output):
+        problem = {"code": "server_error", "message": "Provider disconnected"}
+        style = self.b.style
+        if style == "truncated":
+            raise _Abort()  # no terminal event, no [DONE], not even the end of the chunked body
+        if style == "failed":
+            return self.finish("response.failed", {**self.t.response("failed", output), "error": problem})
+        # The spec's flat shape, or the errors page's nested one; after either the stream just ends
+        # (cleanly, but without [DONE]).
+        self.event("error", **(dict(problem, param=None) if style == "flat" else {"error": problem}))
+        self.end()
+
+    def finish(self, kind, response):
+        self.event(kind, response=response)
+        self.write(b"data: [DONE]\n\n")
+        self.end()
+
+    def end(self):
+        if self.h.fake.chunked:
+            self.h.wfile.write(b"0\r\n\r\n")
+            self.h.wfile.flush()

@@ -1,0 +1,70 @@
+"""Assistant markdown becomes safe HTML: hostile model output stays text, markdown still renders."""
+
+import os
+from html.parser import HTMLParser
+
+import pytest
+
+from webapp import render
+
+HOSTILE = [
+    "<script>window.pwned = 1</script>",
+    '<img src=x onerror="window.pwned = 1">',
+    "[click me](javascript:window.pwned=1)",
+    "[data](data:text/html;base64,PHNjcmlwdD5hbGVydCgxKTwvc2NyaXB0Pg==)",
+    '<a href="javascript:window.pwned=1">raw link</a>',
+    "<iframe src=https://evil.example></iframe>",
+    '<div style="background:url(javascript:x)" onclick="window.pwned=1">x</div>',
+]
+
+
+class Tags(HTMLParser):
+    def __init__(self, html):
+        super().__init__()
+        self.found = []
+        self.feed(html)
+
+    def handle_starttag(self, tag, attrs):
+        self.found.append((tag, dict(attrs)))
+
+
+@pytest.mark.parametrize("text", HOSTILE)
+def test_hostile_output_never_becomes_markup(text):
+    for tag, attrs in Tags(str(render.markdown(text))).found:
+        assert tag in render.TAGS
+        assert not any(name.startswith("on") or name == "style" and tag not in ("td", "th") for name in attrs)
+        assert not attrs.get("href", "https:").lower().startswith(("javascript:", "data:"))
+
+
+def test_raw_html_inside_markdown_is_shown_as_text():
+    html = str(render.markdown("Hello <b>bold</b> and <script>x()</script>"))
+    assert "&lt;b&gt;bold&lt;/b&gt;" in html and "&lt;script&gt;" in html
+
+
+def test_links_get_safe_rel_and_images_do_not_load():
+    html = str(render.markdown("[site](https://example.com) ![pic](https://example.com/p.png)"))
+    assert '<a href="https://example.com" rel="noopener noreferrer nofollow">site</a>' in html
+    assert "<img" not in html
+
+
+def test_tables_strikethrough_and_highlighted_code_render():
+    html = str(render.markdown(
+        "| a | b |\n|---|--:|\n| 1 | 2 |\n\n~~old~~\n\n```python\ndef f():\n    return 1\n```\n"))
+    assert "<table>" in html and '<td style="text-align:right">2</td>' in html
+    assert "<s>old</s>" in html
+    assert '<code class="language-python"><span class="k">def</span>' in html
+
+
+def test_unknown_code_languages_stay_plain_escaped_text():
+    html = str(render.markdown("```nosuchlang\n<b>x</b>\n```"))
+    assert "&lt;b&gt;x&lt;/b&gt;" in html
+
+
+def test_user_text_is_escaped():
+    assert str(render.plain("<b>hi</b>\nthere")) == "&lt;b&gt;hi&lt;/b&gt;\nthere"
+
+
+def test_the_shipped_code_stylesheet_is_the_generated_one():
+    path = os.path.join(os.path.dirname(__file__), "..", "static", "code.css")
+    with open(path) as f:
+        assert f.read() == render.code_css()

@@ -1,0 +1,213 @@
+"""Streamed turns (the JS path) under a real gunicorn: deltas as they come, nothing lost, Stop, queueing."""
+
+import json
+import threading
+import time
+
+import pytest
+import requests
+
+from tests.conftest import messages
+from tests.fake_openrouter import FakeOpenRouter, reply, stream_error
+from tests.serving import Gunicorn
+
+
+def events(response):
+    """(kind, data) pairs from an SSE response as they arrive; comment lines come as ("comment", text)."""
+    kind, data = "message", []
+    for line in response.iter_lines(chunk_size=1, decode_unicode=True):
+        if line.startswith(":"):
+            yield "comment", line[1:].strip()
+        elif line.startswith("event: "):
+            kind = line[7:]
+        elif line.startswith("data: "):
+            data.append(line[6:])
+        elif line == "" and data:
+            yield kind, json.loads("\n".join(data))
+            kind, data = "message", []
+
+
+def start_turn(browser, server, text, **fields):
+    response = browser.post(server.url + "/turns", data={"message": text, **fields}, stream=True,
+                            headers={"Accept": "text/event-stream"}, timeout=30)
+    assert response.status_code == 200, response.text
+    assert response.headers["Content-Type"].startswith("text/event-stream")
+    assert response.headers["X-Accel-Buffering"] == "no"
+    return response
+
+
+def until(kind, stream):
+    """Read events up to and including the first of `kind`; return (that event's data, all seen)."""
+    seen = []
+    for k, data in stream:
+        seen.append((k, data))
+        if k == kind:
+            return data, seen
+    raise AssertionError(f"stream ended without {kind}: {seen}")
+
+
+def wait_for(predicate, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def shown(browser, server):
+    return messages(browser.get(server.url + "/").text)
+
+
+@pytest.fixture(scope="module")
+def server(fake_server, tmp_path_factory):
+    path = tmp_path_factory.mktemp("streaming")
+    env = {"OPENROUTER_API_KEY": fake_server.api_key, "OPENROUTER_BASE_URL": fake_server.base_url,
+           "SECRET_KEY": "stream-test", "SESSION_DIR": str(path / "sessions"),
+           "OPENROUTER_READ_TIMEOUT": "20"}
+    with Gunicorn(env, path / "gunicorn.log") as running:
+        yield running
+
+
+def test_a_delta_reaches_the_browser_before_the_upstream_finishes(server, fake):
+    gate = threading.Event()
+    fake.queue(reply("Hello there, streaming world", gate=gate, chunks=["Hello", " there,", " streaming world"]))
+    browser = requests.Session()
+    stream = events(start_turn(browser, server, "hi"))
+    first, _ = until("delta", stream)
+    assert first == "Hello" and not gate.is_set()  # the fake is still holding the rest back
+    gate.set()
+    done, seen = until("done", stream)
+    assert "".join(d for k, d in seen if k == "delta") == " there, streaming world"
+    assert "Hello there, streaming world" in done["html"] and done["count"] == 2
+    assert shown(browser, server) == [("user", "hi"), ("assistant", "Hello there, streaming world")]
+
+
+def test_deltas_are_not_held_back_when_the_upstream_stream_is_not_chunked(server, fake, tmp_path):
+    gate = threading.Event()
+    with FakeOpenRouter(api_key=fake.api_key, chunked=False) as plain:
+        env = dict(server.env, OPENROUTER_BASE_URL=plain.base_url, SESSION_DIR=str(tmp_path))
+        env.pop("BIND")
+        with Gunicorn(env, tmp_path / "plain.log") as other:
+            plain.queue(reply("tiny deltas here", gate=gate, chunks=["ti", "ny", " deltas here"]))
+            stream = events(start_turn(requests.Session(), other, "hello"))
+            first, _ = until("delta", stream)
+            assert first == "ti" and not gate.is_set()
+            gate.set()
+            until("done", stream)
+
+
+def test_keep_alives_are_relayed_during_a_long_silence(server, fake):
+    fake.queue(reply("late answer", delay=1.2, keepalive_every=0.3))
+    stream = events(start_turn(requests.Session(), server, "think hard"))
+    _, seen = until("delta", stream)
+    assert sum(1 for k, _ in seen if k == "comment") >= 3
+    until("done", stream)
+
+
+@pytest.mark.parametrize("style", ["flat", "nested", "failed", "truncated"])
+def test_a_mid_stream_error_keeps_the_partial_reply_and_the_next_turn_works(server, fake, style):
+    fake.queue(stream_error(after_chunks=2, style=style, text="partial answer text here"))
+    browser = requests.Session()
+    error, seen = until("error", events(start_turn(browser, server, "go")))
+    partial = "".join(d for k, d in seen if k == "delta")
+    assert partial and error["kept"] and error["message"]
+    page = browser.get(server.url + "/").text
+    assert messages(page) == [("user", "go"), ("assistant", partial.strip())]
+    assert error["message"].split(":")[0] in page  # the reason is shown under the reply
+    until("done", events(start_turn(browser, server, "again")))
+    sent = fake.requests[-1]["body"]["input"]
+    assert sent[1]["status"] == "incomplete" and sent[1]["id"] in fake.issued_ids
+
+
+def test_closing_the_tab_mid_reply_still_stores_the_whole_reply(server, fake):
+    gate = threading.Event()
+    fake.queue(reply("every word of this reply", gate=gate))
+    browser = requests.Session()
+    response = start_turn(browser, server, "then I leave")
+    until("delta", events(response))
+    response.close()  # the tab is gone
+    gate.set()
+    assert wait_for(lambda: shown(browser, server)[-1:] == [("assistant", "every word of this reply")])
+    assert fake.disconnects == 0  # the app read the upstream to the end
+
+
+def test_a_reload_mid_reply_shows_it_still_writing_and_picks_it_up(server, fake):
+    gate = threading.Event()
+    fake.queue(reply("first part and the rest", gate=gate, chunks=["first part", " and the rest"]))
+    browser = requests.Session()
+    stream = events(start_turn(browser, server, "long one"))
+    snapshot, _ = until("snapshot", stream)
+    until("delta", stream)
+    assert wait_for(lambda: "first part" in browser.get(server.url + "/").text)
+    page = browser.get(server.url + "/").text
+    assert f'data-pending-turn="{snapshot["turn"]}"' in page and "Still writing" in page
+    resumed = browser.get(f"{server.url}/turns/{snapshot['turn']}", stream=True, timeout=30)
+    gate.set()
+    done, seen = until("done", events(resumed))
+    assert "".join(d for k, d in seen if k == "delta") == "first part and the rest"
+    assert shown(browser, server)[-1] == ("assistant", "first part and the rest")
+
+
+def test_stop_keeps_the_partial_text_as_incomplete_and_the_next_turn_works(server, fake):
+    fake.queue(reply("one two three four five six seven eight nine ten " * 20, chunk_delay=0.05))
+    browser = requests.Session()
+    stream = events(start_turn(browser, server, "count"))
+    snapshot, _ = until("snapshot", stream)
+    until("delta", stream)
+    stopped = browser.post(server.url + "/stop", data={"turn": snapshot["turn"]},
+                           headers={"Accept": "application/json"})
+    assert stopped.status_code == 200
+    done, seen = until("done", stream)
+    assert done["stopped"] and done["note"] == "Stopped."
+    assert wait_for(lambda: fake.disconnects == 1)  # the upstream request was closed
+    kept = shown(browser, server)[-1]
+    assert kept[0] == "assistant" and kept[1] and len(kept[1]) < 500
+    until("done", events(start_turn(browser, server, "next")))
+    item = fake.requests[-1]["body"]["input"][1]
+    assert item["status"] == "incomplete" and item["id"] in fake.issued_ids
+    assert item["content"][0]["text"] == kept[1]
+
+
+def test_two_tabs_sending_at_once_both_keep_their_turns_in_order(server, fake):
+    browser = requests.Session()
+    browser.get(server.url + "/")
+    browser.post(server.url + "/", data={"message": "warm up"})  # the cookie both tabs share
+    fake.reset()
+    fake.queue(reply("answer A", chunk_delay=0.1), reply("answer B", chunk_delay=0.1))
+    results = {}
+
+    def tab(name):
+        results[name] = until("done", events(start_turn(browser, server, f"tab {name}")))[0]
+
+    tabs = [threading.Thread(target=tab, args=(n,)) for n in ("one", "two")]
+    for t in tabs:
+        t.start()
+    for t in tabs:
+        t.join(30)
+    texts = [t for _, t in shown(browser, server)]
+    assert texts[:2] == ["warm up", "Reply 1: warm up"]
+    assert sorted(texts[2::2]) == ["tab one", "tab two"] and texts[3::2] == ["answer A", "answer B"]
+    assert [len(r["body"]["input"]) for r in fake.requests] == [3, 5]  # the second saw the first
+
+
+def test_regenerate_replaces_the_last_reply_and_edit_replaces_the_last_message(server, fake):
+    browser = requests.Session()
+    until("done", events(start_turn(browser, server, "first")))
+    until("done", events(start_turn(browser, server, "second")))
+    fake.queue(reply("a better answer"))
+    until("done", events(start_turn(browser, server, "", regenerate="1")))
+    assert [t for _, t in shown(browser, server)] == ["first", "Reply 1: first", "second", "a better answer"]
+    assert len(fake.requests[-1]["body"]["input"]) == 3
+    until("done", events(start_turn(browser, server, "second, edited", edit="1")))
+    assert [t for _, t in shown(browser, server)] == [
+        "first", "Reply 1: first", "second, edited", "Reply 2: second, edited"]
+
+
+def test_bad_input_on_the_streaming_route_is_a_clear_4xx(server, fake):
+    browser = requests.Session()
+    response = browser.post(server.url + "/turns", data={"message": "  "})
+    assert response.status_code == 400 and "empty" in response.json()["error"]
+    response = browser.post(server.url + "/turns", data={"message": "", "regenerate": "1"})
+    assert response.status_code == 400
+    assert fake.requests == []

@@ -197,3 +197,29 @@ def test_the_session_cookie_holds_only_an_id(client):
     cookie = response.headers["Set-Cookie"]
     assert "HttpOnly" in cookie and "SameSite=Lax" in cookie and "Secure" not in cookie
     assert "secret" not in cookie.split(";")[0]
+
+
+def test_regenerate_and_edit_work_without_javascript(client, fake):
+    send(client, "first")
+    send(client, "second")
+    fake.queue(reply("another take"))
+    assert client.post("/", data={"message": "", "regenerate": "1"}).status_code == 303
+    assert [t for _, t in messages(page(client))] == ["first", "Reply 1: first", "second", "another take"]
+    editing = client.post("/edit", follow_redirects=True).get_data(as_text=True)
+    assert textarea(editing) == "second" and 'name="edit" value="1"' in editing
+    client.post("/", data={"message": "second, better", "edit": "1"})
+    assert [t for _, t in messages(page(client))] == [
+        "first", "Reply 1: first", "second, better", "Reply 2: second, better"]
+
+
+def test_a_failed_regenerate_keeps_the_old_reply(client, fake):
+    send(client, "question")
+    fake.queue(error(502, "Provider returned error"))
+    client.post("/", data={"message": "", "regenerate": "1"})
+    html = page(client)
+    assert messages(html) == [("user", "question"), ("assistant", "Reply 1: question")]
+    assert "unavailable" in alert(html)
+    assert textarea(html) == "question" and 'name="edit" value="1"' in html
+    client.post("/", data={"message": "question", "edit": "1"})  # Retry replaces, not duplicates
+    assert [t for _, t in messages(page(client))] == ["question", "Reply 1: question"]
+    assert len(fake.requests[-1]["body"]["input"]) == 1

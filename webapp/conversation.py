@@ -62,10 +62,11 @@ def add_turn(conv, text, item_id, status, reply_text, note=None, **reply_meta):
     return conv
 
 
-def fail_turn(conv, text, error):
-    """Record a turn that got no answer: history unchanged, the user's text kept for a retry."""
+def fail_turn(conv, text, error, replace=False):
+    """Record a turn that got no answer: history unchanged, the user's text kept for a retry
+    (`replace`: the retry should again take the last turn's place, as a regenerate or edit would)."""
     conv["pending"] = None
-    conv["failed"] = {"text": text, "error": error}
+    conv["failed"] = {"text": text, "error": error, "replace": replace}
     return conv
 
 

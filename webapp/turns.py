@@ -40,7 +40,7 @@ def _settle_partial(conv, pending, item_id, text, note):
     if item_id:
         _add(conv, pending, item_id, "incomplete", text, note=note)
     else:
-        conversation.fail_turn(conv, pending["text"], note)
+        conversation.fail_turn(conv, pending["text"], note, pending.get("replace", False))
 
 
 def _add(conv, pending, item_id, status, text, **meta):

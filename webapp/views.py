@@ -45,6 +45,7 @@ def render_chat(conv, *, draft="", error=None, hint=None, status=200, editing=Fa
     failed = conv.get("failed")
     if failed and not draft:
         draft, error = failed["text"], error or failed["error"]
+        editing = editing or failed.get("replace", False)
     shown = conversation.messages(conv)
     if editing and len(shown) >= 2 and not draft:
         draft = shown[-2]["text"]

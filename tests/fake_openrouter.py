@@ -181,6 +181,7 @@ class FakeOpenRouter:
         self.api_key, self.host, self.chunked = api_key, host, chunked
         self.requests, self.rejections, self.issued_ids, self.disconnects = [], [], set(), 0
         self._queue = []
+        self.default = Reply()  # what a POST /responses gets when nothing is queued (benchmarks set it)
         # One condition guards all shared state; it also wakes wait_for_requests.
         self._lock = threading.Condition()
         self._stopping = threading.Event()
@@ -189,7 +190,9 @@ class FakeOpenRouter:
     def start(self):
         self._stopping.clear()
         handler = type("Handler", (_Handler,), {"fake": self})
-        self._server = ThreadingHTTPServer((self.host, 0), handler)
+        # A deep accept backlog: benchmarks open hundreds of connections at once.
+        server_class = type("Server", (ThreadingHTTPServer,), {"request_queue_size": 1024})
+        self._server = server_class((self.host, 0), handler)
         self._server.daemon_threads = True  # a hung or gated stream must never keep pytest alive
         self.base_url = f"http://{self.host}:{self._server.server_address[1]}/api/v1"
         threading.Thread(target=self._server.serve_forever, name="fake-openrouter", daemon=True).start()
@@ -234,7 +237,7 @@ class FakeOpenRouter:
 
     def _next(self):
         with self._lock:
-            return self._queue.pop(0) if self._queue else Reply()
+            return self._queue.pop(0) if self._queue else self.default
 
     def _issue_message_id(self):
         new_id = f"msg_{secrets.token_hex(12)}"

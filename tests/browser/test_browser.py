@@ -36,6 +36,8 @@ ASSISTANT = '[data-role="assistant"]'
 
 
 def send(page, text):
+    # A send while a reply is still being written is refused by design; wait as a person would.
+    expect(page.locator(".msg.writing")).to_have_count(0)
     page.fill('textarea[name="message"]', text)
     page.click('button:text-is("Send")')
 

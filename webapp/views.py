@@ -232,7 +232,10 @@ def _follow_store(store, cid, turn, every=0.3):
             if failed:
                 yield "error", {"message": failed["error"], "text": "", "kept": False}
             elif last and last[-1]["role"] == "assistant":
-                yield "done", {"text": last[-1]["text"], "note": last[-1]["note"]}
+                text = last[-1]["text"]
+                if text.startswith(sent) and len(text) > len(sent):
+                    yield "delta", text[len(sent):]  # the words written after the last save
+                yield "done", {"text": text, "note": last[-1]["note"]}
             else:
                 yield "done", {"text": "", "note": None}
             return

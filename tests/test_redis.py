@@ -59,12 +59,11 @@ def test_redis_locks_serialise_concurrent_updates(redis_url):
     def append(who):
         for i in range(20):
             with store.update("shared") as conv:
-                conv["items"].append(conversation.user_item(f"{who}{i}"))
-                conv["meta"].append({})
+                conversation.add_turn(conv, f"{who}{i}", "msg_x", "completed", "reply")
 
     workers = [threading.Thread(target=append, args=(w,)) for w in "abcd"]
     for w in workers:
         w.start()
     for w in workers:
         w.join()
-    assert len(store.load("shared")["items"]) == 80
+    assert len(store.load("shared")["items"]) == 2 * 80

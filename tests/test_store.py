@@ -1,6 +1,7 @@
 """The conversation store: per-conversation locks across threads and processes, no pruning, recovery."""
 
 import multiprocessing
+import os
 import threading
 import time
 
@@ -18,8 +19,7 @@ def _append_many(path, who, n):
     store = file_store(path)
     for i in range(n):
         with store.update("c") as conv:
-            conv["items"].append(conversation.user_item(f"{who}-{i}"))
-            conv["meta"].append({})
+            conversation.add_turn(conv, f"{who}-{i}", "msg_x", "completed", "reply")
 
 
 def test_concurrent_updates_from_threads_lose_nothing(tmp_path):
@@ -28,7 +28,7 @@ def test_concurrent_updates_from_threads_lose_nothing(tmp_path):
         w.start()
     for w in workers:
         w.join()
-    assert len(file_store(tmp_path).load("c")["items"]) == 100
+    assert len(file_store(tmp_path).load("c")["items"]) == 2 * 100
 
 
 def test_concurrent_updates_from_processes_lose_nothing(tmp_path):
@@ -38,7 +38,7 @@ def test_concurrent_updates_from_processes_lose_nothing(tmp_path):
         p.start()
     for p in procs:
         p.join()
-    assert len(file_store(tmp_path).load("c")["items"]) == 75
+    assert len(file_store(tmp_path).load("c")["items"]) == 2 * 75
 
 
 def test_the_file_store_never_prunes_other_conversations(tmp_path):
@@ -71,3 +71,29 @@ def test_a_dead_pending_turn_is_recovered_with_the_users_text_kept(tmp_path):
     assert conv["failed"]["text"] == "orphaned question"
     turn, items = turns.begin(store, "c", "orphaned question", stale_after=60)
     assert [i["role"] for i in items] == ["user"]
+
+
+def test_a_crash_after_the_reply_was_stored_does_not_repeat_the_turn(tmp_path):
+    store = file_store(tmp_path)
+    turn, _ = turns.begin(store, "c", "question", stale_after=60)
+    conv = store.load("c")
+    conversation.add_turn(conv, "question", "msg_a", "completed", "answer")
+    store._save_history("c", conv)  # the worker died before it cleared the pending marker
+    with store.update("c") as conv:
+        conv["pending"]["beat"] -= 120
+    conv = turns.current(store, "c", stale_after=60)
+    assert conv["pending"] is None and conv["failed"] is None
+    assert [conversation.item_text(i) for i in conv["items"]] == ["question", "answer"]
+
+
+def test_progress_saves_leave_the_history_record_alone(tmp_path):
+    store = file_store(tmp_path)
+    with store.update("c") as conv:
+        conversation.add_turn(conv, "q", "msg_a", "completed", "a")
+    history_file = store.backend.cache._get_filename("conv:c")
+    before = os.stat(history_file).st_mtime_ns
+    turns.begin(store, "c", "next", stale_after=60)
+    with store.update("c") as conv:
+        conv["pending"]["partial"] = "some words"
+    assert os.stat(history_file).st_mtime_ns == before
+    assert store.load("c")["pending"]["partial"] == "some words"

@@ -27,7 +27,8 @@ def note_text(note):
 
 
 def new():
-    return {"items": [], "meta": [], "pending": None, "failed": None}
+    # `rev` counts changes to the history, so the store writes it only when it changed.
+    return {"items": [], "meta": [], "pending": None, "failed": None, "rev": 0}
 
 
 def user_item(text):
@@ -59,6 +60,7 @@ def add_turn(conv, text, item_id, status, reply_text, note=None, **reply_meta):
     conv["meta"].append(meta)
     conv["pending"] = None
     conv["failed"] = None
+    conv["rev"] = conv.get("rev", 0) + 1
     return conv
 
 
@@ -67,6 +69,7 @@ def fail_turn(conv, text, error, replace=False):
     (`replace`: the retry should again take the last turn's place, as a regenerate or edit would)."""
     conv["pending"] = None
     conv["failed"] = {"text": text, "error": error, "replace": replace}
+    conv["rev"] = conv.get("rev", 0) + 1
     return conv
 
 

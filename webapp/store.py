@@ -24,7 +24,8 @@ class StoreError(Exception):
 
 
 class FileBackend:
-    """cachelib's FileSystemCache (atomic write-and-rename per key) plus flock-based locks."""
+    """cachelib's FileSystemCache (atomic write-and-rename per key; it pickles values, which is
+    several times faster than JSON for a long history) plus flock-based locks."""
 
     def __init__(self, cache, lock_dir):
         self.cache = cache
@@ -76,11 +77,14 @@ class RedisBackend:
             raw = self.client.get(key)
         except self.errors as exc:
             raise StoreError(str(exc)) from None
-        return raw.decode() if raw is not None else None
+        try:
+            return json.loads(raw) if raw is not None else None
+        except ValueError:
+            raise StoreError(f"{key} does not hold valid JSON") from None
 
     def set(self, key, value, ttl):
         try:
-            self.client.set(key, value, ex=ttl)
+            self.client.set(key, json.dumps(value, separators=(",", ":")), ex=ttl)
         except self.errors as exc:
             raise StoreError(str(exc)) from None
 
@@ -109,9 +113,13 @@ class RedisBackend:
 
 
 class Store:
-    """Conversations by id. `ttl` (seconds) restarts with every write, like the session's lifetime."""
+    """Conversations by id. `ttl` (seconds) restarts with every write, like the session's lifetime.
 
-    prefix = "conv:"
+    A conversation is two keys: its history (`conv:<id>`: items, meta, failed), written only when a
+    turn settles, and the turn under way (`turn:<id>`), small and written as often as progress is
+    saved. So a streaming reply's progress costs the same with 2 turns of history as with 200."""
+
+    prefix, pending_prefix = "conv:", "turn:"
 
     def __init__(self, backend, ttl, lock_timeout=10.0):
         self.backend = backend
@@ -119,26 +127,41 @@ class Store:
         self.lock_timeout = lock_timeout
 
     def load(self, cid):
-        raw = self.backend.get(self.prefix + cid)
-        if raw is None:
-            return conversation.new()
-        try:
-            return json.loads(raw)
-        except ValueError:
-            raise StoreError("a stored conversation is not valid JSON") from None
+        conv = self.backend.get(self.prefix + cid) or conversation.new()
+        conv["pending"] = self.backend.get(self.pending_prefix + cid)
+        return conv
+
+    def _save_history(self, cid, conv):
+        record = {k: v for k, v in conv.items() if k != "pending"}
+        self.backend.set(self.prefix + cid, record, self.ttl)
+
+    def _save_pending(self, cid, pending):
+        if pending is None:
+            self.backend.delete(self.pending_prefix + cid)
+        else:
+            self.backend.set(self.pending_prefix + cid, pending, self.ttl)
 
     def save(self, cid, conv):
-        self.backend.set(self.prefix + cid, json.dumps(conv, separators=(",", ":")), self.ttl)
+        self._save_history(cid, conv)
+        self._save_pending(cid, conv.get("pending"))
 
     def delete(self, cid):
         with self.backend.lock(self.prefix + cid, self.lock_timeout):
             self.backend.delete(self.prefix + cid)
+            self.backend.delete(self.pending_prefix + cid)
 
     @contextmanager
     def update(self, cid):
-        """Load, let the caller change, save — all under the conversation's lock. Nothing is saved
-        if the body raises."""
+        """Load, let the caller change, save what changed — all under the conversation's lock.
+        Nothing is saved if the body raises. The history is written when its `rev` moved (every
+        change to items or failed goes through `conversation`, which bumps it), history first: a
+        crash between the two writes leaves a pending turn that `turns` recognises as settled."""
         with self.backend.lock(self.prefix + cid, self.lock_timeout):
             conv = self.load(cid)
+            rev = conv.get("rev", 0)
+            pending = dict(conv["pending"]) if conv["pending"] else None
             yield conv
-            self.save(cid, conv)
+            if conv.get("rev", 0) != rev:
+                self._save_history(cid, conv)
+            if conv["pending"] != pending:
+                self._save_pending(cid, conv["pending"])

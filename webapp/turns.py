@@ -53,6 +53,9 @@ def _add(conv, pending, item_id, status, text, **meta):
 def _recover_stale(conv, stale_after, now):
     pending = conv.get("pending")
     if pending and now - pending["beat"] > stale_after:
+        if conv.get("rev", 0) != pending.get("rev"):
+            conv["pending"] = None  # its reply was stored; only clearing the marker was lost
+            return
         _settle_partial(conv, pending, pending.get("item_id"), pending.get("partial", ""), INTERRUPTED)
 
 
@@ -77,7 +80,8 @@ def begin(store, cid, text, stale_after, wait=0.0, replace=False):
                 replace = replace and len(conv["items"]) >= 2
                 turn = secrets.token_urlsafe(9)
                 conv["pending"] = {"turn": turn, "text": text, "started": now, "beat": now,
-                                   "partial": "", "item_id": None, "stop": False, "replace": replace}
+                                   "partial": "", "item_id": None, "stop": False, "replace": replace,
+                                   "rev": conv.get("rev", 0)}
                 history = {"items": conv["items"][:-2] if replace else conv["items"]}
                 return turn, conversation.input_items(history, text)
         if time.monotonic() >= deadline:

@@ -8,6 +8,7 @@ picks a reply up again after a reload. Both run the same `turns` code.
 import json
 import secrets
 import time
+from datetime import date
 
 from flask import (Blueprint, Response, current_app, redirect, render_template, request, session,
                    stream_with_context, url_for)
@@ -63,12 +64,12 @@ class BadInput(Exception):
         self.status, self.message = status, message
 
 
-def _read_message(conv):
+def _read_message():
     """The message from the form, checked: returns (text, replace_last)."""
     text = request.form.get("message", "")
     replace = request.form.get("edit") == "1"
     if request.form.get("regenerate") == "1":
-        last = conversation.messages(conv)
+        last = conversation.messages(_conversation()[1])
         if len(last) < 2:
             raise BadInput(400, "There is no reply to regenerate yet.")
         text, replace = last[-2]["text"], True
@@ -89,6 +90,15 @@ def _cid():
     return session["cid"]
 
 
+@bp.before_app_request
+def keep_session_alive():
+    """Sessions are saved only when they change (no file write on every request); touching them once
+    a day keeps an active browser's session from expiring under it."""
+    today = date.today().toordinal()
+    if "cid" in session and session.get("day") != today:
+        session["day"] = today
+
+
 @bp.get("/")
 def index():
     _, conv = _conversation()
@@ -97,10 +107,10 @@ def index():
 
 @bp.post("/")
 def send():
-    cid, conv = _conversation()
     try:
-        text, replace = _read_message(conv)
+        text, replace = _read_message()
     except BadInput as bad:
+        _, conv = _conversation()
         draft = request.form.get("message", "")
         if bad.status == 400:
             return render_chat(conv, draft=draft, hint=bad.message, status=400)
@@ -109,7 +119,7 @@ def send():
     try:
         turn, items = turns.begin(_store(), cid, text, _stale_after(), QUEUE_WAIT, replace)
     except turns.Busy:
-        return render_chat(conv, draft=text, status=409, error=BUSY)
+        return render_chat(_conversation()[1], draft=text, status=409, error=BUSY)
     turns.run(_store(), _client(), cid, turn, items)
     return redirect(url_for("chat.index", _anchor="latest"), code=303)
 
@@ -197,9 +207,8 @@ def _start_when_free(store, client, cid, text, replace, stale_after):
 
 @bp.post("/turns")
 def stream():
-    cid, conv = _conversation()
     try:
-        text, replace = _read_message(conv)
+        text, replace = _read_message()
     except BadInput as bad:
         return {"error": bad.message}, bad.status
     cid = _cid()

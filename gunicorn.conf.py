@@ -28,9 +28,9 @@ bind = os.environ.get("BIND", "127.0.0.1:8000")
 worker_class = "gthread"
 # One process per core; all of them share the conversation store and its locks.
 workers = int(os.environ.get("WEB_CONCURRENCY", os.cpu_count() or 2))
-# Turns in flight per process. 2 workers x 256 = 512 concurrent turns by default; threads start lazily,
-# so an idle pool costs nothing.
-threads = int(os.environ.get("GUNICORN_THREADS", 256))
+# Turns in flight per process. 2 workers x 512 = 1,024 concurrent turns by default; threads start
+# lazily, and a waiting thread costs tens of KB of resident memory (see docs/bench/results.md).
+threads = int(os.environ.get("GUNICORN_THREADS", 512))
 # The gthread worker heartbeats from its main loop, so a long turn does not trip `timeout`;
 # it only catches a stuck process.
 timeout = 60

@@ -99,13 +99,26 @@ def rss_mb(pid):
     return total / 1024
 
 
+def cpu_seconds(pid):
+    """User+system CPU of the gunicorn master and its workers so far."""
+    total = 0
+    for p in [pid] + [int(c) for c in open(f"/proc/{pid}/task/{pid}/children").read().split()]:
+        try:
+            fields = open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except FileNotFoundError:
+            pass
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def concurrency(workdir, levels=(100, 300, 1000), delay=2.0):
     upstream, base = spawn_upstream("fake", str(delay))
     results = {}
     try:
         with Gunicorn(app_env(base, workdir), os.path.join(workdir, "conc.log")) as server:
             for n in levels:
-                barrier = threading.Barrier(n)
+                released = []  # wall time is counted from the moment every chat is ready to send
+                barrier = threading.Barrier(n, action=lambda: released.append(time.perf_counter()))
                 peak = [0.0]
                 done = threading.Event()
 
@@ -124,16 +137,18 @@ def concurrency(workdir, levels=(100, 300, 1000), delay=2.0):
 
                 sampler = threading.Thread(target=sample)
                 sampler.start()
-                started = time.perf_counter()
+                cpu = cpu_seconds(server.proc.pid)
                 with concurrent.futures.ThreadPoolExecutor(n) as pool:
                     outcomes = list(pool.map(chat, range(n)))
-                wall = time.perf_counter() - started
+                wall = time.perf_counter() - released[0]
+                cpu = cpu_seconds(server.proc.pid) - cpu
                 done.set()
                 sampler.join()
                 times = [o for o in outcomes if isinstance(o, float)]
                 results[n] = {"wall_s": wall, "per_s": len(times) / wall, "ideal_per_s": n / delay,
                               "of_ideal": (len(times) / wall) / (n / delay), "errors": n - len(times),
-                              "p50_s": median(times), "p99_s": pct(times, 99), "rss_mb": peak[0]}
+                              "p50_s": median(times), "p99_s": pct(times, 99), "rss_mb": peak[0],
+                              "app_cpu_ms_per_turn": cpu / n * 1000}
                 time.sleep(1)
     finally:
         upstream.kill()
@@ -230,26 +245,33 @@ def page_weight(server, turns=20):
 # --- 6: a crowded store ----------------------------------------------------------------------------
 
 def crowded(fake, workdir, others=10_000, samples=60):
+    """Two apps side by side, one with an empty store, one with `others` browsers' sessions and
+    conversations in it; their turns alternate so machine noise hits both alike."""
     from cachelib.file import FileSystemCache
 
     from webapp import conversation
     from webapp.store import FileBackend, Store
 
-    env = app_env(fake.base_url, os.path.join(workdir, "crowd"))
-    with Gunicorn(env, os.path.join(workdir, "crowd.log")) as server:
-        browser = requests.Session()
-        turn(browser, server.url, "warm up")
-        alone = [turn(browser, server.url, f"alone {i}") for i in range(samples)]
-        cache = FileSystemCache(env["SESSION_DIR"], threshold=0)
-        store = Store(FileBackend(cache, os.path.join(env["SESSION_DIR"], "locks")), 86400)
+    quiet_env = app_env(fake.base_url, os.path.join(workdir, "quiet"))
+    crowd_env = app_env(fake.base_url, os.path.join(workdir, "crowd"))
+    cache = FileSystemCache(crowd_env["SESSION_DIR"], threshold=0)
+    store = Store(FileBackend(cache, os.path.join(crowd_env["SESSION_DIR"], "locks")), 86400)
+    for i in range(others):
         conv = conversation.new()
-        conversation.add_turn(conv, "hello", "msg_other", "completed", "hi there")
-        for i in range(others):
-            cache.set(f"session:other{i}", {"cid": f"other{i}"}, timeout=86400)
-            store.save(f"other{i}", conv)
-        crowd = [turn(browser, server.url, f"crowded {i}") for i in range(samples)]
-    return {"alone_ms": median(alone) * 1000, "crowded_ms": median(crowd) * 1000,
-            "ratio": median(crowd) / median(alone), "others": others}
+        conversation.add_turn(conv, f"hello {i}", "msg_other", "completed", "hi there")
+        cache.set(f"session:other{i}", {"cid": f"other{i}"}, timeout=86400)
+        store.save(f"other{i}", conv)
+    with Gunicorn(quiet_env, os.path.join(workdir, "quiet.log")) as quiet, \
+            Gunicorn(crowd_env, os.path.join(workdir, "crowd.log")) as crowd:
+        a, b = requests.Session(), requests.Session()
+        turn(a, quiet.url, "warm up")
+        turn(b, crowd.url, "warm up")
+        alone, crowded_ = [], []
+        for i in range(samples):
+            alone.append(turn(a, quiet.url, f"turn {i}"))
+            crowded_.append(turn(b, crowd.url, f"turn {i}"))
+    return {"alone_ms": median(alone) * 1000, "crowded_ms": median(crowded_) * 1000,
+            "ratio": median(crowded_) / median(alone), "others": others}
 
 
 # --- report ----------------------------------------------------------------------------------------

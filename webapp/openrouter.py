@@ -7,6 +7,7 @@ and scrubs it from any text it passes on.
 
 import json
 import logging
+import os
 from dataclasses import dataclass
 
 import requests
@@ -151,13 +152,23 @@ class Client:
     """One per process: a pooled `requests.Session`, the key and the request defaults."""
 
     def __init__(self, api_key, base_url, model, max_output_tokens, connect_timeout=10.0,
-                 read_timeout=300.0, app_url="", app_title=""):
+                 read_timeout=300.0, app_url="", app_title="", pool_size=512):
         self.api_key = api_key
         self.url = f"{base_url}/responses"
         self.model = model
         self.max_output_tokens = max_output_tokens
         self.timeout = (connect_timeout, read_timeout)
         self.http = requests.Session()
+        # One pooled connection per turn in flight: the default pool keeps 10 and opens (and logs
+        # discarding) a new connection for every turn beyond that.
+        adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=pool_size)
+        self.http.mount("https://", adapter)
+        self.http.mount("http://", adapter)
+        # requests re-reads the proxy variables from the whole environment on every request (over a
+        # millisecond of CPU per turn); read them once here instead, with the same meaning.
+        self.http.proxies.update(requests.utils.get_environ_proxies(self.url))
+        self.http.verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
+        self.http.trust_env = False
         # Concurrent `post` calls on one Session are fine; mutating it is not, so headers are set once here.
         self.http.headers.update({"Authorization": f"Bearer {api_key}",
                                   "Content-Type": "application/json"})

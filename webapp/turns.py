@@ -111,8 +111,8 @@ def note_for(reply):
 class Relay:
     """The events of one turn being written in this process; listeners replay them from the start."""
 
-    def __init__(self, store, cid, turn):
-        self.store, self.cid, self.turn = store, cid, turn
+    def __init__(self, store, cid, turn, streaming=True):
+        self.store, self.cid, self.turn, self.streaming = store, cid, turn, streaming
         self.events = []
         self.finished = False
         self.stop_requested = False
@@ -155,8 +155,8 @@ class Relay:
         every HEARTBEAT seconds; either way learn whether a Stop from another worker arrived."""
         when, text = self.saved
         changed = self.state.text != text
-        if now - when < (FLUSH_EVERY if changed else HEARTBEAT) or self.finished:
-            return
+        if not self.streaming or self.finished or now - when < (FLUSH_EVERY if changed else HEARTBEAT):
+            return  # a whole (non-streamed) reply has no progress to save and ends within the timeout
         self.saved = (now, self.state.text)
         if _flush(self.store, self.cid, self.turn, self.state) != "running":
             self.stop()  # stopped or settled elsewhere (another worker's Stop, a New chat)
@@ -247,9 +247,9 @@ def _save_progress_forever():
 _saver = None
 
 
-def _register(store, cid, turn):
+def _register(store, cid, turn, streaming=True):
     global _saver
-    relay = Relay(store, cid, turn)
+    relay = Relay(store, cid, turn, streaming)
     with _LIVE_LOCK:
         LIVE[turn] = relay
         if _saver is None or not _saver.is_alive():  # started lazily: after gunicorn's fork
@@ -268,7 +268,7 @@ def _run(store, client, cid, turn, items, relay, stream):
 
 def run(store, client, cid, turn, items):
     """Run a begun turn in this thread with a whole (non-streamed) reply: the JS-off form post."""
-    return _run(store, client, cid, turn, items, _register(store, cid, turn), stream=False)
+    return _run(store, client, cid, turn, items, _register(store, cid, turn, False), stream=False)
 
 
 def start(store, client, cid, turn, items):

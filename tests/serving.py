@@ -25,7 +25,9 @@ class Gunicorn:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {"PATH": os.environ["PATH"], "BIND": f"127.0.0.1:{self.port}",
-                    "WEB_CONCURRENCY": str(workers), "HOME": os.environ.get("HOME", "/root"), **env}
+                    "HOME": os.environ.get("HOME", "/root"), **env}
+        if workers:  # None: gunicorn.conf.py's own default, as in production
+            self.env["WEB_CONCURRENCY"] = str(workers)
         if threads:
             self.env["GUNICORN_THREADS"] = str(threads)
         self.log_path = log_path

@@ -7,7 +7,6 @@ Bounded: every loop has a fixed count, the whole run takes a few minutes on 2 co
 """
 
 import argparse
-import concurrent.futures
 import json
 import os
 import shutil

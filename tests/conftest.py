@@ -11,6 +11,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from tests.fake_openrouter import FakeOpenRouter  # noqa: E402
+from tests.serving import Gunicorn  # noqa: E402
 from webapp import create_app  # noqa: E402
 
 API_KEY = "sk-or-v1-test-0123456789abcdef"
@@ -83,3 +84,14 @@ def alert(html):
     return text or None  # the alert element is always there, empty and hidden when all is well
 
 
+
+
+@pytest.fixture(scope="module")
+def served(fake_server, tmp_path_factory):
+    """The app under a real gunicorn on the fake, shared by one test module (its store is fresh)."""
+    path = tmp_path_factory.mktemp("served")
+    env = {"OPENROUTER_API_KEY": fake_server.api_key, "OPENROUTER_BASE_URL": fake_server.base_url,
+           "SECRET_KEY": "served-test", "SESSION_DIR": str(path / "sessions"),
+           "OPENROUTER_READ_TIMEOUT": "20"}
+    with Gunicorn(env, path / "gunicorn.log") as running:
+        yield running

@@ -60,13 +60,8 @@ def shown(browser, server):
 
 
 @pytest.fixture(scope="module")
-def server(fake_server, tmp_path_factory):
-    path = tmp_path_factory.mktemp("streaming")
-    env = {"OPENROUTER_API_KEY": fake_server.api_key, "OPENROUTER_BASE_URL": fake_server.base_url,
-           "SECRET_KEY": "stream-test", "SESSION_DIR": str(path / "sessions"),
-           "OPENROUTER_READ_TIMEOUT": "20"}
-    with Gunicorn(env, path / "gunicorn.log") as running:
-        yield running
+def server(served):
+    return served
 
 
 def test_a_delta_reaches_the_browser_before_the_upstream_finishes(server, fake):

@@ -14,30 +14,26 @@ class SettingsError(ValueError):
     """A setting has a value the app cannot use."""
 
 
-def _int(env, name, default, minimum=1):
+def _number(env, name, default, minimum, kind=int):
     raw = env.get(name, "").strip()
     if not raw:
         return default
     try:
-        value = int(raw)
+        value = kind(raw)
     except ValueError:
-        raise SettingsError(f"{name} must be a whole number, got {raw!r}") from None
+        what = "a whole number" if kind is int else "a number of seconds"
+        raise SettingsError(f"{name} must be {what}, got {raw!r}") from None
     if value < minimum:
         raise SettingsError(f"{name} must be at least {minimum}, got {value}")
     return value
+
+
+def _int(env, name, default, minimum=1):
+    return _number(env, name, default, minimum)
 
 
 def _float(env, name, default, minimum=0.1):
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise SettingsError(f"{name} must be a number of seconds, got {raw!r}") from None
-    if value < minimum:
-        raise SettingsError(f"{name} must be at least {minimum}, got {value}")
-    return value
+    return _number(env, name, default, minimum, float)
 
 
 def _bool(env, name, default):

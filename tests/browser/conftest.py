@@ -5,7 +5,6 @@ import shutil
 
 import pytest
 
-from tests.serving import Gunicorn
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # The background-networking flags keep Chromium from dialling out (this machine's network is closed).
@@ -25,13 +24,8 @@ def browser():
 
 
 @pytest.fixture(scope="module")
-def server(fake_server, tmp_path_factory):
-    path = tmp_path_factory.mktemp("browser")
-    env = {"OPENROUTER_API_KEY": fake_server.api_key, "OPENROUTER_BASE_URL": fake_server.base_url,
-           "SECRET_KEY": "browser-test", "SESSION_DIR": str(path / "sessions"),
-           "OPENROUTER_READ_TIMEOUT": "20"}
-    with Gunicorn(env, path / "gunicorn.log") as running:
-        yield running
+def server(served):
+    return served
 
 
 @pytest.fixture

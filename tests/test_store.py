@@ -97,3 +97,14 @@ def test_progress_saves_leave_the_history_record_alone(tmp_path):
         conv["pending"]["partial"] = "some words"
     assert os.stat(history_file).st_mtime_ns == before
     assert store.load("c")["pending"]["partial"] == "some words"
+
+
+def test_a_streamed_turn_whose_worker_died_is_recovered_sooner(tmp_path):
+    store = file_store(tmp_path)
+    turns.begin(store, "c", "streamed question", stale_after=330, streamed=True)
+    with store.update("c") as conv:
+        conv["pending"].update(beat=conv["pending"]["beat"] - 45, item_id="msg_p", partial="half an")
+    conv = turns.current(store, "c", stale_after=330)
+    assert conv["pending"] is None
+    assert conversation.messages(conv)[-1]["text"] == "half an"
+    assert conv["items"][-1]["status"] == "incomplete"

@@ -26,6 +26,7 @@ INTERRUPTED = "The reply was interrupted before it finished (the server restarte
 STOPPED_EARLY = "Stopped before the model wrote anything."
 FLUSH_EVERY = 0.5  # seconds between saves of a streaming reply's progress
 HEARTBEAT = 2.0  # seconds between "still alive" saves (and stop checks) while the model is silent
+STREAM_STALE = 30.0  # a streamed turn with no heartbeat for this long lost its worker
 
 
 class Busy(Exception):
@@ -50,9 +51,16 @@ def _add(conv, pending, item_id, status, text, **meta):
     conversation.add_turn(conv, pending["text"], item_id, status, text, **meta)
 
 
+def _is_stale(pending, stale_after, now):
+    # A streamed turn's worker saves a heartbeat every HEARTBEAT seconds, even while the model is
+    # silent, so its death shows sooner than a whole reply's, which only has the read timeout.
+    limit = min(stale_after, STREAM_STALE) if pending.get("streamed") else stale_after
+    return now - pending["beat"] > limit
+
+
 def _recover_stale(conv, stale_after, now):
     pending = conv.get("pending")
-    if pending and now - pending["beat"] > stale_after:
+    if pending and _is_stale(pending, stale_after, now):
         if conv.get("rev", 0) != pending.get("rev"):
             conv["pending"] = None  # its reply was stored; only clearing the marker was lost
             return
@@ -62,13 +70,13 @@ def _recover_stale(conv, stale_after, now):
 def current(store, cid, stale_after):
     """The conversation to show; a dead pending turn is settled first so the page never hangs."""
     conv = store.load(cid)
-    if conv.get("pending") and time.time() - conv["pending"]["beat"] > stale_after:
+    if conv.get("pending") and _is_stale(conv["pending"], stale_after, time.time()):
         with store.update(cid) as conv:
             _recover_stale(conv, stale_after, time.time())
     return conv
 
 
-def begin(store, cid, text, stale_after, wait=0.0, replace=False):
+def begin(store, cid, text, stale_after, wait=0.0, replace=False, streamed=False):
     """Mark a new turn pending and return `(turn_id, input_items)`. Waits up to `wait` seconds for a
     reply that is still being written, then raises `Busy`. `replace` resends in place of the last turn."""
     deadline = time.monotonic() + wait
@@ -81,7 +89,7 @@ def begin(store, cid, text, stale_after, wait=0.0, replace=False):
                 turn = secrets.token_urlsafe(9)
                 conv["pending"] = {"turn": turn, "text": text, "started": now, "beat": now,
                                    "partial": "", "item_id": None, "stop": False, "replace": replace,
-                                   "rev": conv.get("rev", 0)}
+                                   "rev": conv.get("rev", 0), "streamed": streamed}
                 history = {"items": conv["items"][:-2] if replace else conv["items"]}
                 return turn, conversation.input_items(history, text)
         if time.monotonic() >= deadline:

@@ -193,7 +193,7 @@ def _start_when_free(store, client, cid, text, replace, stale_after):
     deadline = time.monotonic() + max(QUEUE_WAIT, stale_after)
     while True:
         try:
-            turn, items = turns.begin(store, cid, text, stale_after, 0, replace)
+            turn, items = turns.begin(store, cid, text, stale_after, 0, replace, streamed=True)
             break
         except turns.Busy:
             if time.monotonic() > deadline:

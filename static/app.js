@@ -154,6 +154,17 @@
     clearInterval(view.timer);
     busy = false;
     const article = view.article;
+    if (kind === "error" && data.unsent && view.user) {
+      // Never started (another reply kept the conversation busy): nothing was stored, so the
+      // message goes back in the box rather than away with a reload.
+      view.user.remove();
+      article.remove();
+      box.value = view.sentText;
+      grow();
+      showError(data.message);
+      refreshTools();
+      return;
+    }
     // Anything but a plain finished reply (an error, a turn from another tab) is shown as stored.
     if (kind === "error" || data.count !== messageCount()) {
       window.location.reload();
@@ -247,6 +258,8 @@
     user.appendChild(el("div", { class: "text", "data-role": "user" }, shownText));
     log.querySelectorAll('[data-action="regenerate"], [data-action="edit"]').forEach(function (b) { b.remove(); });
     const view = pendingArticle();
+    view.user = user;
+    view.sentText = text;
     log.append(user, view.article);
     addCopyButtons(user);
     if (!regenerate) { box.value = ""; grow(); }

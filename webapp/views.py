@@ -197,7 +197,7 @@ def _start_when_free(store, client, cid, text, replace, stale_after):
             break
         except turns.Busy:
             if time.monotonic() > deadline:
-                yield "error", {"message": BUSY, "text": "", "kept": False}
+                yield "error", {"message": BUSY, "text": "", "kept": False, "unsent": True}
                 return
             yield "queued", {"message": "Waiting for the reply before this one to finish…"}
             time.sleep(1.0)

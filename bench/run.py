@@ -317,6 +317,7 @@ def charts(over, conc, lags):
     levels = sorted(conc)
     ax.bar([str(n) for n in levels], [conc[n]["of_ideal"] * 100 for n in levels])
     ax.axhline(90, color="red", linestyle="--", label="target 90 %")
+    ax.set_ylim(0, 105)
     ax.set(xlabel="chats in flight (2 s upstream)", ylabel="% of ideal throughput",
            title="Concurrent chats")
     ax.legend()

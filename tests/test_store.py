@@ -108,3 +108,31 @@ def test_a_streamed_turn_whose_worker_died_is_recovered_sooner(tmp_path):
     assert conv["pending"] is None
     assert conversation.messages(conv)[-1]["text"] == "half an"
     assert conv["items"][-1]["status"] == "incomplete"
+
+
+class BrokenAfterBegin(FileBackend):
+    """A file store that stops accepting writes once armed (a full disk, a lost Redis)."""
+
+    armed = False
+
+    def set(self, key, value, ttl):
+        if self.armed:
+            from webapp.store import StoreError
+
+            raise StoreError("disk full")
+        super().set(key, value, ttl)
+
+
+def test_a_store_failure_mid_turn_still_ends_the_stream_with_a_message(tmp_path, fake):
+    from webapp.openrouter import Client
+
+    backend = BrokenAfterBegin(FileSystemCache(str(tmp_path), threshold=0), str(tmp_path / "locks"))
+    store = Store(backend, 3600)
+    client = Client(fake.api_key, fake.base_url, "openai/o4-mini", 100)
+    turn, items = turns.begin(store, "c", "hello", stale_after=60, streamed=True)
+    backend.armed = True
+    relay = turns.start(store, client, "c", turn, items)
+    events = list(relay.listen(tick=1.0))
+    assert events[-1][0] == "error" and "could not be saved" in events[-1][1]["message"]
+    backend.armed = False
+    assert store.load("c")["pending"]["text"] == "hello"  # still there, to be recovered

@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 
 INTERRUPTED = "The reply was interrupted before it finished (the server restarted). Send it again."
 STOPPED_EARLY = "Stopped before the model wrote anything."
+STORE_FAILED = ("The reply could not be saved (the conversation store is unavailable). "
+                "Reload in a moment: your message is recovered when the store is back.")
 FLUSH_EVERY = 0.5  # seconds between saves of a streaming reply's progress
 HEARTBEAT = 2.0  # seconds between "still alive" saves (and stop checks) while the model is silent
 STREAM_STALE = 30.0  # a streamed turn with no heartbeat for this long lost its worker
@@ -201,16 +203,26 @@ def execute(store, client, cid, turn, items, relay, stream=True):
                 break
     except UpstreamError as error:
         if not relay.stop_requested:
-            outcome = _failed(store, cid, turn, state, error)
+            outcome = _unless_store_fails(_failed, store, cid, turn, state, error)
     except Exception:
-        outcome = _failed(store, cid, turn, state, UpstreamError("bad_response"))
-        raise
+        log.exception("turn %s failed", turn)
+        outcome = _unless_store_fails(_failed, store, cid, turn, state, UpstreamError("bad_response"))
     finally:
         events.close()  # closes the upstream connection if we left early
         if outcome is None:
-            outcome = _stopped(store, cid, turn, state)
+            outcome = _unless_store_fails(_stopped, store, cid, turn, state)
+        # Always end the listeners' streams, whatever happened above.
         relay.publish(*outcome, final=True)
     return outcome
+
+
+def _unless_store_fails(settle, store, cid, turn, state, *args):
+    """Settle the turn; if even the store fails, say so (the pending turn is recovered later)."""
+    try:
+        return settle(store, cid, turn, state, *args)
+    except Exception:
+        log.exception("could not store the end of turn %s", turn)
+        return "error", {"message": STORE_FAILED, "text": state.text, "kept": False}
 
 
 def _flush(store, cid, turn, state):

@@ -264,6 +264,8 @@
     addCopyButtons(user);
     if (!regenerate) { box.value = ""; grow(); }
     editField.value = "";
+    const retry = form.querySelector('[data-action="retry"]');
+    if (retry) retry.remove(); // the failed message is on its way again
     scrollToEnd(true);
     let ended = false;
     try {

@@ -188,3 +188,17 @@ def test_a_conversation_has_no_wcag_violations(page, fake, scheme):
         results = Axe().run(page, options={"runOnly": {"type": "tag", "values": [
             "wcag2a", "wcag2aa", "wcag21a", "wcag21aa"]}})
         assert results.violations_count == 0, results.generate_report()
+
+
+def test_an_upstream_error_keeps_the_text_in_the_box_and_retry_sends_it(page, fake):
+    from tests.fake_openrouter import error
+
+    fake.queue(error(503, "No providers available"))
+    send(page, "please keep me")
+    expect(page.locator("#error")).to_contain_text("unavailable")
+    expect(page.locator('textarea[name="message"]')).to_have_value("please keep me")
+    expect(page.locator(USER)).to_have_count(0)  # the history has no half turn
+    page.click('button:text-is("Retry")')
+    expect(page.locator(ASSISTANT).last).to_have_text("Reply 1: please keep me")
+    expect(page.locator("#error")).to_be_hidden()
+    expect(page.locator('button:text-is("Retry")')).to_have_count(0)

@@ -6,8 +6,12 @@ This is the only module that reads `os.environ`; everything else receives the va
 """
 
 import os
+import re
 import secrets
 from datetime import timedelta
+from urllib.parse import parse_qs, urlsplit
+
+DEFAULT_BASE_URL = "https://openrouter.ai/api/v1"
 
 
 class SettingsError(ValueError):
@@ -47,6 +51,24 @@ def _bool(env, name, default):
     raise SettingsError(f"{name} must be true or false, got {raw!r}")
 
 
+def _base_url(env):
+    """OPENROUTER_BASE_URL checked at startup, so a typo is not first seen as "Check the network"."""
+    raw = env.get("OPENROUTER_BASE_URL", "").strip()
+    if not raw:
+        return DEFAULT_BASE_URL
+    parts = urlsplit(raw)
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a port that is not 0-65535
+        valid = parts.scheme.lower() in ("http", "https") and bool(parts.hostname)
+    except ValueError:
+        valid = False
+    # The app posts to "{base}/responses", so a query string or fragment would end up in the wrong place.
+    if not valid or parts.query or parts.fragment or any(c.isspace() for c in raw):
+        raise SettingsError(f"OPENROUTER_BASE_URL must be an http(s)://host URL such as "
+                            f"{DEFAULT_BASE_URL}, got {raw!r}")
+    return raw.rstrip("/")
+
+
 def from_env(env=None):
     """Return the Flask config mapping built from `env` (default: `os.environ`)."""
     env = os.environ if env is None else env
@@ -56,9 +78,7 @@ def from_env(env=None):
     secret = env.get("SECRET_KEY", "").strip()
     return {
         "OPENROUTER_API_KEY": env.get("OPENROUTER_API_KEY", "").strip(),
-        "OPENROUTER_BASE_URL": (
-            env.get("OPENROUTER_BASE_URL", "").strip() or "https://openrouter.ai/api/v1"
-        ).rstrip("/"),
+        "OPENROUTER_BASE_URL": _base_url(env),
         "OPENROUTER_MODEL": env.get("OPENROUTER_MODEL", "").strip() or "openai/o4-mini",
         "MAX_OUTPUT_TOKENS": _int(env, "MAX_OUTPUT_TOKENS", 9000),
         # Reasoning models can think for minutes before the first byte; the connect timeout stays short.
@@ -81,3 +101,95 @@ def from_env(env=None):
         "SESSION_COOKIE_SAMESITE": "Lax",
         "PERMANENT_SESSION_LIFETIME": timedelta(days=_int(env, "SESSION_LIFETIME_DAYS", 30)),
     }
+
+
+_TCP_BIND = re.compile(r"(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[^\s:\[\]/]+)):(?P<port>[0-9]+)")
+
+
+def _bind(env):
+    raw = env.get("BIND", "").strip()
+    if not raw:
+        return "127.0.0.1:8000"
+    problem = f"BIND must be host:port, [ipv6]:port or unix:/path, got {raw!r}"
+    if raw.startswith("unix:"):
+        if not re.sub(r"^unix:(//)?", "", raw):
+            raise SettingsError(problem)
+        return raw
+    match = _TCP_BIND.fullmatch(raw)
+    if not match:
+        raise SettingsError(problem)
+    port = int(match["port"])
+    if not 1 <= port <= 65535:
+        raise SettingsError(f"BIND's port must be 1 to 65535, got {raw!r}")
+    return raw
+
+
+def server_from_env(env=None):
+    """gunicorn's settings that come from the environment, checked like the app's own.
+
+    Returns a dict with `bind`, `workers`, `threads` and `graceful_timeout` (gunicorn.conf.py's names).
+    """
+    env = os.environ if env is None else env
+    return {
+        "bind": _bind(env),
+        "workers": _int(env, "WEB_CONCURRENCY", os.cpu_count() or 2),
+        "threads": _int(env, "GUNICORN_THREADS", 512),
+        # 0 is allowed: stop at once, abandoning replies still being written.
+        "graceful_timeout": _int(env, "GUNICORN_GRACEFUL_TIMEOUT", 120, minimum=0),
+    }
+
+
+def session_dir(config, instance_path):
+    """The folder of the file (cachelib) store: SESSION_DIR, else `<instance_path>/sessions`."""
+    return config.get("SESSION_DIR") or os.path.join(instance_path, "sessions")
+
+
+def _url_without_secrets(url):
+    """scheme://host[:port]/path: no user name, password, query or fragment."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    return f"{parts.scheme}://{host}{f':{port}' if port else ''}{parts.path}"
+
+
+def _redis_location(url):
+    """host:port/db of a REDIS_URL, never its user name or password (which may be in the query)."""
+    parts = urlsplit(url)
+    db = parse_qs(parts.query).get("db", [""])[0]
+    if parts.scheme == "unix":
+        return f"unix:{parts.path} db {db or 0}"
+    host = parts.hostname or "?"
+    if ":" in host:
+        host = f"[{host}]"
+    try:
+        port = parts.port or 6379
+    except ValueError:
+        port = "?"
+    return f"{host}:{port}/{parts.path.strip('/') or db or 0}"
+
+
+def _count(n, word):
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def describe(config, workers=None, threads=None, instance_path="instance"):
+    """One line for the log saying what this process serves; never a key or password.
+
+    `instance_path` is the app's (`app.instance_path`), for the default file store folder.
+    """
+    if config.get("SESSION_TYPE") == "redis":
+        url = config.get("REDIS_URL", "")
+        kind = "redis over TLS" if url.startswith("rediss:") else "redis"
+        store = f"{_redis_location(url)} ({kind})"
+    else:
+        store = f"{os.path.abspath(session_dir(config, instance_path))} (files)"
+    line = (f"Chat ready: model {config.get('OPENROUTER_MODEL')}, "
+            f"upstream {_url_without_secrets(config.get('OPENROUTER_BASE_URL', ''))}, store {store}")
+    if workers and threads:
+        line += f", {_count(workers, 'worker')} × {_count(threads, 'thread')}"
+    return line

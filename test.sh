@@ -1,18 +1,20 @@
 #!/usr/bin/env bash
 # Install everything the tests need (./.venv, and as root the Debian packages) and run the whole suite.
-# Extra arguments go to pytest, e.g. ./test.sh -k gunicorn
+# Not root and a Debian package missing: the tests that need it are skipped (CI_REQUIRE_ALL=1 fails them).
+# Extra arguments go to pytest, e.g. ./test.sh -k gunicorn, or ./test.sh -m "not browser"
 set -euo pipefail
 cd "$(dirname "$0")"
 PY=${PYTHON:-python3}
 need=()
-command -v chromium >/dev/null || need+=(chromium)
-command -v redis-server >/dev/null || need+=(redis-server)
-command -v nginx >/dev/null || need+=(nginx-light)
+has() { PATH="$PATH:/usr/sbin:/sbin" command -v "$1" >/dev/null; }  # nginx lives in /usr/sbin
+has chromium || need+=(chromium)
+has redis-server || need+=(redis-server)
+has nginx || need+=(nginx-light)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]}"
   else
-    echo "Missing Debian packages: ${need[*]} (install them as root, then re-run)" >&2; exit 1
+    echo "Missing Debian packages: ${need[*]} (not root, so not installing them); the tests that need them will be skipped." >&2
   fi
 fi
 [ -x .venv/bin/python ] || "$PY" -m venv .venv

@@ -1,8 +1,10 @@
 """The benchmark suite: `python -m bench.run` (or ./bench.sh, which installs what it needs first).
 
 Starts fake upstreams on loopback and the app under gunicorn with its production config
-(gunicorn.conf.py), measures everything side by side in one run, and writes docs/bench/results.md
-plus PNG charts. Ratios, not absolute times, are the verdicts: these machines are noisy.
+(gunicorn.conf.py), measures everything side by side in one run, and writes results.md, results.json
+and PNG charts: a full run refreshes the committed docs/bench/, a --quick smoke run writes the
+git-ignored build/bench/ (--out picks another directory). Ratios, not absolute times, are the verdicts:
+these machines are noisy.
 Bounded: every loop has a fixed count, the whole run takes a few minutes on 2 cores.
 """
 
@@ -23,9 +25,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from tests.fake_openrouter import FakeOpenRouter  # noqa: E402
-from tests.serving import Gunicorn, free_port  # noqa: E402
+from tests.serving import Gunicorn, find_program, free_port  # noqa: E402
 
-OUT = os.path.join(ROOT, "docs", "bench")
+FULL_OUT = os.path.join(ROOT, "docs", "bench")  # committed: only a full run writes here
+QUICK_OUT = os.path.join(ROOT, "build", "bench")  # git-ignored: smoke runs
 
 
 def median(xs):
@@ -222,8 +225,11 @@ def deltas(workdir):
     try:
         with Gunicorn(app_env(base, workdir), os.path.join(workdir, "ticks.log")) as server:
             results["gunicorn"] = stream_latencies(server.url)
-            nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-            if os.path.exists(nginx):
+            nginx = find_program("nginx")
+            if not nginx:
+                print("nginx is not installed (apt-get install nginx-light): "
+                      "delta forwarding is measured through gunicorn only", flush=True)
+            else:
                 port = free_port()
                 ndir = os.path.join(workdir, "nginx")
                 os.makedirs(ndir, exist_ok=True)
@@ -298,7 +304,7 @@ def verdict(ok):
     return "met" if ok else "**missed**"
 
 
-def charts(over, conc, lags):
+def charts(out, over, conc, lags):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -311,7 +317,7 @@ def charts(over, conc, lags):
     ax.set(xlabel="turns of history", ylabel="median turn time (ms)", title="Per-turn time vs history")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(os.path.join(OUT, "overhead.png"), dpi=100)
+    fig.savefig(os.path.join(out, "overhead.png"), dpi=100)
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
     levels = sorted(conc)
@@ -322,7 +328,7 @@ def charts(over, conc, lags):
            title="Concurrent chats")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(os.path.join(OUT, "concurrency.png"), dpi=100)
+    fig.savefig(os.path.join(out, "concurrency.png"), dpi=100)
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for name, values in lags.items():
@@ -331,14 +337,18 @@ def charts(over, conc, lags):
            title="Streamed delta forwarding")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(os.path.join(OUT, "deltas.png"), dpi=100)
+    fig.savefig(os.path.join(out, "deltas.png"), dpi=100)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="smaller counts, for a smoke run")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"smaller counts, for a smoke run; writes {os.path.relpath(QUICK_OUT, ROOT)}/")
+    parser.add_argument("--out", help=f"where to write the results (default: {os.path.relpath(FULL_OUT, ROOT)}/"
+                                      f", or {os.path.relpath(QUICK_OUT, ROOT)}/ with --quick)")
     args = parser.parse_args()
-    os.makedirs(OUT, exist_ok=True)
+    out = args.out or (QUICK_OUT if args.quick else FULL_OUT)
+    os.makedirs(out, exist_ok=True)
     workdir = tempfile.mkdtemp(prefix="chat-bench-")
     q = args.quick
     started = time.time()
@@ -354,7 +364,7 @@ def main():
     conc = concurrency(workdir, levels=(50, 100) if q else (100, 300, 1000))
     print("deltas…", flush=True)
     lag, raw = deltas(workdir)
-    charts(over, conc, raw)
+    charts(out, over, conc, raw)
 
     growth = over[max(over)]["overhead_ms"] / max(over[min(over)]["overhead_ms"], 1e-6)
     top = conc[max(conc)]
@@ -390,12 +400,13 @@ def main():
              "| measure | target | result | verdict |", "|---|---|---|---|"]
     lines += [f"| {m} | {t} | {r} | {'' if ok is None else verdict(ok)} |" for m, t, r, ok in rows]
     lines += ["", "![overhead](overhead.png) ![concurrency](concurrency.png) ![deltas](deltas.png)", ""]
-    with open(os.path.join(OUT, "results.md"), "w") as f:
+    with open(os.path.join(out, "results.md"), "w") as f:
         f.write("\n".join(lines))
-    with open(os.path.join(OUT, "results.json"), "w") as f:
+    with open(os.path.join(out, "results.json"), "w") as f:
         json.dump({"overhead": over, "concurrency": conc, "deltas": lag, "page": weight,
                    "crowded": crowd}, f, indent=1)
     print("\n".join(lines))
+    print(f"\nWritten to {os.path.relpath(out, ROOT)}/", flush=True)
     shutil.rmtree(workdir, ignore_errors=True)
 
 

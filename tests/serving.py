@@ -1,6 +1,7 @@
 """Start the real app under a real gunicorn (the production config) for integration and browser tests."""
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -10,6 +11,32 @@ import time
 import requests
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# Where Debian puts programs that a non-root PATH often leaves out (nginx lives in /usr/sbin).
+SYSTEM_DIRS = "/usr/local/sbin:/usr/sbin:/sbin"
+
+
+def find_program(name):
+    """The path of the program `name` (on PATH, or in the sbin directories), or None."""
+    return shutil.which(name) or shutil.which(name, path=SYSTEM_DIRS)
+
+
+def require_program(name, package):
+    """The path of the program `name`, from Debian's `package`, for a test that needs it.
+
+    Missing, the test is skipped with the reason, so a contributor without root can run the rest;
+    with CI_REQUIRE_ALL=1 (CI sets it) it fails with the same reason instead, so nothing is skipped
+    silently there."""
+    import pytest  # here, not at the top: bench/ imports this module without pytest
+
+    path = find_program(name)
+    if path:
+        return path
+    reason = f"{name} is not installed (apt-get install {package} as root, or run ./test.sh as root)"
+    if os.environ.get("CI_REQUIRE_ALL", "").strip() not in ("", "0"):
+        pytest.fail(f"{reason}; CI_REQUIRE_ALL is set, so every test must run", pytrace=False)
+    pytest.skip(reason)
 
 
 def free_port():

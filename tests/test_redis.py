@@ -1,6 +1,5 @@
 """SESSION_TYPE=redis against a real redis-server: sessions, conversations and locks live in Redis."""
 
-import shutil
 import subprocess
 import threading
 import time
@@ -9,16 +8,16 @@ import pytest
 import redis
 
 from tests.conftest import app_config, messages
-from tests.serving import free_port
+from tests.serving import free_port, require_program
 from webapp import conversation, create_app
 from webapp.store import RedisBackend, Store
+
+pytestmark = pytest.mark.redis
 
 
 @pytest.fixture(scope="module")
 def redis_url(tmp_path_factory):
-    binary = shutil.which("redis-server")
-    if not binary:
-        pytest.fail("redis-server is not installed (apt-get install redis-server)")
+    binary = require_program("redis-server", "redis-server")
     port = free_port()
     proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
                              "--appendonly", "no", "--dir", str(tmp_path_factory.mktemp("redis"))],

@@ -1,24 +1,31 @@
 """Headless Debian Chromium driven by Playwright, against the app under a real gunicorn."""
 
-import os
-import shutil
+from pathlib import Path
 
 import pytest
 
+from tests.serving import require_program
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+HERE = Path(__file__).resolve().parent
 # The background-networking flags keep Chromium from dialling out (this machine's network is closed).
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects, so `-m "not browser"` sees the mark
+def pytest_collection_modifyitems(items):
+    """Every test under tests/browser is marked `browser` (this hook sees the whole session's items)."""
+    for item in items:
+        if HERE in Path(item.path).resolve().parents:
+            item.add_marker(pytest.mark.browser)
+
+
 @pytest.fixture(scope="session")
 def browser():
     playwright_api = pytest.importorskip("playwright.sync_api")
-    if not os.path.exists(CHROMIUM):
-        pytest.fail("Debian's chromium is not installed (apt-get install chromium)")
+    chromium = require_program("chromium", "chromium")
     with playwright_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        browser = p.chromium.launch(executable_path=chromium, args=ARGS, headless=True)
         yield browser
         browser.close()
 

@@ -1,20 +1,30 @@
 "use strict";
 // Progressive enhancement: without this file the form posts and the page reloads (same server code).
 // With it, a turn streams: the form is posted to /turns and the reply arrives as Server-Sent Events
-// over the fetch response. Text is shown with textContent while it streams; when the reply is done
-// the server's sanitised HTML replaces it. No inline scripts, no dependencies, no build step.
+// over the fetch response. New words are shown with textContent at once; every few hundred
+// milliseconds the server sends its sanitised rendering of the text so far, which replaces them.
+// No inline scripts, no dependencies, no build step.
 (function () {
   const form = document.getElementById("composer");
   const box = document.getElementById("message");
   const log = document.querySelector('[data-role="log"]');
-  if (!form || !box || !log || !window.fetch || !window.ReadableStream) return;
+  const scroller = document.getElementById("scroller");
+  if (!form || !box || !log || !scroller || !window.fetch || !window.ReadableStream) return;
 
   const errorBox = document.getElementById("error");
+  const notice = document.getElementById("notice");
   const hint = document.getElementById("hint");
   const announcer = document.getElementById("announce");
+  const jump = document.getElementById("jump");
   const editField = form.querySelector('input[name="edit"]');
-  let busy = false;
-  let followScroll = true;
+  // Send, or Stop while a reply is written: one button that changes in place.
+  const actionButton = form.querySelector('[data-action="send"], [data-action="stop"]');
+  const cancelButton = form.querySelector('[data-action="cancel"]');
+  const editingHint = document.getElementById("editing");
+  const enterHint = form.querySelector(".enter-hint");
+  // Touch screens have no Shift+Enter: there Enter adds a line and the Send button sends.
+  const touch = window.matchMedia("(pointer: coarse)").matches;
+  let current = null; // the view of the reply being written, if any
 
   // --- small helpers -----------------------------------------------------------------------------
   function el(tag, attrs, text) {
@@ -23,22 +33,47 @@
     if (text !== undefined) node.textContent = text;
     return node;
   }
-  function showError(message) {
-    errorBox.textContent = message;
-    errorBox.hidden = !message;
+  function show(node, message) {
+    node.textContent = message || "";
+    node.hidden = !message;
   }
+  function showError(message) { show(errorBox, message); }
+  function showNotice(message) { show(notice, message); }
   function messageCount() {
     return log.querySelectorAll('[data-role="user"], [data-role="assistant"]').length;
   }
-  function scrollToEnd(force) {
-    if (force || followScroll) window.scrollTo(0, document.body.scrollHeight);
+  function lastArticles() {
+    const articles = log.querySelectorAll("article.msg");
+    return [articles[articles.length - 2], articles[articles.length - 1]];
   }
-  // Follow the reply only while the reader is at the bottom; scrolling up stops it, back down resumes.
-  window.addEventListener("scroll", function () {
-    followScroll = window.innerHeight + window.scrollY >= document.body.scrollHeight - 80;
-  }, { passive: true });
 
-  // --- copy buttons ------------------------------------------------------------------------------
+  // --- scrolling -----------------------------------------------------------------------------------
+  // The scroller is flex column-reverse: scrollTop is 0 at the end and negative above it, and the
+  // browser keeps the end in view as a reply grows. A reader who scrolled up keeps their place.
+  function distanceFromEnd() { return Math.abs(scroller.scrollTop); }
+  function atEnd() { return distanceFromEnd() < 40; }
+  function toEnd(smooth) { scroller.scrollTo({ top: 0, behavior: smooth ? "smooth" : "auto" }); }
+  function keepPlace(change) {
+    if (atEnd()) { change(); return; }
+    const fromTop = scroller.scrollHeight - scroller.clientHeight + scroller.scrollTop;
+    change();
+    scroller.scrollTop = fromTop - scroller.scrollHeight + scroller.clientHeight;
+  }
+  scroller.addEventListener("scroll", function () {
+    jump.hidden = distanceFromEnd() < 200;
+  }, { passive: true });
+  jump.addEventListener("click", function () {
+    toEnd(true);
+    jump.hidden = true;
+  });
+
+  // --- times and copy buttons ------------------------------------------------------------------------
+  function localTime(node) {
+    const when = new Date(node.getAttribute("datetime"));
+    if (!isNaN(when)) node.textContent = when.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+  }
+  log.querySelectorAll("time[datetime]").forEach(localTime);
+
   function copyButton(getText, label) {
     const button = el("button", { type: "button", class: "secondary small copy", "aria-label": label }, "Copy");
     button.addEventListener("click", async function () {
@@ -52,13 +87,16 @@
     });
     return button;
   }
+  function toolsOf(article) {
+    let tools = article.querySelector(":scope > .tools");
+    if (!tools) { tools = el("div", { class: "tools" }); article.appendChild(tools); }
+    return tools;
+  }
   function addCopyButtons(article) {
     const text = article.querySelector("[data-role]");
     if (!text || article.querySelector(":scope > .tools > .copy")) return;
-    let tools = article.querySelector(":scope > .tools");
-    if (!tools) { tools = el("div", { class: "tools" }); article.appendChild(tools); }
     const who = text.dataset.role === "user" ? "your message" : "the reply";
-    tools.prepend(copyButton(function () { return text.innerText; }, "Copy " + who));
+    toolsOf(article).prepend(copyButton(function () { return text.innerText; }, "Copy " + who));
     text.querySelectorAll("pre").forEach(function (pre, i) {
       const code = pre.querySelector("code") || pre;
       pre.appendChild(copyButton(function () { return code.innerText; }, "Copy code block " + (i + 1)));
@@ -69,39 +107,78 @@
   // --- the message box ---------------------------------------------------------------------------
   function grow() {
     box.style.height = "auto";
-    box.style.height = Math.min(box.scrollHeight + 2, window.innerHeight * 0.5) + "px";
+    box.style.height = Math.min(box.scrollHeight + 2, window.innerHeight * 0.4) + "px";
   }
   box.addEventListener("input", grow);
   box.addEventListener("keydown", function (event) {
-    if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+    if (event.key === "Enter" && !event.shiftKey && !event.isComposing && !touch) {
       event.preventDefault();
-      form.requestSubmit(form.querySelector('button[type="submit"]:not([formaction]):not([name])'));
+      form.requestSubmit(current ? null : actionButton); // while writing: "wait, or press Stop"
+    } else if (event.key === "Escape" && editField.value) {
+      event.preventDefault();
+      cancelEdit();
     }
   });
   grow();
+  if (!touch) {
+    box.focus({ preventScroll: true });
+    box.setSelectionRange(box.value.length, box.value.length);
+  }
+
+  // --- edit mode: bound to the reply it replaces (the server refuses it if that changed) ------------
+  function setEditing(replyId) {
+    editField.value = replyId || "";
+    editingHint.hidden = !replyId;
+    cancelButton.hidden = !replyId;
+    enterHint.hidden = !!replyId;
+  }
+  function cancelEdit() {
+    setEditing(null);
+    box.value = "";
+    grow();
+    box.focus();
+  }
 
   // --- a turn ------------------------------------------------------------------------------------
+  // While a reply is written, Send becomes Stop.
+  let busyNotice = false;
+  function setWriting(view) {
+    current = view;
+    actionButton.textContent = view ? "Stop" : "Send";
+    actionButton.dataset.action = view ? "stop" : "send";
+    ["formaction", "formnovalidate", "name", "value"].forEach(function (a) { actionButton.removeAttribute(a); });
+    if (!view && busyNotice) showNotice(""); // "still being written" is over
+    busyNotice = false;
+  }
+
   function pendingArticle(turn) {
     const article = el("article", { class: "msg assistant writing", "aria-label": "Assistant", "aria-busy": "true" });
     const text = el("div", { class: "text md", "data-role": "assistant" });
     const thinking = el("p", { class: "thinking" }, "Thinking… 0 s");
-    const tools = el("div", { class: "tools" });
-    const stop = el("button", { type: "button", class: "secondary small", "data-action": "stop" }, "Stop");
-    tools.appendChild(stop);
-    article.append(text, thinking, tools);
+    article.append(text, thinking);
     const started = Date.now();
     const timer = setInterval(function () {
       thinking.textContent = "Thinking… " + Math.round((Date.now() - started) / 1000) + " s";
     }, 1000);
-    const view = { article, text, thinking, stop, timer, turn: turn || null, received: "" };
-    stop.addEventListener("click", function () { stopTurn(view); });
-    return view;
+    return { article, text, thinking, timer, turn: turn || null, tail: null };
   }
 
-  async function stopTurn(view) {
-    view.stop.disabled = true;
-    if (!view.turn) return;
-    const body = new URLSearchParams({ turn: view.turn });
+  // The reply so far: the server's last rendering, then the words that came after it as plain text.
+  function showRendered(view, html) {
+    view.text.innerHTML = html; // sanitised on the server (markdown-it-py + nh3)
+    view.text.classList.add("rendered");
+    view.tail = el("span", { class: "tail" });
+    view.text.appendChild(view.tail);
+  }
+  function showDelta(view, delta) {
+    view.thinking.hidden = true;
+    if (!view.tail) { view.tail = el("span", { class: "tail" }); view.text.appendChild(view.tail); }
+    view.tail.textContent += delta; // text, never HTML
+  }
+
+  async function stopTurn() {
+    if (!current || !current.turn) return;
+    const body = new URLSearchParams({ turn: current.turn });
     try {
       await fetch("/stop", { method: "POST", body, headers: { Accept: "application/json" } });
     } catch (e) { /* the stream's end or a reload shows the outcome */ }
@@ -138,10 +215,9 @@
       } else if (kind === "queued") {
         view.thinking.textContent = data.message;
       } else if (kind === "delta") {
-        if (!view.received) view.thinking.hidden = true;
-        view.received += data;
-        view.text.textContent = view.received; // text, never HTML, while streaming
-        scrollToEnd(false);
+        keepPlace(function () { showDelta(view, data); });
+      } else if (kind === "html") {
+        keepPlace(function () { showRendered(view, data); });
       } else if (kind === "done" || kind === "error") {
         ended = true;
         finish(view, kind, data);
@@ -150,54 +226,76 @@
     return ended;
   }
 
+  function putBack(view, text) {
+    // Nothing was stored for this turn: the message goes back in the box, not away with a reload.
+    view.user.remove();
+    view.article.remove();
+    log.querySelector(".empty").hidden = messageCount() > 0;
+    box.value = text;
+    grow();
+    refreshTools(view.previousReply);
+    box.focus();
+  }
+
   function finish(view, kind, data) {
     clearInterval(view.timer);
-    busy = false;
+    setWriting(null);
     const article = view.article;
-    if (kind === "error" && data.unsent && view.user) {
-      // Never started (another reply kept the conversation busy): nothing was stored, so the
-      // message goes back in the box rather than away with a reload.
-      view.user.remove();
-      article.remove();
-      box.value = view.sentText;
-      grow();
+    if (kind === "error" && data.unsent && view.user && !view.replaced) {
+      putBack(view, view.sentText);
       showError(data.message);
-      refreshTools();
       return;
     }
-    // Anything but a plain finished reply (an error, a turn from another tab) is shown as stored.
-    if (kind === "error" || data.count !== messageCount()) {
+    if (kind === "done" && data.stopped && !data.kept && view.user && !view.replaced) {
+      putBack(view, view.user.querySelector("[data-role]").textContent);
+      showNotice(data.note + " Your message is back in the box.");
+      return;
+    }
+    // Anything else but a plain finished reply (an error, a turn from another tab, an edit or
+    // regenerate that did not happen) is shown as stored.
+    if (kind === "error" || data.count !== messageCount() || (data.stopped && !data.kept)) {
       window.location.reload();
       return;
     }
-    view.text.innerHTML = data.html; // sanitised on the server (markdown-it-py + nh3)
-    view.thinking.remove();
-    view.stop.parentNode.remove();
-    article.classList.remove("writing");
-    article.removeAttribute("aria-busy");
-    if (data.note) {
-      article.classList.add("cut");
-      article.insertBefore(el("p", { class: "note" }, data.note), article.querySelector(".tools"));
+    keepPlace(function () {
+      view.text.innerHTML = data.html; // sanitised on the server (markdown-it-py + nh3)
+      view.text.classList.remove("rendered");
+      view.thinking.remove();
+      article.classList.remove("writing");
+      article.removeAttribute("aria-busy");
+      if (data.note) {
+        if (!data.stopped) article.classList.add("cut");
+        article.appendChild(el("p", { class: "note" }, data.note));
+      }
+      if (data.model || data.at) {
+        const meta = el("p", { class: "meta" }, data.model ? data.model : "");
+        if (data.at) {
+          if (data.model) meta.append(" · ");
+          const time = el("time", { datetime: new Date(data.at * 1000).toISOString() });
+          localTime(time);
+          meta.appendChild(time);
+        }
+        article.appendChild(meta);
+      }
+      addCopyButtons(article);
+      refreshTools(data.last_reply);
+    });
+    if (document.title === "Chat") {
+      const first = log.querySelector('[data-role="user"]').textContent.replace(/\s+/g, " ").trim();
+      document.title = (first.length > 60 ? first.slice(0, 59) + "…" : first) + " · Chat";
     }
-    addCopyButtons(article);
-    refreshTools();
     announcer.textContent = "Reply finished: " + view.text.innerText.slice(0, 500);
-    scrollToEnd(false);
   }
 
-  // Regenerate and Edit belong to the last turn only; rebuild them after each turn.
-  function refreshTools() {
+  // Regenerate and Edit belong to the last turn only, and name the reply they replace.
+  function refreshTools(lastReply) {
     log.querySelectorAll('[data-action="regenerate"], [data-action="edit"]').forEach(function (b) { b.remove(); });
-    const articles = log.querySelectorAll("article.msg");
-    const last = articles[articles.length - 1], prev = articles[articles.length - 2];
-    if (!last || !prev) return;
-    const regen = el("button", { type: "submit", form: "composer", name: "regenerate", value: "1",
-      class: "secondary small", formnovalidate: "", "data-action": "regenerate" }, "Regenerate");
-    last.querySelector(".tools").appendChild(regen);
-    let tools = prev.querySelector(".tools");
-    if (!tools) { tools = el("div", { class: "tools" }); prev.appendChild(tools); }
-    const edit = el("button", { type: "button", class: "secondary small", "data-action": "edit" }, "Edit");
-    tools.appendChild(edit);
+    const [prev, last] = lastArticles();
+    if (!last || !prev || !lastReply) return;
+    toolsOf(last).appendChild(el("button", { type: "submit", form: "composer", name: "regenerate",
+      value: lastReply, class: "secondary small", formnovalidate: "", "data-action": "regenerate" }, "Regenerate"));
+    toolsOf(prev).appendChild(el("button", { type: "button", class: "secondary small", "data-action": "edit",
+      "data-reply": lastReply }, "Edit"));
   }
 
   async function resume(view) {
@@ -206,7 +304,8 @@
       try {
         const response = await fetch("/turns/" + encodeURIComponent(view.turn), { headers: { Accept: "text/event-stream" } });
         if (!response.ok) break;
-        view.received = "";
+        view.tail = null;
+        view.text.textContent = "";
         if (await follow(response, view)) return;
       } catch (e) { /* network trouble: wait and try again */ }
       await new Promise(function (r) { setTimeout(r, 2000); });
@@ -216,7 +315,8 @@
 
   async function send(submitter) {
     const data = new FormData(form, submitter);
-    const regenerate = data.get("regenerate") === "1";
+    const regenerate = !!data.get("regenerate");
+    const replaced = regenerate || !!data.get("edit");
     const text = String(data.get("message") || "");
     if (!regenerate && !text.trim()) {
       hint.textContent = "Type a message first: an empty message is not sent.";
@@ -225,48 +325,53 @@
       box.focus();
       return;
     }
-    busy = true;
+    const view = pendingArticle();
+    setWriting(view);
     hint.hidden = true;
     box.removeAttribute("aria-invalid");
     showError("");
+    showNotice("");
     let response;
     try {
       response = await fetch("/turns", { method: "POST", body: new URLSearchParams(data), headers: { Accept: "text/event-stream" } });
     } catch (e) {
-      busy = false;
+      clearInterval(view.timer);
+      setWriting(null);
       showError("Could not reach the chat server. Your message is kept in the box; try again.");
       return;
     }
     if (!response.ok) {
-      busy = false;
+      clearInterval(view.timer);
+      setWriting(null);
       let message = "The message could not be sent (" + response.status + ").";
       try { message = (await response.json()).error || message; } catch (e) { /* not JSON */ }
       showError(message);
       return;
     }
     // Accepted: show the turn at once. Regenerate and Edit replace the last turn.
-    const articles = log.querySelectorAll("article.msg");
     const users = log.querySelectorAll('[data-role="user"]');
     const shownText = regenerate ? users[users.length - 1].textContent : text;
-    if (regenerate || data.get("edit") === "1") {
-      const lastUser = articles[articles.length - 2];
-      articles[articles.length - 1].remove();
-      lastUser.remove();
+    view.previousReply = editField.value || (regenerate ? data.get("regenerate") : null) ||
+      (log.querySelector('[data-action="regenerate"]') || {}).value;
+    if (replaced) {
+      const [prev, last] = lastArticles();
+      prev.remove();
+      last.remove();
     }
     log.querySelector(".empty").hidden = true;
     const user = el("article", { class: "msg user", "aria-label": "You" });
     user.appendChild(el("div", { class: "text", "data-role": "user" }, shownText));
     log.querySelectorAll('[data-action="regenerate"], [data-action="edit"]').forEach(function (b) { b.remove(); });
-    const view = pendingArticle();
     view.user = user;
     view.sentText = text;
+    view.replaced = replaced;
     log.append(user, view.article);
     addCopyButtons(user);
     if (!regenerate) { box.value = ""; grow(); }
-    editField.value = "";
+    setEditing(null);
     const retry = form.querySelector('[data-action="retry"]');
     if (retry) retry.remove(); // the failed message is on its way again
-    scrollToEnd(true);
+    toEnd(false);
     let ended = false;
     try {
       ended = await follow(response, view);
@@ -277,42 +382,40 @@
   }
 
   form.addEventListener("submit", function (event) {
-    const submitter = event.submitter;
-    // New chat, Stop and Edit (JS-off routes) keep their own behaviour unless handled here.
-    if (submitter && submitter.getAttribute("formaction")) {
-      if (submitter.dataset.action === "stop") { event.preventDefault(); return; }
-      return;
-    }
+    const action = event.submitter && event.submitter.dataset.action;
+    if (action === "stop") { event.preventDefault(); stopTurn(); return; }
+    if (action === "cancel") { event.preventDefault(); cancelEdit(); return; }
+    // New chat and the JS-off Edit route keep their own behaviour.
+    if (event.submitter && event.submitter.getAttribute("formaction")) return;
     event.preventDefault();
-    if (busy) {
-      showError("A reply is still being written. Wait for it, or press Stop.");
+    if (current) {
+      showNotice("A reply is still being written. Wait for it, or press Stop.");
+      busyNotice = true;
       return;
     }
-    send(submitter).catch(function () { window.location.reload(); });
+    send(event.submitter).catch(function () { window.location.reload(); });
   });
 
   log.addEventListener("click", function (event) {
-    const button = event.target.closest("button[data-action]");
+    const button = event.target.closest('button[data-action="edit"]');
     if (!button) return;
-    if (button.dataset.action === "edit") {
-      event.preventDefault();
-      const users = log.querySelectorAll('[data-role="user"]');
-      box.value = users[users.length - 1].textContent;
-      editField.value = "1";
-      document.getElementById("keys").textContent = "Editing your last message: sending replaces it and its reply.";
-      grow();
-      box.focus();
-    }
+    event.preventDefault();
+    const users = log.querySelectorAll('[data-role="user"]');
+    const regenerate = log.querySelector('[data-action="regenerate"]');
+    box.value = users[users.length - 1].textContent;
+    setEditing(button.dataset.reply || (regenerate && regenerate.value));
+    grow();
+    box.focus();
   });
 
   // A reply still being written when the page loaded (a reload, another tab): pick it up again.
   const writing = log.querySelector("[data-pending-turn]");
   if (writing) {
-    busy = true;
     const view = pendingArticle(writing.dataset.pendingTurn);
+    view.user = writing.previousElementSibling;
     writing.replaceWith(view.article);
     view.text.textContent = writing.querySelector("[data-role]").textContent;
-    view.received = view.text.textContent;
+    setWriting(view);
     resume(view).catch(function () { window.location.reload(); });
   }
 })();

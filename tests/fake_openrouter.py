@@ -14,6 +14,7 @@ POST /responses; with none queued the fake answers with `reply()`.
 """
 
 import json
+import select
 import socket
 import secrets
 import threading
@@ -284,6 +285,19 @@ class _Handler(BaseHTTPRequestHandler):
         if seconds and self.fake._stopping.wait(seconds):
             raise _Abort()
 
+    def _hold(self, seconds):
+        """Send nothing for `seconds` (no status line, no headers), but notice a client that hangs up
+        meanwhile, as a real server would: count it in `disconnects` and stop."""
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            if self.fake._stopping.is_set():
+                raise _Abort()
+            readable, _, _ = select.select([self.connection], [], [], min(left, 0.05))
+            if readable and not self.connection.recv(1, socket.MSG_PEEK):
+                with self.fake._lock:
+                    self.fake.disconnects += 1
+                raise _Abort()
+
     # -- routes --
     def do_GET(self):
         if self.path.split("?")[0] == "/api/v1/models":
@@ -342,7 +356,7 @@ class _Handler(BaseHTTPRequestHandler):
         elif isinstance(b, Raw):
             self._send(b.status, b.body.encode() if isinstance(b.body, str) else b.body, b.content_type)
         elif isinstance(b, Hang):
-            self._sleep(b.seconds)
+            self._hold(b.seconds)
             raise _Abort()  # close without a byte: the client sees its read timeout or a dropped connection
         elif isinstance(b, StreamError) and not stream:
             self._send_error(502, "Provider disconnected")

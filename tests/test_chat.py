@@ -1,5 +1,7 @@
 """The chat loop through Flask's test client, against the fake OpenRouter over real HTTP."""
 
+import re
+
 import pytest
 
 from tests.conftest import alert, messages, textarea
@@ -199,27 +201,85 @@ def test_the_session_cookie_holds_only_an_id(client):
     assert "secret" not in cookie.split(";")[0]
 
 
+def last_reply(html):
+    """The reply an Edit or Regenerate on this page names as the one it replaces."""
+    match = re.search(r'name="regenerate" value="([^"]+)"', html) or re.search(r'name="edit" value="([^"]+)"', html)
+    return match.group(1)
+
+
 def test_regenerate_and_edit_work_without_javascript(client, fake):
     send(client, "first")
     send(client, "second")
     fake.queue(reply("another take"))
-    assert client.post("/", data={"message": "", "regenerate": "1"}).status_code == 303
+    shown = page(client)
+    assert client.post("/", data={"message": "", "regenerate": last_reply(shown)}).status_code == 303
     assert [t for _, t in messages(page(client))] == ["first", "Reply 1: first", "second", "another take"]
     editing = client.post("/edit", follow_redirects=True).get_data(as_text=True)
-    assert textarea(editing) == "second" and 'name="edit" value="1"' in editing
-    client.post("/", data={"message": "second, better", "edit": "1"})
+    assert textarea(editing) == "second" and f'name="edit" value="{last_reply(page(client))}"' in editing
+    assert re.search(r'<button[^>]*>Cancel</button>', editing)
+    client.post("/", data={"message": "second, better", "edit": last_reply(editing)})
     assert [t for _, t in messages(page(client))] == [
         "first", "Reply 1: first", "second, better", "Reply 2: second, better"]
+    assert 'name="edit" value=""' in page(client)  # edit mode ends with the send
+
+
+def test_an_edit_from_a_page_that_went_stale_replaces_nothing_and_keeps_the_text(client, fake):
+    """The Edit trap: an edit names the reply it replaces; if another tab sent meanwhile, it is refused."""
+    send(client, "first")
+    editing = client.post("/edit", follow_redirects=True).get_data(as_text=True)
+    send(client, "sent from another tab")
+    refused = client.post("/", data={"message": "first, edited", "edit": last_reply(editing)})
+    assert refused.status_code == 409
+    html = refused.get_data(as_text=True)
+    assert textarea(html) == "first, edited" and "changed" in alert(html)
+    assert [t for _, t in messages(page(client))] == [
+        "first", "Reply 1: first", "sent from another tab", "Reply 2: sent from another tab"]
+    assert len(fake.requests) == 2  # nothing went upstream for the refused edit
+    stale_regenerate = client.post("/", data={"message": "", "regenerate": last_reply(editing)})
+    assert stale_regenerate.status_code == 409 and len(fake.requests) == 2
+
+
+def test_cancel_leaves_edit_mode_without_javascript(client, fake):
+    send(client, "first")
+    client.post("/edit")
+    cancelled = client.post("/edit/cancel", data={"message": "first", "edit": "x"}, follow_redirects=True)
+    html = cancelled.get_data(as_text=True)
+    assert 'name="edit" value=""' in html and textarea(html) == ""
+    assert re.search(r'data-action="cancel"\s+hidden', html)
 
 
 def test_a_failed_regenerate_keeps_the_old_reply(client, fake):
     send(client, "question")
     fake.queue(error(502, "Provider returned error"))
-    client.post("/", data={"message": "", "regenerate": "1"})
+    client.post("/", data={"message": "", "regenerate": last_reply(page(client))})
     html = page(client)
     assert messages(html) == [("user", "question"), ("assistant", "Reply 1: question")]
     assert "unavailable" in alert(html)
-    assert textarea(html) == "question" and 'name="edit" value="1"' in html
-    client.post("/", data={"message": "question", "edit": "1"})  # Retry replaces, not duplicates
+    bound = last_reply(html)
+    assert textarea(html) == "question" and f'name="edit" value="{bound}"' in html
+    client.post("/", data={"message": "question", "edit": bound})  # Retry replaces, not duplicates
     assert [t for _, t in messages(page(client))] == ["question", "Reply 1: question"]
     assert len(fake.requests[-1]["body"]["input"]) == 1
+
+
+@pytest.mark.parametrize("status, kind", [(401, "auth"), (402, "credits"), (429, "rate_limited"),
+                                          (503, "unavailable")])
+def test_an_upstream_failure_is_logged_once_for_the_operator(client, fake, caplog, status, kind):
+    fake.queue(error(status, f"refused {fake.api_key}"))
+    with caplog.at_level("INFO"):
+        send(client, "a private question")
+    lines = [r for r in caplog.records if "upstream failure" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].levelname == "WARNING"
+    line = lines[0].getMessage()
+    assert f"kind={kind}" in line and f"status={status}" in line and "model=openai/o4-mini" in line
+    assert "turn=" in line
+    everything = "\n".join(r.getMessage() for r in caplog.records)
+    assert fake.api_key not in everything and "a private question" not in everything
+
+
+def test_the_page_title_comes_from_the_conversation_and_the_favicon_answers(client, fake):
+    assert "<title>Chat</title>" in page(client)
+    send(client, "What is   the capital\nof France?")
+    assert "<title>What is the capital of France? · Chat</title>" in page(client)
+    icon = client.get("/favicon.ico")
+    assert icon.status_code == 200 and icon.mimetype == "image/svg+xml"

@@ -39,7 +39,7 @@ def test_a_failed_turn_keeps_the_text_and_leaves_history_alone():
     before = list(conv["items"])
     conversation.fail_turn(conv, "lost?", "boom")
     assert conv["items"] == before
-    assert conv["failed"] == {"text": "lost?", "error": "boom", "replace": False}
+    assert conv["failed"] == {"text": "lost?", "error": "boom", "replace": False, "stopped": False}
     conversation.add_turn(conv, "lost?", "msg_b", "completed", "b")
     assert conv["failed"] is None
 

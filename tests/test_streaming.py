@@ -7,8 +7,8 @@ import time
 import pytest
 import requests
 
-from tests.conftest import messages
-from tests.fake_openrouter import FakeOpenRouter, reply, stream_error
+from tests.conftest import alert, messages, textarea
+from tests.fake_openrouter import FakeOpenRouter, hang, reply, stream_error
 from tests.serving import Gunicorn
 
 
@@ -189,12 +189,13 @@ def test_two_tabs_sending_at_once_both_keep_their_turns_in_order(server, fake):
 def test_regenerate_replaces_the_last_reply_and_edit_replaces_the_last_message(server, fake):
     browser = requests.Session()
     until("done", events(start_turn(browser, server, "first")))
-    until("done", events(start_turn(browser, server, "second")))
+    second, _ = until("done", events(start_turn(browser, server, "second")))
     fake.queue(reply("a better answer"))
-    until("done", events(start_turn(browser, server, "", regenerate="1")))
+    done, _ = until("done", events(start_turn(browser, server, "", regenerate=second["last_reply"])))
     assert [t for _, t in shown(browser, server)] == ["first", "Reply 1: first", "second", "a better answer"]
     assert len(fake.requests[-1]["body"]["input"]) == 3
-    until("done", events(start_turn(browser, server, "second, edited", edit="1")))
+    assert done["last_reply"] != second["last_reply"]  # the new reply is what an edit now names
+    until("done", events(start_turn(browser, server, "second, edited", edit=done["last_reply"])))
     assert [t for _, t in shown(browser, server)] == [
         "first", "Reply 1: first", "second, edited", "Reply 2: second, edited"]
 
@@ -206,3 +207,77 @@ def test_bad_input_on_the_streaming_route_is_a_clear_4xx(server, fake):
     response = browser.post(server.url + "/turns", data={"message": "", "regenerate": "1"})
     assert response.status_code == 400
     assert fake.requests == []
+
+
+# --- Stop in every phase, on the worker running the turn or on another ----------------------------
+
+@pytest.fixture(scope="module")
+def two_workers(fake_server, tmp_path_factory):
+    """Two single-worker gunicorns sharing one store: a Stop sent to `b` for a turn running on `a`
+    is exactly a Stop that lands on another worker (or host) than the one reading the reply."""
+    path = tmp_path_factory.mktemp("two")
+    env = {"OPENROUTER_API_KEY": fake_server.api_key, "OPENROUTER_BASE_URL": fake_server.base_url,
+           "SECRET_KEY": "two-workers", "SESSION_DIR": str(path / "sessions"),
+           "OPENROUTER_READ_TIMEOUT": "30"}
+    with Gunicorn(env, path / "a.log", workers=1) as a, Gunicorn(env, path / "b.log", workers=1) as b:
+        yield a, b
+
+
+PHASES = {
+    # nothing at all: no status line, no headers (queued at the provider, or a slow network)
+    "waiting for headers": lambda: hang(20),
+    # headers and keep-alive comments, no output yet (a reasoning model thinking)
+    "thinking": lambda: reply("too late", delay=20, keepalive_every=0.5),
+}
+
+
+@pytest.mark.parametrize("where", ["same worker", "another worker"])
+@pytest.mark.parametrize("phase", sorted(PHASES))
+def test_stop_before_the_first_word_settles_at_once_and_gives_the_text_back(two_workers, fake, phase, where):
+    a, b = two_workers
+    fake.queue(PHASES[phase]())
+    browser = requests.Session()
+    stream = events(start_turn(browser, a, "a question to take back"))
+    snapshot, _ = until("snapshot", stream)
+    assert fake.wait_for_requests(1)
+    started = time.monotonic()
+    stopper = a if where == "same worker" else b
+    stopped = browser.post(stopper.url + "/stop", data={"turn": snapshot["turn"]},
+                           headers={"Accept": "application/json"}, timeout=30)
+    assert stopped.status_code == 200
+    done, _ = until("done", stream)
+    # Settled long before the model would have answered (it holds for 20 s), not when it answers.
+    assert time.monotonic() - started < 5
+    assert done["stopped"] and not done["kept"] and done["note"] == "Stopped before the model answered."
+    assert wait_for(lambda: fake.disconnects == 1)  # the upstream request itself was closed
+    page = browser.get(b.url + "/").text
+    assert messages(page) == []  # nothing half-made in the history
+    assert textarea(page) == "a question to take back"  # the text is back in the box
+    assert alert(page) is None  # the user's own choice is not an error...
+    assert "Stopped before the model answered" in page  # ...but a neutral note
+    until("done", events(start_turn(browser, a, "next")))
+    assert [t for _, t in shown(browser, a)] == ["next", "Reply 1: next"]
+
+
+def test_stop_of_a_js_off_turn_waiting_for_the_model_returns_its_page_at_once(two_workers, fake):
+    a, b = two_workers
+    browser = requests.Session()
+    browser.post(a.url + "/", data={"message": "warm up"})  # a conversation, open in another tab
+    fake.reset()
+    fake.queue(hang(20))
+    result = {}
+    sender = threading.Thread(target=lambda: result.update(
+        page=browser.post(a.url + "/", data={"message": "whole reply please"}, timeout=30)))
+    sender.start()
+    assert fake.wait_for_requests(1)
+    assert wait_for(lambda: "data-pending-turn" in browser.get(b.url + "/").text)
+    started = time.monotonic()
+    stop = browser.post(b.url + "/stop", data={}, timeout=30)  # JS off: the Stop button's form post
+    assert stop.status_code == 200
+    sender.join(10)
+    assert not sender.is_alive() and time.monotonic() - started < 5
+    page = result["page"].text
+    assert messages(page) == [("user", "warm up"), ("assistant", "Reply 1: warm up")]
+    assert textarea(page) == "whole reply please" and alert(page) is None
+    assert "Stopped before the model answered" in page
+    assert wait_for(lambda: fake.disconnects == 1)

@@ -5,7 +5,7 @@ Plain functions on a plain dict (JSON-able, so any store can hold it); no Flask,
     {"items":   [...],   # exactly what goes upstream as `input`, nothing else inside
      "meta":    [...],   # one dict per item: time, model, usage, why a reply was cut short
      "pending": None | {"turn", "text", "started", "beat", "partial", "item_id", "stop"},
-     "failed":  None | {"text", "error"}}
+     "failed":  None | {"text", "error", "replace", "stopped"}}
 
 `pending` is the turn being answered right now (at most one per conversation, so turns never
 interleave); `failed` keeps the user's text of a turn that could not be answered, so it is never lost.
@@ -19,6 +19,7 @@ NOTES = {
     "content_filter": "The answer was cut off by the provider's content filter.",
     "stopped": "Stopped.",
 }
+STOPPED_EARLY = "Stopped before the model answered."
 
 
 def note_text(note):
@@ -64,11 +65,12 @@ def add_turn(conv, text, item_id, status, reply_text, note=None, **reply_meta):
     return conv
 
 
-def fail_turn(conv, text, error, replace=False):
+def fail_turn(conv, text, error, replace=False, stopped=False):
     """Record a turn that got no answer: history unchanged, the user's text kept for a retry
-    (`replace`: the retry should again take the last turn's place, as a regenerate or edit would)."""
+    (`replace`: the retry should again take the last turn's place, as a regenerate or edit would;
+    `stopped`: the user stopped it, so `error` is a neutral note, not a failure)."""
     conv["pending"] = None
-    conv["failed"] = {"text": text, "error": error, "replace": replace}
+    conv["failed"] = {"text": text, "error": error, "replace": replace, "stopped": stopped}
     conv["rev"] = conv.get("rev", 0) + 1
     return conv
 
@@ -77,12 +79,30 @@ def item_text(item):
     return "".join(part.get("text", "") for part in item.get("content") or [])
 
 
+def last_reply_id(conv):
+    """The id of the last reply: what an edit or a regenerate names as the turn it replaces."""
+    items = conv["items"]
+    return items[-1].get("id") if len(items) >= 2 and items[-1]["role"] == "assistant" else None
+
+
+def title(conv, limit=60):
+    """The conversation's title: the start of its first message, on one line."""
+    if conv["items"]:
+        text = item_text(conv["items"][0])
+    elif conv.get("pending"):
+        text = conv["pending"]["text"]
+    else:
+        return ""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit - 1].rstrip() + "\u2026"
+
+
 def messages(conv):
-    """What the page shows, in order: role, text and the note under a reply."""
+    """What the page shows, in order: role, text, the note under a reply, and who wrote it when."""
     shown = []
     for item, meta in zip(conv["items"], conv["meta"]):
         note = meta.get("note")
-        shown.append({"role": item["role"], "text": item_text(item),
+        shown.append({"role": item["role"], "text": item_text(item), "id": item.get("id"),
                       "status": item.get("status"), "note": note_text(note),
-                      "model": meta.get("model")})
+                      "stopped": note == "stopped", "model": meta.get("model"), "at": meta.get("at")})
     return shown

@@ -8,10 +8,13 @@ and scrubs it from any text it passes on.
 import json
 import logging
 import os
-from dataclasses import dataclass
+import socket
+import threading
+from dataclasses import dataclass, field
 
 import requests
 import urllib3
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +35,7 @@ MESSAGES = {
     "failed": "The model stopped with an error: {detail}",
     "upstream": "OpenRouter answered with an error ({status}): {detail}",
     "cut": "The connection to the model was cut before the reply finished. Try again.",
+    "stopped": "Stopped before the model answered.",
 }
 
 
@@ -42,6 +46,7 @@ class UpstreamError(Exception):
         self.kind = kind
         self.status = status
         self.retry_after = retry_after
+        self.detail = detail  # for the operator's log line; `message` is what users see
         when = f"in {retry_after} seconds" if retry_after else "shortly"
         self.message = MESSAGES[kind].format(
             detail=detail or "no reason given", status=status, when=when
@@ -74,16 +79,71 @@ class Reply:
 
 @dataclass
 class StreamState:
-    """What a stream has delivered so far; the caller keeps it, so a failure mid-stream keeps the text."""
+    """What a reply has delivered so far, and the handle that cancels it. The caller keeps it, so a
+    failure mid-stream keeps the text, and another thread can `cancel()` the request in any phase."""
 
     item_id: str | None = None
     text: str = ""
-    response: object = None  # the open upstream response, while there is one
+    cancelled: bool = False
+    _conn: object = field(default=None, repr=False)  # the urllib3 connection carrying this request
+    _lock: object = field(default_factory=threading.Lock, repr=False)
+
+    def attach(self, conn):
+        """Called by the connection as soon as its socket exists (see `_CancellableConnection`)."""
+        with self._lock:
+            if self.cancelled:
+                raise ConnectionAbortedError("the turn was stopped")
+            self._conn = conn
+            conn.chat_owner = self
+
+    def detach(self):
+        with self._lock:
+            self._conn = None
 
     def cancel(self):
-        """Unblock a read in progress from another thread (closing alone does not wake a recv)."""
-        if self.response is not None:
-            self.response.raw.shutdown()
+        """Stop the request now, whatever phase it is in. Shutting the socket down wakes a thread
+        blocked in connect's aftermath, in sending, waiting for headers or reading the stream; a
+        request still connecting sees the flag as soon as its socket exists."""
+        with self._lock:
+            self.cancelled = True
+            conn = self._conn
+            # A finished request's connection goes back to the pool: never cut another turn's.
+            sock = conn.sock if conn is not None and getattr(conn, "chat_owner", None) is self else None
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass  # already closed
+
+
+# The StreamState of the request this thread is making (one request at a time per thread).
+_current = threading.local()
+
+
+class _CancellableConnection:
+    """Mixin for urllib3's connections: hand the socket to the current turn's StreamState the moment
+    it exists (a fresh connection) or is reused (a pooled one), so Stop can cut a request that has
+    no response object yet: waiting for headers while the model queues or thinks."""
+
+    def connect(self):
+        super().connect()
+        state = getattr(_current, "state", None)
+        if state is not None:
+            state.attach(self)
+
+    def request(self, *args, **kwargs):
+        state = getattr(_current, "state", None)
+        if state is not None and self.sock is not None:
+            state.attach(self)
+        return super().request(*args, **kwargs)
+
+
+class _HTTPPool(HTTPConnectionPool):
+    ConnectionCls = type("CancellableHTTPConnection", (_CancellableConnection, HTTPConnectionPool.ConnectionCls), {})
+
+
+class _HTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = type("CancellableHTTPSConnection", (_CancellableConnection, HTTPSConnectionPool.ConnectionCls), {})
 
 
 def sse_data(raw):
@@ -162,6 +222,7 @@ class Client:
         # One pooled connection per turn in flight: the default pool keeps 10 and opens (and logs
         # discarding) a new connection for every turn beyond that.
         adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=pool_size)
+        adapter.poolmanager.pool_classes_by_scheme = {"http": _HTTPPool, "https": _HTTPSPool}
         self.http.mount("https://", adapter)
         self.http.mount("http://", adapter)
         # requests re-reads the proxy variables from the whole environment on every request (over a
@@ -192,18 +253,23 @@ class Client:
         return {"model": self.model, "input": items,
                 "max_output_tokens": self.max_output_tokens, "stream": stream}
 
-    def _post(self, items, stream):
+    def _post(self, items, stream, state):
         if not self.api_key:
             raise UpstreamError("no_key")
+        if state.cancelled:
+            raise UpstreamError("stopped")
+        _current.state = state
         try:
             response = self.http.post(self.url, data=json.dumps(self.body(items, stream)),
                                       timeout=self.timeout, stream=stream,
                                       headers={"Accept-Encoding": "identity"} if stream else None)
-        except requests.Timeout:
-            raise UpstreamError("timeout") from None
         except requests.RequestException as exc:
-            log.warning("OpenRouter unreachable: %s", self.scrub(str(exc)))
-            raise UpstreamError("connection") from None
+            if state.cancelled:
+                raise UpstreamError("stopped") from None
+            raise UpstreamError("timeout" if isinstance(exc, requests.Timeout) else "connection",
+                                detail=self.scrub(str(exc))) from None
+        finally:
+            _current.state = None
         if response.status_code != 200:
             try:
                 detail = _error_detail(response.json())
@@ -216,15 +282,17 @@ class Client:
                                    int(retry) if retry.isdigit() else None)
         return response
 
-    def respond(self, items):
-        """Send the history, wait for the whole answer, return a `Reply`."""
-        response = self._post(items, stream=False)
+    def respond(self, items, state=None):
+        """Send the history, wait for the whole answer, return a `Reply` (`state.cancel()` stops it)."""
+        state = state or StreamState()
         try:
-            body = response.json()
-        except ValueError:
-            raise UpstreamError("bad_response") from None
-        except requests.RequestException:
-            raise UpstreamError("timeout") from None
+            response = self._post(items, False, state)
+            try:
+                body = response.json()
+            except ValueError:
+                raise UpstreamError("bad_response") from None
+        finally:
+            state.detach()
         try:
             return reply_from_response(body)
         except UpstreamError as exc:
@@ -237,8 +305,11 @@ class Client:
 
         `state` collects the item id and text so far, so a caller that sees an `UpstreamError` (or
         stops early: closing this generator closes the upstream connection) still has them."""
-        response = self._post(items, stream=True)
-        state.response = response
+        try:
+            response = self._post(items, True, state)
+        except UpstreamError:
+            state.detach()
+            raise
         try:
             if not response.headers.get("Content-Type", "").startswith("text/event-stream"):
                 # Some failures arrive as a plain JSON body even when a stream was asked for.
@@ -277,10 +348,12 @@ class Client:
         except ValueError:
             raise UpstreamError("bad_response") from None
         except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
+            if state.cancelled:
+                raise UpstreamError("stopped") from None
             timeout = isinstance(exc, (requests.Timeout, urllib3.exceptions.TimeoutError, TimeoutError))
             raise UpstreamError("timeout" if timeout else "cut") from None
         finally:
-            state.response = None
+            state.detach()
             response.close()
 
     @staticmethod

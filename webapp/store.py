@@ -13,6 +13,7 @@ import fcntl
 import hashlib
 import json
 import os
+import secrets
 import time
 from contextlib import contextmanager
 
@@ -120,6 +121,7 @@ class Store:
     saved. So a streaming reply's progress costs the same with 2 turns of history as with 200."""
 
     prefix, pending_prefix = "conv:", "turn:"
+    stop_key = "signal:stop"  # changes whenever a Stop is flagged for another worker to act on
 
     def __init__(self, backend, ttl, lock_timeout=10.0):
         self.backend = backend
@@ -128,8 +130,20 @@ class Store:
 
     def load(self, cid):
         conv = self.backend.get(self.prefix + cid) or conversation.new()
-        conv["pending"] = self.backend.get(self.pending_prefix + cid)
+        conv["pending"] = self.load_pending(cid)
         return conv
+
+    def load_pending(self, cid):
+        """Only the turn under way (small), without the history."""
+        return self.backend.get(self.pending_prefix + cid)
+
+    def signal_stop(self):
+        self.backend.set(self.stop_key, secrets.token_hex(8), self.ttl)
+
+    def stop_signal(self):
+        """A value that changes whenever some worker flags a Stop: one cheap read tells a worker
+        whether any of its running turns needs to look at its own pending marker."""
+        return self.backend.get(self.stop_key)
 
     def _save_history(self, cid, conv):
         record = {k: v for k, v in conv.items() if k != "pending"}

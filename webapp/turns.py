@@ -23,12 +23,13 @@ from .openrouter import StreamState, UpstreamError
 log = logging.getLogger(__name__)
 
 INTERRUPTED = "The reply was interrupted before it finished (the server restarted). Send it again."
-STOPPED_EARLY = "Stopped before the model wrote anything."
 STORE_FAILED = ("The reply could not be saved (the conversation store is unavailable). "
                 "Reload in a moment: your message is recovered when the store is back.")
+TICK = 0.1  # seconds between the progress saver's rounds (it also looks for Stops from other workers)
 FLUSH_EVERY = 0.5  # seconds between saves of a streaming reply's progress
-HEARTBEAT = 2.0  # seconds between "still alive" saves (and stop checks) while the model is silent
-STREAM_STALE = 30.0  # a streamed turn with no heartbeat for this long lost its worker
+HEARTBEAT = 5.0  # seconds between "still alive" saves of a running turn while nothing new arrived
+STALE = 30.0  # a running turn with no heartbeat for this long lost its worker
+STOP_WAIT = 0.35  # seconds a Stop waits for the turn's own thread before settling it itself
 
 
 class Busy(Exception):
@@ -37,13 +38,15 @@ class Busy(Exception):
 
 # --- settling a turn --------------------------------------------------------------------------------
 
-def _settle_partial(conv, pending, item_id, text, note):
+def _settle_partial(conv, pending, item_id, text, note, stopped=False):
     """End a turn that has only part of a reply: keep it as an `incomplete` assistant item when the
-    API gave it an id, else keep the user's text as a failed message (an id is never invented)."""
-    if item_id:
-        _add(conv, pending, item_id, "incomplete", text, note=note)
+    API gave it an id and it has words, else keep the user's text for a retry (an id is never invented).
+    `stopped`: the user's own choice, shown as a neutral note rather than an error."""
+    if item_id and text:
+        _add(conv, pending, item_id, "incomplete", text, note="stopped" if stopped else note)
     else:
-        conversation.fail_turn(conv, pending["text"], note, pending.get("replace", False))
+        conversation.fail_turn(conv, pending["text"], conversation.STOPPED_EARLY if stopped else note,
+                               pending.get("replace", False), stopped=stopped)
 
 
 def _add(conv, pending, item_id, status, text, **meta):
@@ -54,10 +57,9 @@ def _add(conv, pending, item_id, status, text, **meta):
 
 
 def _is_stale(pending, stale_after, now):
-    # A streamed turn's worker saves a heartbeat every HEARTBEAT seconds, even while the model is
-    # silent, so its death shows sooner than a whole reply's, which only has the read timeout.
-    limit = min(stale_after, STREAM_STALE) if pending.get("streamed") else stale_after
-    return now - pending["beat"] > limit
+    # Every running turn's worker saves a heartbeat every HEARTBEAT seconds, even while the model is
+    # silent, so a worker's death shows after STALE seconds, not after the read timeout.
+    return now - pending["beat"] > min(stale_after, STALE)
 
 
 def _recover_stale(conv, stale_after, now):
@@ -78,22 +80,31 @@ def current(store, cid, stale_after):
     return conv
 
 
-def begin(store, cid, text, stale_after, wait=0.0, replace=False, streamed=False):
-    """Mark a new turn pending and return `(turn_id, input_items)`. Waits up to `wait` seconds for a
-    reply that is still being written, then raises `Busy`. `replace` resends in place of the last turn."""
+class Stale(Exception):
+    """An edit or regenerate named a turn that is no longer the last one (another tab sent meanwhile)."""
+
+
+def begin(store, cid, text, stale_after, wait=0.0, replace=None):
+    """Mark a new turn pending and return `(turn_id, input_items, text)`. Waits up to `wait` seconds for
+    a reply that is still being written, then raises `Busy`. `replace` is the id of the last reply,
+    for a turn that takes the last turn's place (edit, regenerate); if that is no longer the last
+    reply, raises `Stale` and nothing changes. `text=None` resends the last message (regenerate)."""
     deadline = time.monotonic() + wait
     while True:
         with store.update(cid) as conv:
             now = time.time()
             _recover_stale(conv, stale_after, now)
             if not conv["pending"]:
-                replace = replace and len(conv["items"]) >= 2
+                if replace and replace != conversation.last_reply_id(conv):
+                    raise Stale()
+                history = conv["items"][:-2] if replace else conv["items"]
+                if text is None:
+                    text = conversation.item_text(conv["items"][-2])
                 turn = secrets.token_urlsafe(9)
                 conv["pending"] = {"turn": turn, "text": text, "started": now, "beat": now,
-                                   "partial": "", "item_id": None, "stop": False, "replace": replace,
-                                   "rev": conv.get("rev", 0), "streamed": streamed}
-                history = {"items": conv["items"][:-2] if replace else conv["items"]}
-                return turn, conversation.input_items(history, text)
+                                   "partial": "", "item_id": None, "stop": False,
+                                   "replace": bool(replace), "rev": conv.get("rev", 0)}
+                return turn, conversation.input_items({"items": history}, text), text
         if time.monotonic() >= deadline:
             raise Busy()
         time.sleep(0.1)
@@ -121,28 +132,31 @@ def note_for(reply):
 class Relay:
     """The events of one turn being written in this process; listeners replay them from the start."""
 
-    def __init__(self, store, cid, turn, streaming=True):
-        self.store, self.cid, self.turn, self.streaming = store, cid, turn, streaming
+    def __init__(self, store, cid, turn, streaming=True, model=None):
+        self.store, self.cid, self.turn, self.streaming, self.model = store, cid, turn, streaming, model
         self.events = []
         self.finished = False
         self.stop_requested = False
         self.state = StreamState()
-        self.saved = (0.0, None)  # (when, text) of the last progress save
+        self.saved = (time.monotonic(), "")  # (when, text) of the last progress save or heartbeat
         self._cond = threading.Condition()
 
     def publish(self, kind, data=None, final=False):
         with self._cond:
+            if self.finished:
+                return  # settled already (a Stop settles without waiting for the reader)
             self.events.append((kind, data))
-            self.finished = self.finished or final
+            self.finished = final
             self._cond.notify_all()
 
     def listen(self, tick=15.0):
-        """Yield every event from the first; ("tick", None) after `tick` quiet seconds (for keep-alives)."""
+        """Yield every event from the first; ("tick", None) after `tick` quiet seconds (a number, or
+        a function asked before each wait, so a listener can wake sooner while it has work due)."""
         seen = 0
         while True:
             with self._cond:
                 if seen == len(self.events) and not self.finished:
-                    self._cond.wait(tick)
+                    self._cond.wait(tick() if callable(tick) else tick)
                 new, finished = self.events[seen:], self.finished
             seen += len(new)
             yield from new
@@ -156,20 +170,26 @@ class Relay:
             return self._cond.wait_for(lambda: self.finished, timeout)
 
     def stop(self):
-        """Stop now: unblock the reader even while the model is silent (it may think for minutes)."""
+        """Stop now, in any phase: connecting, waiting for headers, thinking or streaming."""
         self.stop_requested = True
         self.state.cancel()
 
     def save_progress(self, now):
         """Save the text so far when it changed (at most every FLUSH_EVERY seconds), else a heartbeat
-        every HEARTBEAT seconds; either way learn whether a Stop from another worker arrived."""
+        every HEARTBEAT seconds, so other workers can follow the reply and see this one is alive."""
         when, text = self.saved
-        changed = self.state.text != text
-        if not self.streaming or self.finished or now - when < (FLUSH_EVERY if changed else HEARTBEAT):
-            return  # a whole (non-streamed) reply has no progress to save and ends within the timeout
-        self.saved = (now, self.state.text)
-        if _flush(self.store, self.cid, self.turn, self.state) != "running":
+        changed = self.streaming and self.state.text != text
+        if self.finished or now - when < (FLUSH_EVERY if changed else HEARTBEAT):
+            return
+        self.saved = (now, self.state.text if self.streaming else "")
+        if _flush(self.store, self.cid, self.turn, self.state, self.streaming) != "running":
             self.stop()  # stopped or settled elsewhere (another worker's Stop, a New chat)
+
+    def stop_if_asked(self):
+        """Another worker flagged a Stop (or settled the turn): stop here too."""
+        pending = self.store.load_pending(self.cid)
+        if not pending or pending["turn"] != self.turn or pending.get("stop"):
+            self.stop()
 
 
 LIVE = {}  # turn id -> Relay, for turns running in this process
@@ -177,7 +197,7 @@ _LIVE_LOCK = threading.Lock()
 
 
 def _whole(client, items, state):
-    reply = client.respond(items)
+    reply = client.respond(items, state)
     state.item_id, state.text = reply.item_id, reply.text
     yield "done", reply
 
@@ -203,6 +223,7 @@ def execute(store, client, cid, turn, items, relay, stream=True):
                 break
     except UpstreamError as error:
         if not relay.stop_requested:
+            log_failure(error, relay)
             outcome = _unless_store_fails(_failed, store, cid, turn, state, error)
     except Exception:
         log.exception("turn %s failed", turn)
@@ -216,6 +237,14 @@ def execute(store, client, cid, turn, items, relay, stream=True):
     return outcome
 
 
+def log_failure(error, relay):
+    """One WARNING per failed turn for the operator: kind, HTTP status, model, turn. Never the key
+    (the client scrubs it) and never message text."""
+    extra = f" ({error.detail})" if error.kind in ("connection", "timeout") and error.detail else ""
+    log.warning("upstream failure: kind=%s status=%s model=%s turn=%s%s", error.kind,
+                error.status or "-", relay.model or "-", relay.turn, extra)
+
+
 def _unless_store_fails(settle, store, cid, turn, state, *args):
     """Settle the turn; if even the store fails, say so (the pending turn is recovered later)."""
     try:
@@ -225,39 +254,62 @@ def _unless_store_fails(settle, store, cid, turn, state, *args):
         return "error", {"message": STORE_FAILED, "text": state.text, "kept": False}
 
 
-def _flush(store, cid, turn, state):
+def _flush(store, cid, turn, state, streaming=True):
     """Save the progress so far (for reloads, other workers and crash recovery); report a stop."""
     result = "gone"
     with store.update(cid) as conv:
         pending = conv.get("pending")
         if pending and pending["turn"] == turn:
-            pending.update(partial=state.text, item_id=state.item_id, beat=time.time())
+            if streaming:
+                pending.update(partial=state.text, item_id=state.item_id)
+            pending["beat"] = time.time()
             result = "stop" if pending.get("stop") else "running"
     return result
 
 
 def _failed(store, cid, turn, state, error):
-    kept = bool(state.item_id)
+    kept = bool(state.item_id and state.text)
     _settle(store, cid, turn, lambda conv, pending: _settle_partial(
         conv, pending, state.item_id, state.text, error.message))
     return "error", {"message": error.message, "text": state.text, "kept": kept}
 
 
 def _stopped(store, cid, turn, state):
-    note = "stopped" if state.item_id else STOPPED_EARLY
+    """Settle a turn the user stopped, from what this process has read of it."""
+    text = state.text
     _settle(store, cid, turn, lambda conv, pending: _settle_partial(
-        conv, pending, state.item_id, state.text, note))
-    return "done", {"text": state.text, "note": conversation.note_text(note),
-                    "stopped": True, "kept": bool(state.item_id)}
+        conv, pending, state.item_id, text, None, stopped=True))
+    return stopped_outcome(bool(state.item_id and text), text)
+
+
+def stopped_outcome(kept, text):
+    note = "stopped" if kept else conversation.STOPPED_EARLY
+    return "done", {"text": text if kept else "", "note": conversation.note_text(note),
+                    "stopped": True, "kept": kept}
 
 
 def _save_progress_forever():
-    """One thread per process saves the progress of every turn running here. Saving from a timer,
-    not from the reading loop, means a reply that pauses mid-sentence still has its last words saved."""
+    """One thread per process saves the progress and heartbeat of every turn running here, and looks
+    for Stops from other workers. Saving from a timer, not from the reading loop, means a reply that
+    pauses mid-sentence still has its last words saved, and a silent model still has a heartbeat."""
+    signal = None
     while True:
-        time.sleep(FLUSH_EVERY / 2)
+        time.sleep(TICK)
         now = time.monotonic()
-        for relay in list(LIVE.values()):
+        relays = list(LIVE.values())
+        if not relays:
+            continue
+        try:
+            # One small read a round, whatever the number of turns: only a changed signal makes
+            # each turn here look at its own pending marker.
+            latest = relays[0].store.stop_signal()
+            if latest != signal:
+                signal = latest
+                for relay in relays:
+                    relay.stop_if_asked()
+        except Exception:
+            log.warning("could not check for stopped turns", exc_info=True)
+        for relay in relays:
             try:
                 relay.save_progress(now)
             except Exception:  # a store hiccup: the next round tries again
@@ -267,9 +319,9 @@ def _save_progress_forever():
 _saver = None
 
 
-def _register(store, cid, turn, streaming=True):
+def _register(store, cid, turn, streaming=True, model=None):
     global _saver
-    relay = Relay(store, cid, turn, streaming)
+    relay = Relay(store, cid, turn, streaming, model)
     with _LIVE_LOCK:
         LIVE[turn] = relay
         if _saver is None or not _saver.is_alive():  # started lazily: after gunicorn's fork
@@ -288,33 +340,40 @@ def _run(store, client, cid, turn, items, relay, stream):
 
 def run(store, client, cid, turn, items):
     """Run a begun turn in this thread with a whole (non-streamed) reply: the JS-off form post."""
-    return _run(store, client, cid, turn, items, _register(store, cid, turn, False), stream=False)
+    relay = _register(store, cid, turn, False, client.model)
+    return _run(store, client, cid, turn, items, relay, stream=False)
 
 
 def start(store, client, cid, turn, items):
     """Run a begun turn, streamed, in a background thread that outlives the request; return its Relay."""
-    relay = _register(store, cid, turn)
+    relay = _register(store, cid, turn, True, client.model)
     # Not a daemon: on a graceful shutdown the interpreter waits for replies still being written.
     threading.Thread(target=_run, args=(store, client, cid, turn, items, relay, True),
                      name=f"turn-{turn}").start()
     return relay
 
 
-def stop(store, cid, turn, wait=3.0):
-    """Stop a turn wherever it runs. Here: cancel it directly. Elsewhere: flag it in the store and let
-    its worker settle it; if that worker does not answer in time, settle it from the saved progress."""
+def stop(store, cid, turn, wait=STOP_WAIT):
+    """Stop a turn wherever it runs, and return once it is settled (well under a second).
+
+    Here: cancel its request (any phase) and let its thread settle it with every word it read; if
+    that thread is still stuck (a connect in progress), settle it now from what it has read.
+    Elsewhere: flag it in the store and signal the other workers, whose progress saver stops it
+    within a round; if none does in time, settle it here from the saved progress."""
     relay = LIVE.get(turn)
     if relay:
         relay.stop()
-        relay.wait(wait)
+        if not relay.wait(wait):
+            relay.publish(*_unless_store_fails(_stopped, store, cid, turn, relay.state), final=True)
         return
     if not _settle(store, cid, turn, lambda conv, pending: pending.update(stop=True)):
         return
+    store.signal_stop()
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline:
-        pending = store.load(cid).get("pending")
+        pending = store.load_pending(cid)
         if not pending or pending["turn"] != turn:
             return
-        time.sleep(0.1)
+        time.sleep(0.05)
     _settle(store, cid, turn, lambda conv, pending: _settle_partial(
-        conv, pending, pending.get("item_id"), pending.get("partial", ""), "stopped"))
+        conv, pending, pending.get("item_id"), pending.get("partial", ""), None, stopped=True))

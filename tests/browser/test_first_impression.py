@@ -1,0 +1,258 @@
+"""What a first-time user meets: edit mode that cannot eat a turn, Stop in every phase, a page that
+opens at the latest message with the box at the bottom, markdown while it streams, touch typing."""
+
+import threading
+
+import pytest
+import requests
+from playwright.sync_api import expect
+
+from tests.fake_openrouter import hang, reply
+
+USER = '[data-role="user"]'
+ASSISTANT = '[data-role="assistant"]'
+BOX = 'textarea[name="message"]'
+STREAMED_MD = """Intro line.
+
+```python
+print("hi")
+```
+
+| a | b |
+|---|---|
+| 1 | 2 |
+"""
+
+
+def send(page, text):
+    expect(page.locator(".msg.writing")).to_have_count(0)
+    page.fill(BOX, text)
+    page.get_by_role("button", name="Send").click()
+
+
+def settled(page):
+    expect(page.locator(".msg.writing")).to_have_count(0)
+
+
+def fill_conversation(server, turns=12):
+    """A long conversation in a fresh cookie jar, made through the JS-off form; returns the cookies."""
+    browser = requests.Session()
+    for i in range(turns):
+        browser.post(server.url + "/", data={"message": f"question {i}\n" + "a long line of text " * 30})
+    return browser.cookies
+
+
+def open_with(context, server, cookies):
+    for cookie in cookies:
+        context.add_cookies([{"name": cookie.name, "value": cookie.value, "url": server.url}])
+    page = context.new_page()
+    page.goto(server.url + "/")
+    return page
+
+
+def in_view(page, selector):
+    """True when the element's box lies inside the window."""
+    return page.evaluate("""(sel) => { const r = document.querySelector(sel).getBoundingClientRect();
+        return r.top >= 0 && r.bottom <= window.innerHeight + 1 && r.height > 0; }""", selector)
+
+
+# --- edit mode -------------------------------------------------------------------------------------
+
+def test_edit_shows_cancel_escape_cancels_and_a_send_leaves_edit_mode(page, fake):
+    send(page, "first question")
+    settled(page)
+    page.get_by_role("button", name="Edit").click()
+    expect(page.locator(BOX)).to_have_value("first question")
+    expect(page.get_by_role("button", name="Cancel")).to_be_visible()
+    expect(page.locator("#editing")).to_be_visible()
+    page.locator(BOX).press("Escape")
+    expect(page.get_by_role("button", name="Cancel")).to_be_hidden()
+    expect(page.locator(BOX)).to_have_value("")
+    # The trap: after Edit and Cancel, a new question is a new turn and the old one stays.
+    send(page, "second question")
+    settled(page)
+    expect(page.locator(USER)).to_have_text(["first question", "second question"])
+    page.get_by_role("button", name="Edit").click()
+    page.get_by_role("button", name="Cancel").click()
+    expect(page.locator('input[name="edit"]')).to_have_value("")
+    page.get_by_role("button", name="Edit").click()
+    page.fill(BOX, "second question, edited")
+    page.get_by_role("button", name="Send").click()
+    expect(page.locator("#editing")).to_be_hidden()  # edit mode ends with the send
+    expect(page.locator(ASSISTANT).last).to_have_text("Reply 2: second question, edited")
+    expect(page.locator(USER)).to_have_text(["first question", "second question, edited"])
+    page.reload()
+    expect(page.locator(USER)).to_have_text(["first question", "second question, edited"])
+
+
+def test_an_edit_made_stale_by_another_tab_is_refused_and_keeps_the_text(context, server, fake):
+    first = context.new_page()
+    first.goto(server.url + "/")
+    send(first, "original")
+    settled(first)
+    first.get_by_role("button", name="Edit").click()
+    first.fill(BOX, "original, edited")
+    other = context.new_page()
+    other.goto(server.url + "/")
+    send(other, "from the other tab")
+    expect(other.locator(ASSISTANT).last).to_have_text("Reply 2: from the other tab")
+    first.get_by_role("button", name="Send").click()
+    expect(first.locator("#error")).to_contain_text("changed")
+    expect(first.locator(BOX)).to_have_value("original, edited")
+    first.reload()
+    expect(first.locator(USER)).to_have_text(["original", "from the other tab"])
+
+
+def test_edit_and_cancel_without_javascript(browser, server, fake):
+    context = browser.new_context(java_script_enabled=False)
+    page = context.new_page()
+    page.goto(server.url + "/")
+    send(page, "no script")
+    page.get_by_role("button", name="Edit").click()
+    expect(page.locator(BOX)).to_have_value("no script")
+    page.get_by_role("button", name="Cancel").click()
+    expect(page.get_by_role("button", name="Cancel")).to_have_count(0)
+    expect(page.locator(BOX)).to_have_value("")
+    expect(page.locator(USER)).to_have_text(["no script"])
+    context.close()
+
+
+# --- Stop -------------------------------------------------------------------------------------------
+
+def test_send_becomes_stop_and_stop_before_any_words_gives_the_text_back(page, fake):
+    fake.queue(hang(20))
+    send(page, "never mind")
+    expect(page.get_by_role("button", name="Stop")).to_be_visible()
+    expect(page.get_by_role("button", name="Send")).to_have_count(0)
+    page.get_by_role("button", name="Stop").click()
+    expect(page.locator("#notice")).to_contain_text("Stopped before the model answered", timeout=3000)
+    expect(page.locator(BOX)).to_have_value("never mind")
+    expect(page.locator("#error")).to_be_hidden()  # the user's own choice: no red alert
+    expect(page.locator(USER)).to_have_count(0)
+    expect(page.get_by_role("button", name="Send")).to_be_visible()
+    expect(page.get_by_role("button", name="Stop")).to_have_count(0)
+    page.reload()
+    expect(page.locator(BOX)).to_have_value("never mind")
+    expect(page.locator("#notice")).to_contain_text("Stopped before the model answered")
+    expect(page.locator("#error")).to_be_hidden()
+
+
+def test_the_still_writing_notice_clears_when_the_reply_finishes(page, fake):
+    gate = threading.Event()
+    fake.queue(reply("slow answer", gate=gate, chunks=["slow", " answer"]))
+    send(page, "one")
+    expect(page.locator(ASSISTANT).last).to_have_text("slow")
+    page.fill(BOX, "two")
+    page.locator(BOX).press("Enter")
+    expect(page.locator("#notice")).to_contain_text("still being written")
+    expect(page.locator("#error")).to_be_hidden()
+    gate.set()
+    expect(page.locator(ASSISTANT).last).to_have_text("slow answer")
+    expect(page.locator("#notice")).to_be_hidden()
+    expect(page.locator(BOX)).to_have_value("two")  # the waiting text is still there to send
+
+
+# --- the page -----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("size", [(1280, 800), (390, 844)])
+@pytest.mark.parametrize("js", [True, False])
+def test_a_long_conversation_opens_at_its_latest_message_with_the_box_at_the_bottom(browser, server, fake, size, js):
+    cookies = fill_conversation(server)
+    context = browser.new_context(viewport={"width": size[0], "height": size[1]}, java_script_enabled=js)
+    page = open_with(context, server, cookies)
+    expect(page.locator(USER)).to_have_count(12)
+    assert page.evaluate("document.documentElement.scrollHeight <= window.innerHeight + 1")  # no page scroll
+    assert in_view(page, BOX)
+    assert page.evaluate("""() => { const r = document.querySelector('textarea').getBoundingClientRect();
+        return window.innerHeight - r.bottom < 120; }""")  # the box sits at the bottom
+    assert in_view(page, f"article:last-of-type {ASSISTANT}") or page.evaluate(
+        "document.querySelector('#latest').getBoundingClientRect().top < window.innerHeight")
+    context.close()
+
+
+def test_jump_to_latest_appears_when_scrolled_up(browser, server, fake):
+    cookies = fill_conversation(server)
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    page = open_with(context, server, cookies)
+    jump = page.get_by_role("button", name="Jump to latest")
+    expect(jump).to_be_hidden()
+    page.locator("#scroller").evaluate("el => el.scrollBy(0, -2000)")
+    expect(jump).to_be_visible()
+    jump.click()
+    expect(jump).to_be_hidden()
+    page.wait_for_function("Math.abs(document.querySelector('#scroller').scrollTop) < 5")
+    context.close()
+
+
+def test_markdown_renders_while_the_reply_streams(page, fake):
+    gate = threading.Event()
+    head, tail = STREAMED_MD[:60], STREAMED_MD[60:]
+    fake.queue(reply(STREAMED_MD, gate=gate, chunks=[head, tail]))
+    send(page, "format something")
+    answer = page.locator(ASSISTANT).last
+    # Before the reply ends (the fake holds the rest), the code block is already a rendered <pre>.
+    expect(answer.locator("pre code")).to_contain_text('print("hi")')
+    assert not gate.is_set()
+    expect(answer).not_to_contain_text("```")
+    gate.set()
+    expect(answer.locator("table td").first).to_have_text("1")
+    settled(page)
+
+
+def test_on_a_touch_screen_enter_adds_a_line_and_the_send_button_sends(browser, server, fake):
+    context = browser.new_context(viewport={"width": 390, "height": 844}, has_touch=True, is_mobile=True)
+    page = context.new_page()
+    page.goto(server.url + "/")
+    expect(page.locator(".enter-hint")).to_be_hidden()  # "Shift+Enter" means nothing here
+    page.locator(BOX).tap()
+    page.keyboard.type("line one")
+    page.keyboard.press("Enter")
+    page.keyboard.type("line two")
+    expect(page.locator(USER)).to_have_count(0)
+    expect(page.locator(BOX)).to_have_value("line one\nline two")
+    page.get_by_role("button", name="Send").tap()
+    expect(page.locator(ASSISTANT).last).to_have_text("Reply 1: line one\nline two")
+    context.close()
+
+
+def test_desktop_focuses_the_box_and_each_reply_shows_its_model_and_time(page, fake):
+    expect(page.locator(BOX)).to_be_focused()
+    expect(page.locator(BOX)).to_have_attribute("placeholder", "Message the model…")
+    page.keyboard.type("hello")
+    page.keyboard.press("Enter")
+    meta = page.locator(".msg.assistant .meta").last
+    expect(meta).to_contain_text("openai/o4-mini")
+    expect(meta.locator("time")).to_have_count(1)
+    expect(page).to_have_title("hello · Chat")
+    page.reload()
+    expect(page).to_have_title("hello · Chat")
+    expect(page.locator(".msg.assistant .meta time")).to_have_attribute("datetime", __import__("re").compile("Z$"))
+
+
+def test_the_favicon_loads_and_no_request_fails(context, server, fake):
+    failures = []
+    page = context.new_page()
+    page.on("response", lambda r: r.status >= 400 and failures.append(r.url))
+    page.on("console", lambda m: m.type == "error" and failures.append(m.text))
+    page.goto(server.url + "/")
+    send(page, "hi")
+    settled(page)
+    page.reload()
+    href = page.locator('link[rel="icon"]').get_attribute("href")
+    assert requests.get(server.url + href).headers["Content-Type"].startswith("image/svg+xml")
+    assert requests.get(server.url + "/favicon.ico").status_code == 200
+    assert failures == []
+
+
+def test_message_actions_show_on_hover_and_keyboard_focus(page, fake):
+    send(page, "hello")
+    settled(page)
+    tools = page.locator(".msg.assistant .tools").last
+    page.mouse.move(0, 0)
+    expect(tools).to_have_css("opacity", "0")
+    page.locator(".msg.assistant").last.hover()
+    expect(tools).to_have_css("opacity", "1")
+    page.mouse.move(0, 0)
+    page.get_by_role("button", name="Copy the reply").focus()
+    expect(tools).to_have_css("opacity", "1")
+    expect(page.get_by_role("button", name="Regenerate")).to_have_count(1)

@@ -11,6 +11,7 @@ Bounded: every loop has a fixed count, the whole run takes a few minutes on 2 co
 import argparse
 import json
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -74,8 +75,10 @@ def overhead(fake, server, sizes=(1, 50, 200), samples=40):
             turn(browser, server.url, f"building turn {i}")
         app_times, direct_times = [], []
         for i in range(samples):
-            # Regenerate replaces the last turn, so every sample sends exactly `size` turns.
-            app_times.append(turn(browser, server.url, "", regenerate="1"))
+            # Regenerate replaces the last turn, so every sample sends exactly `size` turns; it names
+            # the reply it replaces, read from the page (untimed) as a browser would have it.
+            last = re.search(r'name="regenerate" value="([^"]+)"', browser.get(server.url + "/").text)
+            app_times.append(turn(browser, server.url, "", regenerate=last.group(1)))
             body = json.dumps(fake.requests[-1]["body"])
             started = time.perf_counter()
             response = direct.post(fake.base_url + "/responses", data=body, headers=headers)

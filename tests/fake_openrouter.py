@@ -90,10 +90,18 @@ class StreamError:
     style: str = "flat"           # flat | nested | failed | truncated
     chunk_delay: float = 0.0
     text: str = "partial answer text here"
+    message: str = "Provider disconnected"  # the upstream's own words (also the 502's for a non-stream request)
+    # style "failed" only: the terminal event carrying the failed response. The spec sends
+    # response.failed; a hostile upstream may put a failed response in response.completed/incomplete.
+    terminal: str = "response.failed"
 
     def __post_init__(self):
         if self.style not in ("flat", "nested", "failed", "truncated"):
             raise ValueError(f"unknown stream_error style {self.style!r}")
+        if self.terminal not in ("response.failed", "response.completed", "response.incomplete"):
+            raise ValueError(f"unknown stream_error terminal event {self.terminal!r}")
+        if self.terminal != "response.failed" and self.style != "failed":
+            raise ValueError("stream_error(terminal=...) needs style='failed'")
 
 
 reply, error, raw, no_message, hang, stream_error = Reply, Error, Raw, NoMessage, Hang, StreamError
@@ -359,7 +367,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._hold(b.seconds)
             raise _Abort()  # close without a byte: the client sees its read timeout or a dropped connection
         elif isinstance(b, StreamError) and not stream:
-            self._send_error(502, "Provider disconnected")
+            self._send_error(502, b.message)
         elif not stream:
             self._sleep(getattr(b, "delay", 0.0))
             self._send(200, json.dumps(_Turn(self.fake, body, b).final()).encode())
@@ -496,12 +504,12 @@ class _SSE:
         self.finish(terminal.get(t.status, "response.completed"), t.response(t.status, output + [final], t.usage()))
 
     def fail(self, output):
-        problem = {"code": "server_error", "message": "Provider disconnected"}
+        problem = {"code": "server_error", "message": self.b.message}
         style = self.b.style
         if style == "truncated":
             raise _Abort()  # no terminal event, no [DONE], not even the end of the chunked body
         if style == "failed":
-            return self.finish("response.failed", {**self.t.response("failed", output), "error": problem})
+            return self.finish(self.b.terminal, {**self.t.response("failed", output), "error": problem})
         # The spec's flat shape, or the errors page's nested one; after either the stream just ends
         # (cleanly, but without [DONE]).
         self.event("error", **(dict(problem, param=None) if style == "flat" else {"error": problem}))

@@ -221,6 +221,26 @@ def test_stream_error_styles(fake, style):
         assert events[-2]["response"]["status"] == "failed" and events[-2]["response"]["error"] == problem
 
 
+@pytest.mark.parametrize("terminal", ["response.failed", "response.completed", "response.incomplete"])
+def test_a_stream_error_carries_its_own_message_in_any_terminal_event(fake, terminal):
+    fake.queue(stream_error(after_chunks=0, style="failed", message="x" * 5000, terminal=terminal))
+    events = data_events(post(fake, stream=True))
+    assert events[-1] == "[DONE]" and events[-2]["type"] == terminal
+    assert not any(e["type"] == "response.output_text.delta" for e in events[:-1])
+    assert events[-2]["response"]["status"] == "failed"
+    assert events[-2]["response"]["error"] == {"code": "server_error", "message": "x" * 5000}
+    fake.queue(stream_error(message="gone away"))
+    flat = post(fake)  # a non-stream request gets the message as an HTTP error
+    assert flat.status_code == 502 and flat.json()["error"]["message"] == "gone away"
+
+
+def test_stream_error_refuses_unknown_terminals():
+    with pytest.raises(ValueError):
+        stream_error(style="failed", terminal="response.done")
+    with pytest.raises(ValueError):
+        stream_error(style="flat", terminal="response.completed")
+
+
 def test_a_truncated_stream_just_stops(fake):
     fake.queue(stream_error(after_chunks=1, style="truncated"), stream_error())
     seen = []

@@ -1,10 +1,16 @@
 """The upstream client against the fake OpenRouter: request shape, reply parsing, every failure kind."""
 
+import json
+import time
+from email.utils import formatdate
+
 import pytest
 
-from tests.fake_openrouter import error, hang, no_message, raw, reply
+from tests.fake_openrouter import error, hang, no_message, raw, reply, stream_error
 from webapp import conversation
-from webapp.openrouter import Client, UpstreamError, reply_from_response
+from webapp.openrouter import Client, StreamState, UpstreamError, reply_from_response
+
+DETAIL_LIMIT = 300  # characters of upstream text shown, then an ellipsis
 
 
 @pytest.fixture
@@ -15,6 +21,11 @@ def client(fake):
 
 def ask(client, text="hello"):
     return client.respond([conversation.user_item(text)])
+
+
+def ask_streamed(client, state, text="hello"):
+    """The streamed reply's events, as a list (raises the stream's UpstreamError)."""
+    return list(client.stream([conversation.user_item(text)], state))
 
 
 def test_a_reply_skips_the_reasoning_item_and_keeps_the_message_id_and_status(client, fake):
@@ -72,6 +83,24 @@ def test_retry_after_is_read(client, fake):
     assert caught.value.retry_after == 12 and "12 seconds" in caught.value.message
 
 
+@pytest.mark.parametrize("header,expected,said", [
+    ("1", 1, "in 1 second."), ("\u00b2", None, "shortly"), ("-1", None, "shortly"),
+    ("99999999", None, "shortly"), ("in a bit", None, "shortly")])
+def test_a_retry_after_that_is_not_plain_seconds_is_ignored_not_a_crash(client, fake, header, expected, said):
+    fake.queue(error(429, "slow down", retry_after=header))
+    with pytest.raises(UpstreamError) as caught:
+        ask(client)
+    assert caught.value.kind == "rate_limited" and caught.value.retry_after == expected
+    assert said in caught.value.message
+
+
+def test_a_retry_after_date_becomes_seconds_from_now(client, fake):
+    fake.queue(error(503, "overloaded", retry_after=formatdate(time.time() + 20, usegmt=True)))
+    with pytest.raises(UpstreamError) as caught:
+        ask(client)
+    assert caught.value.kind == "unavailable" and 18 <= caught.value.retry_after <= 21
+
+
 @pytest.mark.parametrize("behaviour,kind", [(raw(200, "not json"), "bad_response"),
                                             (raw(200, "[1, 2]", "application/json"), "bad_response"),
                                             (no_message(), "no_message")])
@@ -107,6 +136,43 @@ def test_the_key_is_scrubbed_from_messages_shown_to_users(client, fake):
     with pytest.raises(UpstreamError) as caught:
         ask(client)
     assert fake.api_key not in caught.value.message and "[redacted]" in caught.value.message
+
+
+def failed_body(message):
+    return json.dumps({"status": "failed", "output": [], "error": {"code": "server_error", "message": message}})
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+@pytest.mark.parametrize("behaviour", [
+    lambda m: error(400, m), lambda m: error(418, m),
+    lambda m: raw(200, failed_body(m), "application/json"),
+    lambda m: raw(200, json.dumps({"error": {"code": 200, "message": m}}), "application/json"),
+    lambda m: stream_error(0, style="flat", message=m), lambda m: stream_error(0, style="nested", message=m),
+    lambda m: stream_error(0, style="failed", message=m),
+    lambda m: stream_error(0, style="failed", message=m, terminal="response.completed"),
+    lambda m: stream_error(0, style="failed", message=m, terminal="response.incomplete"),
+], ids=["400", "418", "failed-json", "error-json", "flat", "nested", "failed", "in-completed", "in-incomplete"])
+def test_every_error_text_is_scrubbed_and_cut_on_every_path(client, fake, behaviour, streamed):
+    words = f"oops {fake.api_key} " + "w" * 5000 + fake.api_key
+    fake.queue(behaviour(words))
+    with pytest.raises(UpstreamError) as caught:
+        ask_streamed(client, StreamState()) if streamed else ask(client)
+    error_ = caught.value
+    for text in (error_.message, error_.detail, str(error_)):
+        assert fake.api_key not in text
+    if error_.kind != "unavailable":  # a stream_error meeting a non-stream request is a bare 502
+        assert "[redacted]" in error_.message and error_.message.endswith("\u2026")
+        assert len(error_.detail) == DETAIL_LIMIT + 1 and error_.detail in error_.message
+
+
+@pytest.mark.parametrize("terminal", ["response.failed", "response.completed", "response.incomplete"])
+def test_a_failed_response_fails_the_stream_whatever_event_carries_it_and_keeps_the_words(client, fake, terminal):
+    fake.queue(stream_error(2, style="failed", message="overloaded", terminal=terminal, text="abcdefgh"))
+    state = StreamState()
+    with pytest.raises(UpstreamError, match="overloaded") as caught:
+        ask_streamed(client, state)
+    assert caught.value.kind == "failed"
+    assert state.text == "abcdefgh" and state.item_id in fake.issued_ids
 
 
 def test_reply_parsing_accepts_several_message_items_and_a_failed_status():

@@ -1,16 +1,21 @@
 """The OpenRouter Responses API client: the only module that speaks HTTP upstream.
 
 It builds the request, reads a reply (whole or streamed) and turns every failure into one
-`UpstreamError(kind, message, status)` whose message a user can read. It never logs the API key
-and scrubs it from any text it passes on.
+`UpstreamError(kind, status, detail, retry_after)` whose message a user can read. It never logs the
+API key, and `UpstreamError` itself scrubs every registered key from the upstream's words and cuts
+them short, so no path can pass on a key or a page-long message.
 """
 
 import json
 import logging
+import math
 import os
+import re
 import socket
 import threading
+import time
 from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
 
 import requests
 import urllib3
@@ -39,17 +44,77 @@ MESSAGES = {
 }
 
 
+DETAIL_LIMIT = 300  # characters of the upstream's own words a user is shown (and a conversation keeps)
+REDACTED = "[redacted]"
+MIN_SECRET = 8  # shorter "keys" are no real key, and scrubbing them would garble every message
+MAX_RETRY_AFTER = 86400  # seconds; a longer Retry-After is not believed
+
+# Every API key a Client in this process was given. Replaced whole (never changed in place) under
+# the lock, so `scrub` reads it without one.
+_secrets = frozenset()
+_secrets_lock = threading.Lock()
+
+
+def register_secret(secret):
+    """Make `scrub` (so every `UpstreamError`) remove `secret` from the text it passes on."""
+    global _secrets
+    if isinstance(secret, str) and len(secret) >= MIN_SECRET:
+        with _secrets_lock:
+            _secrets = _secrets | {secret}
+
+
+def scrub(text):
+    """`text` without any registered secret (longest first, so no part of one is left behind)."""
+    for secret in sorted(_secrets, key=len, reverse=True):
+        text = text.replace(secret, REDACTED)
+    return text
+
+
+def clean_detail(detail):
+    """The upstream's words as a user may see them: scrubbed first, then cut to DETAIL_LIMIT
+    characters (cutting first could leave half a key that scrubbing no longer recognises)."""
+    text = scrub(detail if isinstance(detail, str) else str(detail or ""))
+    return text if len(text) <= DETAIL_LIMIT else text[:DETAIL_LIMIT].rstrip() + "\u2026"
+
+
+def parse_retry_after(value, now=None):
+    """Seconds to wait from a `Retry-After` header, or None when it is missing or not believable.
+
+    Only what RFC 9110 allows: ASCII digits (not `str.isdigit`, which takes '²' and other digits
+    `int` refuses or misreads), up to a day, or an HTTP-date, as seconds from `now` (0 if past)."""
+    if not isinstance(value, str):
+        return None
+    value = value.strip(" \t")
+    if re.fullmatch(r"[0-9]{1,9}", value):
+        seconds = int(value)
+        return seconds if seconds <= MAX_RETRY_AFTER else None
+    if not re.search(r"[A-Za-z]", value) or len(value) > 64:
+        return None  # an HTTP-date names its day and month; anything else is not one
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when.tzinfo is None:
+        return None  # "-0000": no known zone, so no known moment
+    seconds = math.ceil(when.timestamp() - (time.time() if now is None else now))
+    return max(0, seconds) if seconds <= MAX_RETRY_AFTER else None
+
+
 class UpstreamError(Exception):
-    """A turn could not be completed. `message` is safe to show a user."""
+    """A turn could not be completed. `message` is safe to show a user and to store: the upstream's
+    words in it (and in `detail`) are scrubbed of every registered key and cut to DETAIL_LIMIT."""
 
     def __init__(self, kind, status=None, detail="", retry_after=None):
         self.kind = kind
         self.status = status
         self.retry_after = retry_after
-        self.detail = detail  # for the operator's log line; `message` is what users see
-        when = f"in {retry_after} seconds" if retry_after else "shortly"
+        self.detail = clean_detail(detail)  # for the operator's log line; `message` is what users see
+        if retry_after:
+            when = f"in {retry_after} second{'s' if retry_after != 1 else ''}"
+        else:
+            when = "shortly"
         self.message = MESSAGES[kind].format(
-            detail=detail or "no reason given", status=status, when=when
+            detail=self.detail or "no reason given", status=status, when=when
         )
         super().__init__(self.message)
 
@@ -183,10 +248,11 @@ def _error_detail(body):
 
 def reply_from_response(body):
     """Read a non-streamed response object: join the assistant message item(s), skip reasoning."""
+    if isinstance(body, dict) and (body.get("status") == "failed" or (
+            not isinstance(body.get("output"), list) and isinstance(body.get("error"), dict))):
+        raise UpstreamError("failed", detail=_error_detail(body))  # an error where a reply belongs
     if not isinstance(body, dict) or not isinstance(body.get("output"), list):
         raise UpstreamError("bad_response")
-    if body.get("status") == "failed":
-        raise UpstreamError("failed", detail=_error_detail(body))
     messages = [
         item for item in body["output"]
         if isinstance(item, dict) and item.get("type") == "message"
@@ -214,6 +280,7 @@ class Client:
     def __init__(self, api_key, base_url, model, max_output_tokens, connect_timeout=10.0,
                  read_timeout=300.0, app_url="", app_title="", pool_size=512):
         self.api_key = api_key
+        register_secret(api_key)  # every UpstreamError now scrubs it, whichever path built it
         self.url = f"{base_url}/responses"
         self.model = model
         self.max_output_tokens = max_output_tokens
@@ -245,10 +312,6 @@ class Client:
                    config["OPENROUTER_CONNECT_TIMEOUT"], config["OPENROUTER_READ_TIMEOUT"],
                    config["OPENROUTER_APP_URL"], config["OPENROUTER_APP_TITLE"])
 
-    def scrub(self, text):
-        """Remove the API key from text that might be shown or logged."""
-        return text.replace(self.api_key, "[redacted]") if self.api_key else text
-
     def body(self, items, stream=False):
         return {"model": self.model, "input": items,
                 "max_output_tokens": self.max_output_tokens, "stream": stream}
@@ -267,7 +330,7 @@ class Client:
             if state.cancelled:
                 raise UpstreamError("stopped") from None
             raise UpstreamError("timeout" if isinstance(exc, requests.Timeout) else "connection",
-                                detail=self.scrub(str(exc))) from None
+                                detail=str(exc)) from None
         finally:
             _current.state = None
         if response.status_code != 200:
@@ -277,9 +340,8 @@ class Client:
                 detail = ""
             finally:
                 response.close()
-            retry = response.headers.get("Retry-After", "")
-            raise error_for_status(response.status_code, self.scrub(detail),
-                                   int(retry) if retry.isdigit() else None)
+            raise error_for_status(response.status_code, detail,
+                                   parse_retry_after(response.headers.get("Retry-After")))
         return response
 
     def respond(self, items, state=None):
@@ -293,11 +355,7 @@ class Client:
                 raise UpstreamError("bad_response") from None
         finally:
             state.detach()
-        try:
-            return reply_from_response(body)
-        except UpstreamError as exc:
-            exc.message = self.scrub(exc.message)
-            raise
+        return reply_from_response(body)
 
     def stream(self, items, state):
         """Send the history with `stream: true` and yield `(kind, value)` events as they arrive:
@@ -340,9 +398,9 @@ class Client:
                     yield "done", self._final(event.get("response"), state, kind)
                     return
                 elif kind == "response.failed":
-                    raise UpstreamError("failed", detail=self.scrub(_error_detail(event.get("response"))))
+                    raise UpstreamError("failed", detail=_error_detail(event.get("response")))
                 elif kind == "error":
-                    raise UpstreamError("failed", detail=self.scrub(_error_detail(event)))
+                    raise UpstreamError("failed", detail=_error_detail(event))
                 yield "alive", None
             raise UpstreamError("cut")  # ended without a terminal event
         except ValueError:
@@ -362,8 +420,10 @@ class Client:
         deltas built (the item id came with `output_item.added`)."""
         try:
             reply = reply_from_response(body)
-        except UpstreamError:
-            if not state.item_id:
+        except UpstreamError as exc:
+            # A failed response is a failure whatever event carried it (the words so far stay in
+            # `state`); only a terminal event without a readable response falls back to the deltas.
+            if exc.kind == "failed" or not state.item_id:
                 raise
             status = "incomplete" if kind == "response.incomplete" else "completed"
             details = (body or {}).get("incomplete_details") or {}

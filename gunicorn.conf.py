@@ -41,6 +41,10 @@ keepalive = 5
 accesslog = "-"
 # The query string never holds secrets here, but keep the log to method, path, status and time.
 access_log_format = '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(M)sms'
+# %(U)s is the decoded path: this logger escapes control characters, quotes and non-ASCII bytes as \xNN
+# (a %0a cannot forge a log line) and logs /turns/<id> as /turns/… (see webapp/accesslog.py).
+# (A custom logger class also means statsd_host no longer switches gunicorn to its statsd logger.)
+logger_class = "webapp.accesslog.AccessLogger"
 # gunicorn 25.1+ opens a control socket by default at $HOME/.gunicorn/gunicorn.ctl (or
 # $XDG_RUNTIME_DIR/gunicorn.ctl): one path shared by every gunicorn this user runs, which each instance
 # takes over on start and unlinks on shutdown, whoever owns it. Nothing here uses `gunicornc`, so

@@ -17,6 +17,8 @@
   const announcer = document.getElementById("announce");
   const jump = document.getElementById("jump");
   const editField = form.querySelector('input[name="edit"]');
+  // Flask-WTF's token, sent as a header as well as in the form body (CSRF protection).
+  const csrfHeaders = { "X-CSRFToken": form.querySelector('input[name="csrf_token"]').value };
   // Send, or Stop while a reply is written: one button that changes in place.
   const actionButton = form.querySelector('[data-action="send"], [data-action="stop"]');
   const cancelButton = form.querySelector('[data-action="cancel"]');
@@ -178,9 +180,9 @@
 
   async function stopTurn() {
     if (!current || !current.turn) return;
-    const body = new URLSearchParams({ turn: current.turn });
+    const body = new URLSearchParams({ turn: current.turn, csrf_token: csrfHeaders["X-CSRFToken"] });
     try {
-      await fetch("/stop", { method: "POST", body, headers: { Accept: "application/json" } });
+      await fetch("/stop", { method: "POST", body, headers: Object.assign({ Accept: "application/json" }, csrfHeaders) });
     } catch (e) { /* the stream's end or a reload shows the outcome */ }
   }
 
@@ -333,7 +335,8 @@
     showNotice("");
     let response;
     try {
-      response = await fetch("/turns", { method: "POST", body: new URLSearchParams(data), headers: { Accept: "text/event-stream" } });
+      response = await fetch("/turns", { method: "POST", body: new URLSearchParams(data),
+        headers: Object.assign({ Accept: "text/event-stream" }, csrfHeaders) });
     } catch (e) {
       clearInterval(view.timer);
       setWriting(null);

@@ -6,12 +6,13 @@ import sys
 from html import unescape
 
 import pytest
+from flask.testing import FlaskClient
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from tests.fake_openrouter import FakeOpenRouter  # noqa: E402
-from tests.serving import Gunicorn  # noqa: E402
+from tests.serving import Gunicorn, csrf_token_in  # noqa: E402
 from webapp import create_app  # noqa: E402
 
 API_KEY = "sk-or-v1-test-0123456789abcdef"
@@ -41,6 +42,9 @@ def app_config(fake, tmp_path, **overrides):
         "SECRET_KEY": "test-secret",
         "OPENROUTER_READ_TIMEOUT": 5.0,
         "TESTING": True,
+        # Every test in this process shares Flask-Limiter's in-memory counters and one address;
+        # the limits have tests of their own (test_guards.py).
+        "RATE_LIMIT_PER_ADDRESS": None,
     }
     config.update(overrides)
     return config
@@ -51,9 +55,25 @@ def make_app(fake, tmp_path):
     """Build an app on the fake; call again with the same tmp_path to 'restart' it."""
 
     def make(**overrides):
-        return create_app(app_config(fake, tmp_path, **overrides), env={})
+        app = create_app(app_config(fake, tmp_path, **overrides), env={})
+        app.test_client_class = PageClient
+        return app
 
     return make
+
+
+class PageClient(FlaskClient):
+    """Flask's test client, posting like the app's own pages: each POST carries the CSRF token of a
+    page it loaded (`csrf=False` posts without one, as a forged request would)."""
+
+    def post(self, *args, csrf=True, **kwargs):
+        if csrf:
+            token = csrf_token_in(self.get("/", follow_redirects=True).get_data(as_text=True))
+            data = kwargs.get("data")
+            if data is None or isinstance(data, dict):
+                kwargs["data"] = {"csrf_token": token, **(data or {})}
+            kwargs["headers"] = {"X-CSRFToken": token, **(kwargs.get("headers") or {})}
+        return super().post(*args, **kwargs)
 
 
 @pytest.fixture
@@ -92,6 +112,6 @@ def served(fake_server, tmp_path_factory):
     path = tmp_path_factory.mktemp("served")
     env = {"OPENROUTER_API_KEY": fake_server.api_key, "OPENROUTER_BASE_URL": fake_server.base_url,
            "SECRET_KEY": "served-test", "SESSION_DIR": str(path / "sessions"),
-           "OPENROUTER_READ_TIMEOUT": "20"}
+           "OPENROUTER_READ_TIMEOUT": "20", "RATE_LIMIT_PER_ADDRESS": "off"}
     with Gunicorn(env, path / "gunicorn.log") as running:
         yield running

@@ -8,6 +8,9 @@ import subprocess
 import sys
 import time
 
+import re
+from urllib.parse import urlsplit
+
 import requests
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -51,8 +54,10 @@ class Gunicorn:
     def __init__(self, env, log_path, workers=2, threads=None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        # Every test server is reached from one address by many tests: the per-address limit has
+        # tests of its own (tests pass RATE_LIMIT_PER_ADDRESS to override this).
         self.env = {"PATH": os.environ["PATH"], "BIND": f"127.0.0.1:{self.port}",
-                    "HOME": os.environ.get("HOME", "/root"), **env}
+                    "HOME": os.environ.get("HOME", "/root"), "RATE_LIMIT_PER_ADDRESS": "off", **env}
         if workers:  # None: gunicorn.conf.py's own default, as in production
             self.env["WEB_CONCURRENCY"] = str(workers)
         if threads:
@@ -96,3 +101,37 @@ class Gunicorn:
 
     def __exit__(self, *exc):
         self.stop()
+
+
+CSRF_FIELD = re.compile(r'name="csrf_token" value="([^"]+)"')
+
+
+def csrf_token_in(html):
+    match = CSRF_FIELD.search(html)
+    return match.group(1) if match else None
+
+
+class Browser(requests.Session):
+    """A cookie jar that posts like the app's own pages do: every POST carries the CSRF token of a page
+    it loaded from that server (in the form and in the X-CSRFToken header, as static/app.js does).
+    `csrf=False` posts without one, as a forged request would."""
+
+    def __init__(self):
+        super().__init__()
+        self.tokens = {}
+
+    def token(self, url):
+        parts = urlsplit(url)
+        base = f"{parts.scheme}://{parts.netloc}"
+        if base not in self.tokens:
+            self.tokens[base] = csrf_token_in(super().request("GET", base + "/", timeout=30).text)
+        return self.tokens[base]
+
+    def request(self, method, url, *args, csrf=True, **kwargs):
+        if method.upper() == "POST" and csrf:
+            token = self.token(url)
+            data = kwargs.get("data")
+            if data is None or isinstance(data, dict):
+                kwargs["data"] = {"csrf_token": token, **(data or {})}
+            kwargs["headers"] = {"X-CSRFToken": token, **(kwargs.get("headers") or {})}
+        return super().request(method, url, *args, **kwargs)

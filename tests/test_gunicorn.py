@@ -8,7 +8,7 @@ import requests
 
 from tests.conftest import alert, messages, textarea
 from tests.fake_openrouter import error, reply
-from tests.serving import Gunicorn
+from tests.serving import Browser, Gunicorn
 
 
 @pytest.fixture
@@ -29,7 +29,7 @@ def send(browser, server, text):
 
 
 def test_a_conversation_over_gunicorn_keeps_every_turn(server, fake):
-    browser = requests.Session()
+    browser = Browser()
     for text in ["one", "two", "three"]:
         response = send(browser, server, text)
         assert response.status_code == 200 and response.url.endswith("/#latest")  # followed the 303
@@ -39,7 +39,7 @@ def test_a_conversation_over_gunicorn_keeps_every_turn(server, fake):
 
 
 def test_history_survives_a_gunicorn_restart(app_env, tmp_path, fake):
-    browser = requests.Session()
+    browser = Browser()
     with Gunicorn(app_env, tmp_path / "first.log") as first:
         send(browser, first, "before the restart")
     with Gunicorn(app_env, tmp_path / "second.log") as second:
@@ -55,7 +55,7 @@ def test_many_browsers_wait_on_the_model_at_once(server, fake):
     fake.queue(*[reply(delay=3.0) for _ in range(n)])
 
     def chat(i):
-        browser = requests.Session()
+        browser = Browser()
         send(browser, server, f"user {i}")
         return messages(browser.get(server.url + "/").text)
 
@@ -68,7 +68,7 @@ def test_many_browsers_wait_on_the_model_at_once(server, fake):
 
 
 def test_an_upstream_error_under_gunicorn_keeps_the_text(server, fake):
-    browser = requests.Session()
+    browser = Browser()
     fake.queue(error(503, "No providers available"))
     html = send(browser, server, "try me").text
     assert "unavailable" in alert(html) and textarea(html) == "try me"
@@ -76,7 +76,7 @@ def test_an_upstream_error_under_gunicorn_keeps_the_text(server, fake):
 
 
 def test_the_key_never_leaves_the_server(server, fake):
-    browser = requests.Session()
+    browser = Browser()
     seen = []
     fake.queue(error(401, f"key {fake.api_key} is disabled"))
     for response in [send(browser, server, "hi"), browser.get(server.url + "/"),
@@ -93,7 +93,7 @@ def test_gunicorn_starts_without_a_key_and_the_page_says_how_to_set_it(app_env, 
     with Gunicorn(app_env, tmp_path / "nokey.log") as server:
         page = requests.get(server.url + "/")
         assert page.status_code == 200 and "OPENROUTER_API_KEY" in page.text
-        response = requests.post(server.url + "/", data={"message": "hello"})
+        response = Browser().post(server.url + "/", data={"message": "hello"})
         assert response.status_code == 503 and textarea(response.text) == "hello"
         assert "Traceback" not in server.output()
     assert fake.requests == []

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from tests.serving import Browser
 from tests.conftest import alert, messages, textarea
 from tests.fake_openrouter import error, raw, reply, stream_error
 from webapp import openrouter
@@ -195,7 +196,7 @@ def test_the_same_under_a_real_gunicorn(served, fake):
     """The real server: its own log file and store, a streamed and a whole reply."""
     fake.queue(stream_error(0, style="failed", message=hostile(fake.api_key), terminal="response.completed"),
                error(400, hostile(fake.api_key)))
-    browser = requests.Session()
+    browser = Browser()
     streamed = browser.post(served.url + "/turns", data={"message": "hi"},
                             headers={"Accept": "text/event-stream"}, timeout=30)
     kind, final = sse_events(streamed.text)[-1]

@@ -1,16 +1,19 @@
 """SESSION_TYPE=redis against a real redis-server: sessions, conversations and locks live in Redis."""
 
+import signal
 import subprocess
 import threading
 import time
+from contextlib import ExitStack
 
 import pytest
 import redis
 
-from tests.conftest import app_config, messages
+from tests.conftest import PageClient, app_config, messages
 from tests.serving import free_port, require_program
 from webapp import conversation, create_app
-from webapp.store import RedisBackend, Store
+from webapp.purge import purge, summary
+from webapp.store import RedisBackend, Store, StoreError, redis_client
 
 pytestmark = pytest.mark.redis
 
@@ -36,7 +39,9 @@ def redis_url(tmp_path_factory):
 
 
 def make(fake, tmp_path, url):
-    return create_app(app_config(fake, tmp_path, SESSION_TYPE="redis", REDIS_URL=url), env={})
+    app = create_app(app_config(fake, tmp_path, SESSION_TYPE="redis", REDIS_URL=url), env={})
+    app.test_client_class = PageClient
+    return app
 
 
 def test_a_conversation_lives_in_redis_and_survives_a_restart(fake, tmp_path, redis_url):
@@ -66,3 +71,118 @@ def test_redis_locks_serialise_concurrent_updates(redis_url):
     for w in workers:
         w.join()
     assert len(store.load("shared")["items"]) == 2 * 80
+
+
+class RedisServer:
+    """A redis-server of one test's own that it can stop, restart on the same port, and pause.
+    AOF on (`--save ""` off): what was written before a stop is there after the restart."""
+
+    def __init__(self, binary, directory):
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.args = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                     "--appendonly", "yes", "--appendfsync", "always", "--dir", str(directory)]
+        self.proc = None
+
+    def start(self):
+        self.proc = subprocess.Popen(self.args, stdout=subprocess.DEVNULL)
+        probe = redis.Redis.from_url(self.url, socket_timeout=0.5)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                probe.ping()
+                return self
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+    def stop(self):
+        self.proc.terminate()  # redis writes its AOF out and exits
+        self.proc.wait(10)
+
+    def signal(self, sig):
+        self.proc.send_signal(sig)
+
+
+@pytest.fixture
+def own_redis(tmp_path):
+    server = RedisServer(require_program("redis-server", "redis-server"), tmp_path).start()
+    yield server
+    if server.proc.poll() is None:
+        server.signal(signal.SIGCONT)
+        server.stop()
+
+
+def add_turn(store, cid, text="hello"):
+    with store.update(cid) as conv:
+        conversation.add_turn(conv, text, "msg_x", "completed", "reply")
+
+
+def test_a_small_blocking_pool_serves_300_threads_at_once(redis_url):
+    client = redis_client(redis_url, max_connections=20)
+    store = Store(RedisBackend(client), ttl=60)
+    errors = []
+    start = threading.Barrier(300)
+
+    def work(n):
+        start.wait()
+        try:
+            for i in range(3):
+                add_turn(store, f"pool-{n}", f"message {i}")
+        except Exception as exc:  # "Too many connections" with redis-py's default pool
+            errors.append(exc)
+
+    workers = [threading.Thread(target=work, args=(n,)) for n in range(300)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert errors == []
+    assert all(len(store.load(f"pool-{n}")["items"]) == 6 for n in range(300))
+    assert len(client.connection_pool._connections) <= 20
+
+
+def test_redis_down_fails_fast_and_comes_back_by_itself(own_redis):
+    store = Store(RedisBackend(redis_client(own_redis.url, max_connections=10)), ttl=600)
+    add_turn(store, "before", "stored before the stop")
+    store.ping()
+    own_redis.stop()
+    attempts = {"load": lambda: store.load("before"),
+                "update": lambda: ExitStack().enter_context(store.update("before")),
+                "ping": store.ping}
+    for name, attempt in attempts.items():
+        started = time.monotonic()
+        with pytest.raises(StoreError):
+            attempt()
+        assert time.monotonic() - started < 2, name
+    own_redis.start()  # same port, same directory: the same client must just work again
+    assert conversation.item_text(store.load("before")["items"][0]) == "stored before the stop"
+    add_turn(store, "before", "after the restart")
+    add_turn(store, "after")
+    assert len(store.load("before")["items"]) == 4 and len(store.load("after")["items"]) == 2
+    store.ping()
+
+
+def test_a_redis_that_stops_answering_fails_within_seconds_then_recovers(own_redis):
+    store = Store(RedisBackend(redis_client(own_redis.url, max_connections=10)), ttl=600)
+    add_turn(store, "c")
+    own_redis.signal(signal.SIGSTOP)  # connections are accepted by the kernel, nothing answers
+    try:
+        started = time.monotonic()
+        with pytest.raises(StoreError):
+            store.load("c")
+        assert time.monotonic() - started < 3.5  # a 1 s reply timeout, tried twice
+        with pytest.raises(StoreError):
+            store.ping()
+    finally:
+        own_redis.signal(signal.SIGCONT)
+    assert len(store.load("c")["items"]) == 2
+    add_turn(store, "d")
+    assert len(store.load("d")["items"]) == 2
+
+
+def test_purge_leaves_redis_alone(redis_url):
+    store = Store(RedisBackend(redis_client(redis_url, max_connections=5)), ttl=60)
+    assert purge(store) == {}
+    assert "Redis expires keys itself" in summary(purge(store))

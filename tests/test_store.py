@@ -53,7 +53,7 @@ def test_a_second_turn_waits_for_the_first_then_is_refused(tmp_path):
     turns.begin(store, "c", "first", stale_after=60)
     started = time.monotonic()
     try:
-        turns.begin(store, "c", "second", stale_after=60, wait=0.3)
+        turns.begin(store, "c", "second", stale_after=60, wait=0.3, waiter="w")
     except turns.Busy:
         pass
     else:
@@ -155,3 +155,45 @@ def test_a_stop_no_worker_answers_is_settled_from_the_saved_progress_with_a_sent
     turns.stop(store, "c", turn)
     assert conversation.messages(store.load("c"))[-1]["text"] == "some words"
     assert conversation.messages(store.load("c"))[-1]["note"] == "Stopped."
+
+
+def test_a_waiting_lock_backs_off_instead_of_spinning(tmp_path, monkeypatch):
+    import fcntl
+
+    from webapp import store as store_module
+
+    backend = file_store(tmp_path).backend
+    tries = []
+    real_flock = fcntl.flock
+    monkeypatch.setattr(store_module.fcntl, "flock", lambda fd, op: (tries.append(op), real_flock(fd, op))[1])
+    got = []
+
+    def wait_for_it():
+        with backend.lock("conv:c", 5):
+            got.append(time.monotonic())
+
+    with backend.lock("conv:c", 1):
+        waiter = threading.Thread(target=wait_for_it)
+        waiter.start()
+        time.sleep(1.0)
+        released = time.monotonic()
+    waiter.join()
+    assert len(tries) < 40  # 1 s of waiting at 1, 2, 4 … 50 ms apart (it was 500 tries at 2 ms)
+    assert got and got[0] - released < 0.2  # and it still gets the lock soon after its release
+
+
+def test_ping_says_whether_the_file_store_is_writable(tmp_path):
+    import shutil
+
+    from webapp.store import StoreError
+
+    store = file_store(tmp_path)
+    store.ping()
+    assert sorted(os.listdir(tmp_path)) == ["locks"]  # the probe leaves nothing behind
+    shutil.rmtree(tmp_path / "locks")
+    try:
+        store.ping()
+    except StoreError as exc:
+        assert "not writable" in str(exc)
+    else:
+        raise AssertionError("ping passed on a store whose lock directory is gone")

@@ -9,7 +9,7 @@ import requests
 
 from tests.conftest import alert, messages, textarea
 from tests.fake_openrouter import FakeOpenRouter, hang, reply, stream_error
-from tests.serving import Gunicorn
+from tests.serving import Browser, Gunicorn
 
 
 def events(response):
@@ -67,7 +67,7 @@ def server(served):
 def test_a_delta_reaches_the_browser_before_the_upstream_finishes(server, fake):
     gate = threading.Event()
     fake.queue(reply("Hello there, streaming world", gate=gate, chunks=["Hello", " there,", " streaming world"]))
-    browser = requests.Session()
+    browser = Browser()
     stream = events(start_turn(browser, server, "hi"))
     first, _ = until("delta", stream)
     assert first == "Hello" and not gate.is_set()  # the fake is still holding the rest back
@@ -85,7 +85,7 @@ def test_deltas_are_not_held_back_when_the_upstream_stream_is_not_chunked(server
         env.pop("BIND")
         with Gunicorn(env, tmp_path / "plain.log") as other:
             plain.queue(reply("tiny deltas here", gate=gate, chunks=["ti", "ny", " deltas here"]))
-            stream = events(start_turn(requests.Session(), other, "hello"))
+            stream = events(start_turn(Browser(), other, "hello"))
             first, _ = until("delta", stream)
             assert first == "ti" and not gate.is_set()
             gate.set()
@@ -94,7 +94,7 @@ def test_deltas_are_not_held_back_when_the_upstream_stream_is_not_chunked(server
 
 def test_keep_alives_are_relayed_during_a_long_silence(server, fake):
     fake.queue(reply("late answer", delay=1.2, keepalive_every=0.3))
-    stream = events(start_turn(requests.Session(), server, "think hard"))
+    stream = events(start_turn(Browser(), server, "think hard"))
     _, seen = until("delta", stream)
     assert sum(1 for k, _ in seen if k == "comment") >= 3
     until("done", stream)
@@ -103,7 +103,7 @@ def test_keep_alives_are_relayed_during_a_long_silence(server, fake):
 @pytest.mark.parametrize("style", ["flat", "nested", "failed", "truncated"])
 def test_a_mid_stream_error_keeps_the_partial_reply_and_the_next_turn_works(server, fake, style):
     fake.queue(stream_error(after_chunks=2, style=style, text="partial answer text here"))
-    browser = requests.Session()
+    browser = Browser()
     error, seen = until("error", events(start_turn(browser, server, "go")))
     partial = "".join(d for k, d in seen if k == "delta")
     assert partial and error["kept"] and error["message"]
@@ -118,7 +118,7 @@ def test_a_mid_stream_error_keeps_the_partial_reply_and_the_next_turn_works(serv
 def test_closing_the_tab_mid_reply_still_stores_the_whole_reply(server, fake):
     gate = threading.Event()
     fake.queue(reply("every word of this reply", gate=gate))
-    browser = requests.Session()
+    browser = Browser()
     response = start_turn(browser, server, "then I leave")
     until("delta", events(response))
     response.close()  # the tab is gone
@@ -130,7 +130,7 @@ def test_closing_the_tab_mid_reply_still_stores_the_whole_reply(server, fake):
 def test_a_reload_mid_reply_shows_it_still_writing_and_picks_it_up(server, fake):
     gate = threading.Event()
     fake.queue(reply("first part and the rest", gate=gate, chunks=["first part", " and the rest"]))
-    browser = requests.Session()
+    browser = Browser()
     stream = events(start_turn(browser, server, "long one"))
     snapshot, _ = until("snapshot", stream)
     until("delta", stream)
@@ -146,7 +146,7 @@ def test_a_reload_mid_reply_shows_it_still_writing_and_picks_it_up(server, fake)
 
 def test_stop_keeps_the_partial_text_as_incomplete_and_the_next_turn_works(server, fake):
     fake.queue(reply("one two three four five six seven eight nine ten " * 20, chunk_delay=0.05))
-    browser = requests.Session()
+    browser = Browser()
     stream = events(start_turn(browser, server, "count"))
     snapshot, _ = until("snapshot", stream)
     until("delta", stream)
@@ -165,7 +165,7 @@ def test_stop_keeps_the_partial_text_as_incomplete_and_the_next_turn_works(serve
 
 
 def test_two_tabs_sending_at_once_both_keep_their_turns_in_order(server, fake):
-    browser = requests.Session()
+    browser = Browser()
     browser.get(server.url + "/")
     browser.post(server.url + "/", data={"message": "warm up"})  # the cookie both tabs share
     fake.reset()
@@ -187,7 +187,7 @@ def test_two_tabs_sending_at_once_both_keep_their_turns_in_order(server, fake):
 
 
 def test_regenerate_replaces_the_last_reply_and_edit_replaces_the_last_message(server, fake):
-    browser = requests.Session()
+    browser = Browser()
     until("done", events(start_turn(browser, server, "first")))
     second, _ = until("done", events(start_turn(browser, server, "second")))
     fake.queue(reply("a better answer"))
@@ -201,7 +201,7 @@ def test_regenerate_replaces_the_last_reply_and_edit_replaces_the_last_message(s
 
 
 def test_bad_input_on_the_streaming_route_is_a_clear_4xx(server, fake):
-    browser = requests.Session()
+    browser = Browser()
     response = browser.post(server.url + "/turns", data={"message": "  "})
     assert response.status_code == 400 and "empty" in response.json()["error"]
     response = browser.post(server.url + "/turns", data={"message": "", "regenerate": "1"})
@@ -236,7 +236,7 @@ PHASES = {
 def test_stop_before_the_first_word_settles_at_once_and_gives_the_text_back(two_workers, fake, phase, where):
     a, b = two_workers
     fake.queue(PHASES[phase]())
-    browser = requests.Session()
+    browser = Browser()
     stream = events(start_turn(browser, a, "a question to take back"))
     snapshot, _ = until("snapshot", stream)
     assert fake.wait_for_requests(1)
@@ -261,7 +261,7 @@ def test_stop_before_the_first_word_settles_at_once_and_gives_the_text_back(two_
 
 def test_stop_of_a_js_off_turn_waiting_for_the_model_returns_its_page_at_once(two_workers, fake):
     a, b = two_workers
-    browser = requests.Session()
+    browser = Browser()
     browser.post(a.url + "/", data={"message": "warm up"})  # a conversation, open in another tab
     fake.reset()
     fake.queue(hang(20))

@@ -6,14 +6,15 @@ import os
 from cachelib.file import FileSystemCache
 from dotenv import load_dotenv
 from flask import Flask, render_template
-from flask_session import Session
 from werkzeug.exceptions import HTTPException
+from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import settings
+from . import access, guards, limits, ops, sessions, settings
 from .openrouter import Client
-from .store import FileBackend, RedisBackend, Store, StoreError
+from .store import FileBackend, RedisBackend, Store, StoreError, redis_client
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+log = logging.getLogger(__name__)
 
 
 def create_app(overrides=None, env=None):
@@ -29,46 +30,67 @@ def create_app(overrides=None, env=None):
     logging.basicConfig(level=logging.INFO)
 
     ttl = int(app.config["PERMANENT_SESSION_LIFETIME"].total_seconds())
+    redis = None
     if app.config["SESSION_TYPE"] == "redis":
-        import redis
-
-        client = redis.Redis.from_url(app.config["REDIS_URL"])
-        app.config["SESSION_REDIS"] = client
-        backend = RedisBackend(client)
+        # One client, one pool, shared by sessions, conversations, locks and rate-limit counters;
+        # sized so every thread of a worker can hold a connection (gunicorn.conf.py's threads).
+        threads = settings.server_from_env(env)["threads"]
+        redis = redis_client(app.config["REDIS_URL"], max_connections=threads + 64)
+        backend = RedisBackend(redis)
+        app.session_interface = sessions.interface(app, redis_client=redis)
     else:
-        path = app.config["SESSION_DIR"] or os.path.join(app.instance_path, "sessions")
+        path = settings.session_dir(app.config, app.instance_path)
         os.makedirs(path, exist_ok=True)
         # threshold=0: cachelib must never prune other people's conversations to make room.
         cache = FileSystemCache(path, threshold=0, default_timeout=ttl)
-        app.config["SESSION_CACHELIB"] = cache
         backend = FileBackend(cache, os.path.join(path, "locks"))
-    app.config.setdefault("SESSION_SERIALIZATION_FORMAT", "json")
-    Session(app)
+        app.session_interface = sessions.interface(app, cache=cache)
     app.extensions["chat_store"] = Store(backend, ttl)
     app.extensions["openrouter"] = Client.from_config(app.config)
+    if app.config["TRUSTED_PROXIES"]:
+        # Only behind that many proxies that set X-Forwarded-*; otherwise clients could forge
+        # their address (and escape the per-address limits).
+        hops = app.config["TRUSTED_PROXIES"]
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)
 
-    from . import views
+    from . import purge, views
 
+    guards.init_app(app)  # before the limiter: a refused request spends nobody's quota
+    limits.init_app(app, app.config["REDIS_URL"], redis)
     app.register_blueprint(views.bp)
-    register_error_pages(app)
+    app.register_blueprint(access.bp)
+    app.register_blueprint(ops.bp)
+    purge.init_app(app)
+    register_error_pages(app, redis)
     if not app.config["OPENROUTER_API_KEY"]:
         app.logger.warning("OPENROUTER_API_KEY is not set: the chat page will say how to set it.")
+    if not app.config["ACCESS_PASSWORD"] and not settings.is_loopback_bind(app.config["BIND"]):
+        app.logger.warning("ACCESS_PASSWORD is not set and the app listens on %s: anyone who can reach "
+                           "it can spend this OpenRouter account's credits. Set ACCESS_PASSWORD.",
+                           app.config["BIND"])
     return app
 
 
-def register_error_pages(app):
+def register_error_pages(app, redis=None):
     @app.errorhandler(HTTPException)
     def http_error(exc):
-        return render_template("error.html", code=exc.code, title=exc.name,
-                               message=exc.description), exc.code
+        if exc.code == 429:  # Flask-Limiter; it adds Retry-After to the response
+            return guards.refusal(429, "Too many messages", "Messages are arriving faster than this "
+                                  "chat allows. Wait a moment, then send again.")
+        # A 413 is about the body itself: it cannot be read back into the form.
+        return guards.refusal(exc.code, exc.name, exc.description, keep_draft=exc.code != 413)
 
-    @app.errorhandler(StoreError)
     def store_error(exc):
         app.logger.error("conversation store failed: %s", exc)
-        return render_template(
-            "error.html", code=503, title="Storage unavailable",
-            message="The conversation store could not be reached, so nothing was sent or saved. "
-                    "Go back and try again in a moment."), 503
+        return guards.refusal(
+            503, "Storage unavailable", "The conversation store could not be reached, so nothing "
+            "was sent or saved. Try again in a moment.")
+
+    app.register_error_handler(StoreError, store_error)
+    if redis is not None:
+        import redis as redis_py  # sessions talk to Redis directly: its errors mean the same
+
+        app.register_error_handler(redis_py.RedisError, store_error)
 
     @app.errorhandler(Exception)
     def unexpected(exc):

@@ -19,7 +19,9 @@ _FORMATTER = HtmlFormatter(nowrap=True)
 TAGS = {"p", "br", "hr", "h1", "h2", "h3", "h4", "h5", "h6", "strong", "em", "del", "s", "code",
         "pre", "blockquote", "ul", "ol", "li", "a", "table", "thead", "tbody", "tr", "th", "td", "span"}
 ATTRIBUTES = {"a": {"href", "title"}, "ol": {"start"}, "span": {"class"}, "code": {"class"},
-              "th": {"style"}, "td": {"style"}}
+              "th": {"class"}, "td": {"class"}}
+ALIGNED = {"text-align:left": "align-left", "text-align:center": "align-center",
+           "text-align:right": "align-right"}
 
 
 def _highlight(code, lang, _attrs):
@@ -33,12 +35,21 @@ def _highlight(code, lang, _attrs):
     return highlight(code, lexer, _FORMATTER)
 
 
+def _aligned_cells_as_classes(state):
+    """Table alignment as a class, not a style attribute: the Content-Security-Policy allows no
+    inline style (style-src 'self'), so `style="text-align:…"` would be ignored."""
+    for token in state.tokens:
+        if token.type in ("th_open", "td_open") and token.attrs.get("style"):
+            token.attrs = {"class": ALIGNED.get(token.attrs["style"], "")}
+
+
 def _parser():
     # html=False: raw HTML in the model's markdown is shown as text, never parsed as tags.
     md = MarkdownIt("commonmark", {"html": False, "highlight": _highlight})
     md.enable(["table", "strikethrough"])
     # No remote images by default: an image would load a URL of the model's choosing on view.
     md.disable("image")
+    md.core.ruler.push("aligned_cells", _aligned_cells_as_classes)
     return md
 
 
@@ -50,8 +61,7 @@ def markdown(text):
     html = _MD.render(text)
     return Markup(nh3.clean(
         html, tags=TAGS, attributes=ATTRIBUTES, url_schemes={"http", "https", "mailto"},
-        link_rel="noopener noreferrer nofollow", filter_style_properties={"text-align"},
-        clean_content_tags={"script", "style"}))
+        link_rel="noopener noreferrer nofollow", clean_content_tags={"script", "style"}))
 
 
 def plain(text):

@@ -69,6 +69,40 @@ def _base_url(env):
     return raw.rstrip("/")
 
 
+_RATE = re.compile(r"\d+\s*(/|per)\s*\d*\s*(second|minute|hour|day)s?", re.I)
+LOOPBACK_HOSTS = ["localhost", "127.0.0.1", "::1", "[::1]"]
+
+
+def _rate(env, name, default):
+    """A Flask-Limiter rate such as `20/minute`, or `off` (None: no limit)."""
+    raw = env.get(name, "").strip() or default
+    if raw.lower() == "off":
+        return None
+    if not _RATE.fullmatch(raw):
+        raise SettingsError(f"{name} must be a rate such as {default} (or off), got {raw!r}")
+    return raw
+
+
+def is_loopback_bind(bind):
+    if bind.startswith("unix:"):
+        return True  # only a local proxy can reach a unix socket
+    host = bind.rsplit(":", 1)[0].strip("[]")
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+def _trusted_hosts(env, bind):
+    """Flask's TRUSTED_HOSTS. Unset on a loopback bind: loopback names only, so a page on another site
+    cannot reach a local instance through DNS rebinding. Unset on a public bind: any host (the
+    operator is told at startup to set it)."""
+    raw = env.get("TRUSTED_HOSTS", "").strip()
+    if raw:
+        hosts = [h.strip() for h in raw.split(",") if h.strip()]
+        if any(not re.fullmatch(r"\.?[A-Za-z0-9.\-\[\]:]+", h) for h in hosts):
+            raise SettingsError(f"TRUSTED_HOSTS must be comma-separated host names, got {raw!r}")
+        return hosts
+    return list(LOOPBACK_HOSTS) if is_loopback_bind(bind) else None
+
+
 def from_env(env=None):
     """Return the Flask config mapping built from `env` (default: `os.environ`)."""
     env = os.environ if env is None else env
@@ -76,6 +110,10 @@ def from_env(env=None):
     if session_type not in ("cachelib", "redis"):
         raise SettingsError(f"SESSION_TYPE must be 'cachelib' or 'redis', got {session_type!r}")
     secret = env.get("SECRET_KEY", "").strip()
+    bind = _bind(env)
+    # __Host-: the browser accepts this cookie only from this origin over HTTPS, with Path=/ and no
+    # Domain, so a page on another port or subdomain cannot plant one (cookie tossing).
+    secure_cookie = _bool(env, "SESSION_COOKIE_SECURE", False)
     return {
         "OPENROUTER_API_KEY": env.get("OPENROUTER_API_KEY", "").strip(),
         "OPENROUTER_BASE_URL": _base_url(env),
@@ -94,12 +132,30 @@ def from_env(env=None):
         "SESSION_TYPE": session_type,
         "SESSION_DIR": env.get("SESSION_DIR", "").strip(),
         "REDIS_URL": env.get("REDIS_URL", "").strip() or "redis://127.0.0.1:6379/0",
-        "SESSION_COOKIE_SECURE": _bool(env, "SESSION_COOKIE_SECURE", False),
+        "SESSION_COOKIE_SECURE": secure_cookie,
         "SESSION_COOKIE_HTTPONLY": True,
         # Write a session only when it changed; views.keep_session_alive refreshes it daily.
         "SESSION_REFRESH_EACH_REQUEST": False,
         "SESSION_COOKIE_SAMESITE": "Lax",
         "PERMANENT_SESSION_LIFETIME": timedelta(days=_int(env, "SESSION_LIFETIME_DAYS", 30)),
+        # A session with no conversation and no login yet (a visit, a bot) is kept this long only.
+        "ANONYMOUS_SESSION_LIFETIME": timedelta(hours=1),
+        # --- access and abuse ---
+        "ACCESS_PASSWORD": env.get("ACCESS_PASSWORD", ""),
+        "BIND": bind,
+        "TRUSTED_HOSTS": _trusted_hosts(env, bind),
+        "TRUSTED_PROXIES": _int(env, "TRUSTED_PROXIES", 0, minimum=0),
+        "RATE_LIMIT_PER_SESSION": _rate(env, "RATE_LIMIT_PER_SESSION", "20/minute"),
+        "RATE_LIMIT_PER_ADDRESS": _rate(env, "RATE_LIMIT_PER_ADDRESS", "120/minute"),
+        "LOGIN_RATE_LIMIT": _rate(env, "LOGIN_RATE_LIMIT", "10/minute"),
+        "MAX_RUNNING_TURNS": _int(env, "MAX_RUNNING_TURNS", 1000),
+        "MAX_TURNS_PER_SESSION": _int(env, "MAX_TURNS_PER_SESSION", 3),
+        "OPENROUTER_TURN_TIMEOUT": _float(env, "OPENROUTER_TURN_TIMEOUT", 900.0, minimum=1.0),
+        # Flask-WTF: a token lives as long as its session (an open tab must not expire after an hour),
+        # and the check runs from our own guard, after the origin check (see guards.py).
+        "WTF_CSRF_TIME_LIMIT": None,
+        "WTF_CSRF_CHECK_DEFAULT": False,
+        "SESSION_COOKIE_NAME": "__Host-session" if secure_cookie else "session",
     }
 
 

@@ -10,10 +10,10 @@ Only this module knows the backends; errors come out as `StoreError`.
 """
 
 import fcntl
-import hashlib
 import json
 import os
 import secrets
+import tempfile
 import time
 from contextlib import contextmanager
 
@@ -43,25 +43,78 @@ class FileBackend:
     def delete(self, key):
         self.cache.delete(key)
 
+    def lock_path(self, key):
+        """The lock file of `key`: the first 32 hex digits of its cache file's name (both are the key's
+        sha256), so `purge` can tell which lock belongs to which stored file."""
+        return os.path.join(self.lock_dir, os.path.basename(self.cache._get_filename(key))[:32])
+
     @contextmanager
     def lock(self, key, timeout):
-        # One lock file per key, never deleted: removing a lock file while another process waits on
-        # it would let two writers in. They are empty; `flask purge` removes ones for expired keys.
-        name = hashlib.sha256(key.encode()).hexdigest()[:32]
-        fd = os.open(os.path.join(self.lock_dir, name), os.O_RDWR | os.O_CREAT, 0o600)
+        # One lock file per key. `flask purge` deletes the lock files of keys that no longer exist,
+        # but only while it holds their flock; a waiter that then gets the flock of the deleted file
+        # sees that the path no longer names it and locks the file now there, so two holders never
+        # coexist (see `_acquire`).
+        fd = _acquire(self.lock_path(key), time.monotonic() + timeout)
         try:
-            deadline = time.monotonic() + timeout
+            yield
+        finally:
+            os.close(fd)  # closing the descriptor releases the lock
+
+    def ping(self):
+        """Raise StoreError unless both directories take a new file (for a readiness check)."""
+        for directory in (self.cache._path, self.lock_dir):
+            try:
+                # cachelib (and `purge`) treat names ending in its transaction suffix as temporary.
+                fd, probe = tempfile.mkstemp(suffix=self.cache._fs_transaction_suffix, dir=directory)
+                try:
+                    os.write(fd, b"ping")
+                finally:
+                    os.close(fd)
+                    os.remove(probe)
+            except OSError as exc:
+                raise StoreError(f"the conversation store is not writable: {exc}") from None
+
+
+LOCK_BACKOFF = (0.001, 0.05)  # first and longest wait between two tries of a busy lock, in seconds
+
+
+def _acquire(path, deadline):
+    """Open and flock `path` (created if missing), and return the descriptor that holds the lock.
+
+    Waits without spinning: the tries back off from 1 ms to 50 ms. After the flock, the path must
+    still name the locked file: if a purge deleted it meanwhile (it only does so while holding the
+    flock), the lock is taken again on the file now at that path."""
+    delay = LOCK_BACKOFF[0]
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise StoreError(f"could not open the conversation lock: {exc}") from None
+        try:
             while True:
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                     break
                 except BlockingIOError:
-                    if time.monotonic() > deadline:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
                         raise StoreError("timed out waiting for the conversation lock") from None
-                    time.sleep(0.002)
-            yield
-        finally:
-            os.close(fd)  # closing the descriptor releases the lock
+                    time.sleep(min(delay, left))
+                    delay = min(delay * 2, LOCK_BACKOFF[1])
+            if _same_file(fd, path):
+                return fd
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)  # the file was deleted while we waited: lock the one at its path now
+
+
+def _same_file(fd, path):
+    """Whether `path` still names the file open as `fd` (a deleted or replaced path does not)."""
+    try:
+        return os.fstat(fd).st_ino == os.stat(path).st_ino
+    except FileNotFoundError:
+        return False
 
 
 class RedisBackend:
@@ -95,6 +148,12 @@ class RedisBackend:
         except self.errors as exc:
             raise StoreError(str(exc)) from None
 
+    def ping(self):
+        try:
+            self.client.ping()
+        except self.errors as exc:
+            raise StoreError(str(exc)) from None
+
     @contextmanager
     def lock(self, key, timeout):
         lock = self.client.lock(f"lock:{key}", timeout=30, blocking_timeout=timeout)
@@ -113,6 +172,29 @@ class RedisBackend:
                 pass  # expired: the write already happened, nothing to undo
 
 
+def redis_client(url, max_connections, timeout=1.0):
+    """The one Redis client of a process, shared by sessions, conversations, locks (and counters).
+
+    Its pool holds at most `max_connections` (a worker's thread count and a margin): a thread finding
+    them all in use waits up to `timeout` seconds for one instead of failing with "Too many
+    connections". Connecting and each reply also give up after `timeout`, and a failed command is
+    retried once on a fresh connection, so with Redis down or stuck a request fails with StoreError
+    (a 503 page) within about two timeouts, and works again by itself once Redis is back: the pool
+    drops a connection that broke (checked as it is handed out, and with a PING when it sat idle for
+    `health_check_interval` seconds) and connects anew, so a Redis restart fails no request."""
+    import redis
+    from redis.backoff import ExponentialBackoff
+    from redis.retry import Retry
+
+    pool = redis.BlockingConnectionPool.from_url(
+        url, max_connections=max_connections, timeout=timeout,
+        socket_timeout=timeout, socket_connect_timeout=timeout, socket_keepalive=True,
+        health_check_interval=30,
+        # redis-py's default retries 10 times with backoff up to 1 s: far past a page's patience.
+        retry=Retry(ExponentialBackoff(cap=0.1, base=0.01), 1))
+    return redis.Redis(connection_pool=pool)
+
+
 class Store:
     """Conversations by id. `ttl` (seconds) restarts with every write, like the session's lifetime.
 
@@ -127,6 +209,10 @@ class Store:
         self.backend = backend
         self.ttl = ttl
         self.lock_timeout = lock_timeout
+
+    def ping(self):
+        """Raise StoreError unless the store answers (files: writable; Redis: PING)."""
+        self.backend.ping()
 
     def load(self, cid):
         conv = self.backend.get(self.prefix + cid) or conversation.new()

@@ -84,17 +84,37 @@ class Stale(Exception):
     """An edit or regenerate named a turn that is no longer the last one (another tab sent meanwhile)."""
 
 
-def begin(store, cid, text, stale_after, wait=0.0, replace=None):
-    """Mark a new turn pending and return `(turn_id, input_items, text)`. Waits up to `wait` seconds for
-    a reply that is still being written, then raises `Busy`. `replace` is the id of the last reply,
-    for a turn that takes the last turn's place (edit, regenerate); if that is no longer the last
-    reply, raises `Stale` and nothing changes. `text=None` resends the last message (regenerate)."""
+class QueueFull(Busy):
+    """Another send already waits for this conversation's reply: at most one waits, the rest are refused."""
+
+
+class Full(Exception):
+    """This process runs as many turns as it may (`too_many_for_session`: as many as one session may)."""
+
+    def __init__(self, too_many_for_session=False):
+        super().__init__()
+        self.too_many_for_session = too_many_for_session
+
+
+WAITER_TTL = 10.0  # a waiting send's claim lapses this long after it last looked (its client left)
+
+
+def begin(store, cid, text, stale_after, wait=0.0, replace=None, waiter=None):
+    """Mark a new turn pending and return `(turn_id, input_items, text)`.
+
+    While a reply is still being written here: without `waiter`, raise `Busy` at once. With one,
+    claim the conversation's single waiting place for it (or `QueueFull` if another send holds it),
+    look again every quarter second for up to `wait` seconds, then raise `Busy` still holding the
+    place, so the caller can try again; `release` gives it up. `replace` is the id of the last
+    reply, for a turn that takes the last turn's place (edit, regenerate); if that is no longer the
+    last reply, raise `Stale` and change nothing. `text=None` resends the last message (regenerate)."""
     deadline = time.monotonic() + wait
     while True:
         with store.update(cid) as conv:
             now = time.time()
             _recover_stale(conv, stale_after, now)
-            if not conv["pending"]:
+            pending = conv["pending"]
+            if not pending:
                 if replace and replace != conversation.last_reply_id(conv):
                     raise Stale()
                 history = conv["items"][:-2] if replace else conv["items"]
@@ -105,9 +125,35 @@ def begin(store, cid, text, stale_after, wait=0.0, replace=None):
                                    "partial": "", "item_id": None, "stop": False,
                                    "replace": bool(replace), "rev": conv.get("rev", 0)}
                 return turn, conversation.input_items({"items": history}, text), text
+            if waiter is None:
+                raise Busy()
+            holder = pending.get("waiter")
+            if holder and holder["id"] != waiter and holder["until"] > now:
+                raise QueueFull()
+            if not holder or holder["id"] != waiter or holder["until"] - now < WAITER_TTL / 2:
+                pending["waiter"] = {"id": waiter, "until": now + WAITER_TTL}
         if time.monotonic() >= deadline:
             raise Busy()
-        time.sleep(0.1)
+        time.sleep(0.25)
+
+
+def release(store, cid, waiter):
+    """Give up the waiting place `begin` claimed for `waiter` (the send gave up, or its client left)."""
+    with store.update(cid) as conv:
+        pending = conv.get("pending")
+        if pending and (pending.get("waiter") or {}).get("id") == waiter:
+            del pending["waiter"]
+
+
+def check_capacity(max_running, owner, max_per_owner):
+    """Refuse a new turn when this process already runs `max_running` (503), or this session already
+    runs `max_per_owner` here (429): background turns outlive their requests, so gunicorn's thread
+    count does not bound them."""
+    running = list(LIVE.values())
+    if len(running) >= max_running:
+        raise Full()
+    if owner and sum(1 for relay in running if relay.owner == owner) >= max_per_owner:
+        raise Full(too_many_for_session=True)
 
 
 def _settle(store, cid, turn, change):
@@ -132,8 +178,14 @@ def note_for(reply):
 class Relay:
     """The events of one turn being written in this process; listeners replay them from the start."""
 
-    def __init__(self, store, cid, turn, streaming=True, model=None):
+    def __init__(self, store, cid, turn, streaming=True, model=None, owner=None, limit=None):
         self.store, self.cid, self.turn, self.streaming, self.model = store, cid, turn, streaming, model
+        self.owner = owner  # a hash of the session id: for per-session caps and the log line
+        self.started = time.monotonic()
+        # A total deadline: keep-alive comments reset the read timeout, so only this ends a turn
+        # that never finishes.
+        self.deadline = self.started + limit if limit else None
+        self.expired = False
         self.events = []
         self.finished = False
         self.stop_requested = False
@@ -174,6 +226,12 @@ class Relay:
         self.stop_requested = True
         self.state.cancel()
 
+    def expire_if_late(self, now):
+        """Past the turn's deadline: cut it, as a timeout (its words so far are kept)."""
+        if self.deadline is not None and now > self.deadline and not self.finished and not self.expired:
+            self.expired = True
+            self.state.cancel()
+
     def save_progress(self, now):
         """Save the text so far when it changed (at most every FLUSH_EVERY seconds), else a heartbeat
         every HEARTBEAT seconds, so other workers can follow the reply and see this one is alive."""
@@ -207,7 +265,7 @@ def execute(store, client, cid, turn, items, relay, stream=True):
     final ("done", {...}) or ("error", {...}) on `relay`."""
     state = relay.state
     events = client.stream(items, state) if stream else _whole(client, items, state)
-    outcome = None
+    outcome = reply = None
     try:
         for kind, value in events:
             if kind == "done":
@@ -222,6 +280,8 @@ def execute(store, client, cid, turn, items, relay, stream=True):
             if relay.stop_requested:
                 break
     except UpstreamError as error:
+        if relay.expired:
+            error = UpstreamError("timeout")
         if not relay.stop_requested:
             log_failure(error, relay)
             outcome = _unless_store_fails(_failed, store, cid, turn, state, error)
@@ -234,12 +294,26 @@ def execute(store, client, cid, turn, items, relay, stream=True):
             outcome = _unless_store_fails(_stopped, store, cid, turn, state)
         # Always end the listeners' streams, whatever happened above.
         relay.publish(*outcome, final=True)
+        log_turn(relay, outcome, reply if outcome[0] == "done" and not outcome[1].get("stopped") else None)
     return outcome
+
+
+def log_turn(relay, outcome, reply):
+    """One structured line per turn for the operator: who (a hash of the session id), where, what it
+    cost, how long it took and how it ended. Never message text, never the key."""
+    kind, data = outcome
+    usage = (reply.usage if reply else None) or {}
+    ended = ("stopped" if data.get("stopped") else "failed" if kind == "error"
+             else reply.status if reply else "completed")
+    log.info("turn session=%s conversation=%s model=%s outcome=%s input_tokens=%s output_tokens=%s "
+             "cost=%s latency_ms=%d", relay.owner or "-", relay.cid, relay.model or "-", ended,
+             usage.get("input_tokens", "-"), usage.get("output_tokens", "-"), usage.get("cost", "-"),
+             (time.monotonic() - relay.started) * 1000)
 
 
 def log_failure(error, relay):
     """One WARNING per failed turn for the operator: kind, HTTP status, model, turn. Never the key
-    (the client scrubs it) and never message text."""
+    (UpstreamError scrubs it) and never message text."""
     extra = f" ({error.detail})" if error.kind in ("connection", "timeout") and error.detail else ""
     log.warning("upstream failure: kind=%s status=%s model=%s turn=%s%s", error.kind,
                 error.status or "-", relay.model or "-", relay.turn, extra)
@@ -310,6 +384,7 @@ def _save_progress_forever():
         except Exception:
             log.warning("could not check for stopped turns", exc_info=True)
         for relay in relays:
+            relay.expire_if_late(now)
             try:
                 relay.save_progress(now)
             except Exception:  # a store hiccup: the next round tries again
@@ -319,9 +394,9 @@ def _save_progress_forever():
 _saver = None
 
 
-def _register(store, cid, turn, streaming=True, model=None):
+def _register(store, cid, turn, streaming=True, model=None, owner=None, limit=None):
     global _saver
-    relay = Relay(store, cid, turn, streaming, model)
+    relay = Relay(store, cid, turn, streaming, model, owner, limit)
     with _LIVE_LOCK:
         LIVE[turn] = relay
         if _saver is None or not _saver.is_alive():  # started lazily: after gunicorn's fork
@@ -338,15 +413,15 @@ def _run(store, client, cid, turn, items, relay, stream):
             LIVE.pop(turn, None)
 
 
-def run(store, client, cid, turn, items):
+def run(store, client, cid, turn, items, owner=None, limit=None):
     """Run a begun turn in this thread with a whole (non-streamed) reply: the JS-off form post."""
-    relay = _register(store, cid, turn, False, client.model)
+    relay = _register(store, cid, turn, False, client.model, owner, limit)
     return _run(store, client, cid, turn, items, relay, stream=False)
 
 
-def start(store, client, cid, turn, items):
+def start(store, client, cid, turn, items, owner=None, limit=None):
     """Run a begun turn, streamed, in a background thread that outlives the request; return its Relay."""
-    relay = _register(store, cid, turn, True, client.model)
+    relay = _register(store, cid, turn, True, client.model, owner, limit)
     # Not a daemon: on a graceful shutdown the interpreter waits for replies still being written.
     threading.Thread(target=_run, args=(store, client, cid, turn, items, relay, True),
                      name=f"turn-{turn}").start()
@@ -354,26 +429,28 @@ def start(store, client, cid, turn, items):
 
 
 def stop(store, cid, turn, wait=STOP_WAIT):
-    """Stop a turn wherever it runs, and return once it is settled (well under a second).
+    """Stop a turn of conversation `cid` wherever it runs, and return once it is settled (well under
+    a second); False if `turn` is not being written in `cid` (another's turn, or already finished).
 
     Here: cancel its request (any phase) and let its thread settle it with every word it read; if
     that thread is still stuck (a connect in progress), settle it now from what it has read.
     Elsewhere: flag it in the store and signal the other workers, whose progress saver stops it
     within a round; if none does in time, settle it here from the saved progress."""
     relay = LIVE.get(turn)
-    if relay:
+    if relay and relay.cid == cid:
         relay.stop()
         if not relay.wait(wait):
             relay.publish(*_unless_store_fails(_stopped, store, cid, turn, relay.state), final=True)
-        return
+        return True
     if not _settle(store, cid, turn, lambda conv, pending: pending.update(stop=True)):
-        return
+        return False
     store.signal_stop()
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline:
         pending = store.load_pending(cid)
         if not pending or pending["turn"] != turn:
-            return
+            return True
         time.sleep(0.05)
     _settle(store, cid, turn, lambda conv, pending: _settle_partial(
         conv, pending, pending.get("item_id"), pending.get("partial", ""), None, stopped=True))
+    return True

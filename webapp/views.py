@@ -5,6 +5,7 @@ to `/turns` and reads the reply as Server-Sent Events over that response (`strea
 picks a reply up again after a reload. Both run the same `turns` code.
 """
 
+import hashlib
 import json
 import secrets
 import time
@@ -14,7 +15,8 @@ from flask import (Blueprint, Response, current_app, redirect, render_template, 
                    stream_with_context, url_for)
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from . import conversation, render, turns
+from . import conversation, render, sessions, turns
+from .limits import per_session_and_address
 from .openrouter import UpstreamError
 
 bp = Blueprint("chat", __name__)
@@ -22,6 +24,11 @@ bp = Blueprint("chat", __name__)
 QUEUE_WAIT = 30.0  # seconds a send waits for the reply before it in the same conversation
 BUSY = ("A reply is still being written in this conversation. Your message is kept: send it again "
         "when the reply has finished.")
+QUEUE_FULL = ("Another message is already waiting for the reply being written in this conversation. "
+              "Yours is kept: send it when the reply has finished.")
+FULL = "The server is answering as many messages as it can right now. Yours is kept: try again shortly."
+TOO_MANY = ("You already have as many replies being written as one browser may. Yours is kept: send "
+            "it when one has finished.")
 STALE = ("The conversation changed since you pressed Edit or Regenerate (another tab or window sent "
          "a message), so nothing was replaced. Your text is kept in the box: send it as a new "
          "message, or press Edit again.")
@@ -111,9 +118,33 @@ def _read_message():
 
 
 def _cid():
+    """The browser's conversation id, made at its first send, when the session id is issued anew:
+    an id planted in the browser before (fixation, cookie tossing) never holds its messages."""
     if "cid" not in session:
         session["cid"] = secrets.token_urlsafe(18)
+        sessions.rotate(current_app, session)
     return session["cid"]
+
+
+def _owner():
+    """A short hash of the session id: enough to count a session's turns and to follow it in the
+    logs, useless for taking the session over."""
+    return hashlib.sha256(session.sid.encode()).hexdigest()[:12]
+
+
+def _turn_options():
+    config = current_app.config
+    turns.check_capacity(config["MAX_RUNNING_TURNS"], _owner(), config["MAX_TURNS_PER_SESSION"])
+    return {"owner": _owner(), "limit": config["OPENROUTER_TURN_TIMEOUT"]}
+
+
+def _refusal_for(exc):
+    """(status, message) for a turn that cannot start now."""
+    if isinstance(exc, turns.Full):
+        return (429, TOO_MANY) if exc.too_many_for_session else (503, FULL)
+    if isinstance(exc, turns.Stale):
+        return 409, STALE
+    return 409, (QUEUE_FULL if isinstance(exc, turns.QueueFull) else BUSY)
 
 
 @bp.before_app_request
@@ -138,6 +169,7 @@ def favicon():
 
 
 @bp.post("/")
+@per_session_and_address
 def send():
     draft = request.form.get("message", "")
     try:
@@ -147,12 +179,16 @@ def send():
             return render_chat(_conversation()[1], draft=draft, hint=bad.message, status=400)
         return render_chat(_conversation()[1], draft=draft, error=bad.message, status=bad.status)
     cid = _cid()
+    waiter = secrets.token_urlsafe(9)
     try:
-        turn, items, _ = turns.begin(_store(), cid, text, _stale_after(), QUEUE_WAIT, replace)
-    except (turns.Busy, turns.Stale) as refused:
-        message = BUSY if isinstance(refused, turns.Busy) else STALE
-        return render_chat(_conversation()[1], draft=draft, status=409, error=message)
-    turns.run(_store(), _client(), cid, turn, items)
+        options = _turn_options()
+        turn, items, _ = turns.begin(_store(), cid, text, _stale_after(), QUEUE_WAIT, replace, waiter)
+    except (turns.Busy, turns.Stale, turns.Full) as refused:
+        if isinstance(refused, turns.Busy) and not isinstance(refused, turns.QueueFull):
+            turns.release(_store(), cid, waiter)
+        status, message = _refusal_for(refused)
+        return render_chat(_conversation()[1], draft=draft, status=status, error=message)
+    turns.run(_store(), _client(), cid, turn, items, **options)
     return redirect(url_for("chat.index", _anchor="latest"), code=303)
 
 
@@ -181,8 +217,12 @@ def stop():
     cid, conv = _conversation()
     pending = conv.get("pending")
     turn = request.form.get("turn") or (pending and pending["turn"])
-    if cid and turn:
-        turns.stop(_store(), cid, turn)
+    if not (cid and turn and turns.stop(_store(), cid, turn)):
+        # Not a reply being written in this browser's conversation: someone else's, or finished.
+        message = "There is no reply being written here to stop (it may have just finished)."
+        if request.accept_mimetypes.best == "application/json":
+            return {"error": message}, 404
+        return render_template("error.html", code=404, title="Nothing to stop", message=message), 404
     if request.accept_mimetypes.best == "application/json":
         return {"stopped": True}
     return redirect(url_for("chat.index", _anchor="latest"), code=303)
@@ -274,49 +314,72 @@ def _stream_response(events, cid, snapshots):
     return response
 
 
-def _start_when_free(store, client, cid, text, replace, stale_after, snapshots):
-    """Events of a new turn; while another reply in this conversation is written, say it is queued."""
-    deadline = time.monotonic() + max(QUEUE_WAIT, stale_after)
-    while True:
-        try:
-            turn, items, text = turns.begin(store, cid, text, stale_after, 0, replace)
-            break
-        except turns.Stale:
-            yield "error", {"message": STALE, "text": "", "kept": False, "unsent": True}
-            return
-        except turns.Busy:
-            if time.monotonic() > deadline:
-                yield "error", {"message": BUSY, "text": "", "kept": False, "unsent": True}
-                return
+def _start_when_free(store, client, cid, text, replace, stale_after, snapshots, begun, waiter, options):
+    """Events of a new turn; while another reply in this conversation is written, say it is queued
+    (this send holds the conversation's one waiting place until it starts, gives up or its client
+    leaves)."""
+    try:
+        deadline = time.monotonic() + max(QUEUE_WAIT, stale_after)
+        while begun is None:
             yield "queued", {"message": "Waiting for the reply before this one to finish…"}
             time.sleep(1.0)
+            try:
+                begun = turns.begin(store, cid, text, stale_after, 0, replace, waiter)
+            except (turns.Stale, turns.QueueFull) as refused:
+                yield "error", {"message": _refusal_for(refused)[1], "text": "", "kept": False, "unsent": True}
+                return
+            except turns.Busy:
+                if time.monotonic() > deadline:
+                    yield "error", {"message": BUSY, "text": "", "kept": False, "unsent": True}
+                    return
+    finally:
+        if begun is None:
+            turns.release(store, cid, waiter)
+    turn, items, _ = begun
     yield "snapshot", {"turn": turn, "text": ""}
-    yield from turns.start(store, client, cid, turn, items).listen(snapshots.wait)
+    yield from turns.start(store, client, cid, turn, items, **options).listen(snapshots.wait)
 
 
 @bp.post("/turns")
+@per_session_and_address
 def stream():
     try:
         text, replace = _read_message()
     except BadInput as bad:
         return {"error": bad.message}, bad.status
     cid = _cid()
+    waiter = secrets.token_urlsafe(9)
+    try:
+        options = _turn_options()
+        begun = turns.begin(_store(), cid, text, _stale_after(), 0, replace, waiter)
+    except (turns.Stale, turns.QueueFull, turns.Full) as refused:
+        status, message = _refusal_for(refused)
+        return {"error": message}, status
+    except turns.Busy:
+        begun = None  # this send holds the waiting place: the stream says "queued" until it starts
     snapshots = _Snapshots()
-    events = _start_when_free(_store(), _client(), cid, text, replace, _stale_after(), snapshots)
+    events = _start_when_free(_store(), _client(), cid, text, replace, _stale_after(), snapshots,
+                              begun, waiter, options)
     return _stream_response(events, cid, snapshots)
 
 
 @bp.get("/turns/<turn>")
 def resume(turn):
-    """Follow a reply after a reload: live from this process's relay, or from the saved progress."""
+    """Follow a reply after a reload: live from this process's relay, or from the saved progress.
+    Only a reply of this browser's own conversation: any other id is a 404, whatever it is."""
     cid = session.get("cid")
-    if not cid:
-        return {"error": "No conversation."}, 404
     relay = turns.LIVE.get(turn)
+    if not cid or not (relay and relay.cid == cid or _is_pending(cid, turn)):
+        return {"error": "No such reply is being written in this conversation."}, 404
     snapshots = _Snapshots()
     # A relay replays from the first delta, so the listener ends up with the whole text either way.
     events = relay.listen(snapshots.wait) if relay else _follow_store(_store(), cid, turn)
     return _stream_response(events, cid, snapshots)
+
+
+def _is_pending(cid, turn):
+    pending = _store().load_pending(cid)
+    return bool(pending and pending["turn"] == turn)
 
 
 def _follow_store(store, cid, turn, every=0.3):

@@ -7,6 +7,7 @@ import pytest
 import requests
 from playwright.sync_api import expect
 
+from tests.serving import Browser
 from tests.fake_openrouter import hang, reply
 
 USER = '[data-role="user"]'
@@ -36,7 +37,7 @@ def settled(page):
 
 def fill_conversation(server, turns=12):
     """A long conversation in a fresh cookie jar, made through the JS-off form; returns the cookies."""
-    browser = requests.Session()
+    browser = Browser()
     for i in range(turns):
         browser.post(server.url + "/", data={"message": f"question {i}\n" + "a long line of text " * 30})
     return browser.cookies
@@ -180,7 +181,13 @@ def test_jump_to_latest_appears_when_scrolled_up(browser, server, fake):
     expect(jump).to_be_visible()
     jump.click()
     expect(jump).to_be_hidden()
-    page.wait_for_function("Math.abs(document.querySelector('#scroller').scrollTop) < 5")
+    # (wait_for_function would eval a string in the page, which the app's CSP rightly forbids)
+    for _ in range(50):
+        if page.evaluate("Math.abs(document.querySelector('#scroller').scrollTop)") < 5:
+            break
+        page.wait_for_timeout(100)
+    else:
+        raise AssertionError("Jump to latest did not scroll to the end")
     context.close()
 
 

@@ -1,0 +1,44 @@
+"""The access gate's login page: with `ACCESS_PASSWORD` set, every page but this one, static files
+and the health checks asks for it (see guards.check_request). The password is compared in constant
+time, the session id is issued anew at login (fixation), failed attempts are rate-limited per
+address and logged with the address only, never the password."""
+
+import hmac
+import logging
+
+from flask import Blueprint, current_app, redirect, render_template, request, session, url_for
+
+from . import sessions
+
+log = logging.getLogger(__name__)
+bp = Blueprint("access", __name__)
+
+
+def _safe_next(target):
+    # Only a path on this site: never "//evil.example" or "https://…" (an open redirect).
+    if target and target.startswith("/") and not target.startswith("//") and "\\" not in target:
+        return target
+    return url_for("chat.index")
+
+
+@bp.route("/login", methods=["GET", "POST"])
+def login():
+    password = current_app.config["ACCESS_PASSWORD"]
+    target = _safe_next(request.values.get("next"))
+    if not password or session.get("authed"):
+        return redirect(target)
+    if request.method == "GET":
+        return render_template("login.html", next=target)
+    given = request.form.get("password", "")
+    if hmac.compare_digest(given.encode(), password.encode()):
+        session["authed"] = True
+        sessions.rotate(current_app, session)
+        return redirect(target, code=303)
+    log.warning("failed login from %s", request.remote_addr)
+    return render_template("login.html", next=target, error="That password is not right."), 401
+
+
+@bp.post("/logout")
+def logout():
+    session.clear()
+    return redirect(url_for("access.login"), code=303)

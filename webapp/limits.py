@@ -1,0 +1,50 @@
+"""Rate limits (Flask-Limiter), so one client cannot spend the operator's credits or take the service
+down: sends per session (`RATE_LIMIT_PER_SESSION`) and per address (`RATE_LIMIT_PER_ADDRESS`), and
+failed logins per address (`LOGIN_RATE_LIMIT`). `off` disables one. Counters live in Redis when the
+store is Redis (shared by every worker and host); with the file store they are per process, so with
+N workers a client gets up to N times the limit (documented in the README).
+"""
+
+from flask import current_app, session
+from flask_limiter import Limiter
+from flask_limiter.util import get_remote_address
+
+limiter = Limiter(key_func=get_remote_address, headers_enabled=True)
+
+
+def _session_key():
+    # Flask-Session's id: a browser that keeps its cookie is one key; one that drops it gets a new
+    # session each time and meets the per-address limit instead.
+    return "session:" + getattr(session, "sid", "")
+
+
+def _rate(name):
+    return lambda: current_app.config[name] or "1/second"  # the fallback is never used: see _off
+
+
+def _off(name):
+    return lambda: current_app.config[name] is None
+
+
+def per_session_and_address(view):
+    """The limits on anything that starts a turn."""
+    view = limiter.limit(_rate("RATE_LIMIT_PER_SESSION"), key_func=_session_key,
+                         exempt_when=_off("RATE_LIMIT_PER_SESSION"))(view)
+    return limiter.limit(_rate("RATE_LIMIT_PER_ADDRESS"), key_func=get_remote_address,
+                         exempt_when=_off("RATE_LIMIT_PER_ADDRESS"))(view)
+
+
+def failed_logins(view):
+    return limiter.limit(_rate("LOGIN_RATE_LIMIT"), key_func=get_remote_address, methods=["POST"],
+                         exempt_when=_off("LOGIN_RATE_LIMIT"),
+                         deduct_when=lambda response: response.status_code == 401)(view)
+
+
+def init_app(app, redis_url=None, redis_client=None):
+    if redis_client is not None:
+        app.config["RATELIMIT_STORAGE_URI"] = redis_url
+        # The app's one Redis connection pool, shared with sessions, conversations and locks.
+        app.config["RATELIMIT_STORAGE_OPTIONS"] = {"connection_pool": redis_client.connection_pool}
+    else:
+        app.config["RATELIMIT_STORAGE_URI"] = "memory://"
+    limiter.init_app(app)

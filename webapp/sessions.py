@@ -1,0 +1,57 @@
+"""Browser sessions: Flask-Session's server-side store, with the rules that keep a session id honest.
+
+- A session that has not sent a message or logged in yet (a visit, a bot, a CSRF token only) is
+  stored for `ANONYMOUS_SESSION_LIFETIME` only, so anonymous page views cannot grow the store for
+  a month each; it gets the full lifetime once it holds a conversation or a login.
+- The id is issued anew (`rotate`) at login and at a browser's first send, so an id planted in the
+  browser beforehand (session fixation, cookie tossing) never becomes the one its messages live in.
+- A request carrying two session cookies is refused (`duplicate_cookie`): another page on this host
+  (another port) planted one with a longer path, and the browser sends it first.
+"""
+
+from flask_session.cachelib import CacheLibSessionInterface
+from flask_session.redis import RedisSessionInterface
+
+
+def established(session):
+    """A session worth keeping for the full lifetime: it has a conversation or a login."""
+    return bool(session.get("cid") or session.get("authed"))
+
+
+class _ShortLivedWhileAnonymous:
+    anonymous_lifetime = None  # set by `interface`
+
+    def _upsert_session(self, session_lifetime, session, store_id):
+        if not established(session):
+            session_lifetime = self.anonymous_lifetime
+        super()._upsert_session(session_lifetime, session, store_id)
+
+
+class FileSessions(_ShortLivedWhileAnonymous, CacheLibSessionInterface):
+    """Sessions in cachelib's file store (the default)."""
+
+
+class RedisSessions(_ShortLivedWhileAnonymous, RedisSessionInterface):
+    """Sessions in Redis, sharing the app's one Redis client."""
+
+
+def interface(app, cache=None, redis_client=None):
+    """The session interface for `app`: files in `cache`, or Redis through `redis_client`."""
+    if redis_client is not None:
+        chosen = RedisSessions(app, client=redis_client, serialization_format="json")
+    else:
+        chosen = FileSessions(app, client=cache, serialization_format="json")
+    chosen.anonymous_lifetime = app.config["ANONYMOUS_SESSION_LIFETIME"]
+    return chosen
+
+
+def rotate(app, session):
+    """Give this session a new id, keeping its contents (the old id is deleted from the store).
+    Call it after putting something in the session: Flask-Session skips an empty one."""
+    app.session_interface.regenerate(session)
+
+
+def duplicate_cookie(request, name):
+    """True when the browser sent the session cookie more than once (see the module docstring)."""
+    header = request.headers.get("Cookie", "")
+    return sum(1 for part in header.split(";") if part.strip().split("=", 1)[0] == name) > 1

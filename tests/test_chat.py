@@ -283,3 +283,19 @@ def test_the_page_title_comes_from_the_conversation_and_the_favicon_answers(clie
     assert "<title>What is the capital of France? · Chat</title>" in page(client)
     icon = client.get("/favicon.ico")
     assert icon.status_code == 200 and icon.mimetype == "image/svg+xml"
+
+
+def test_an_anonymous_visit_is_stored_briefly_and_a_conversation_for_the_full_lifetime(client, fake, tmp_path):
+    """Bots that only GET / must not grow the store for a month each; a real conversation must last."""
+    import struct
+    import time
+
+    def expiries():
+        folder = tmp_path / "sessions"
+        return sorted(struct.unpack("I", f.read_bytes()[:4])[0] - time.time()
+                      for f in folder.iterdir() if f.is_file())
+
+    client.get("/")
+    assert [3590 < e <= 3600 for e in expiries()] == [True]  # one session file (its CSRF token), an hour
+    send(client, "hello")
+    assert all(e > 29 * 86400 for e in expiries())  # session and conversation: the full 30 days

@@ -6,7 +6,7 @@ import os
 from cachelib.file import FileSystemCache
 from dotenv import load_dotenv
 from flask import Flask, render_template
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, SecurityError
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from . import access, guards, limits, ops, sessions, settings
@@ -72,6 +72,12 @@ def create_app(overrides=None, env=None):
 
 
 def register_error_pages(app, redis=None):
+    @app.errorhandler(SecurityError)
+    def untrusted_host(exc):
+        # Raised before routing (the Host is not in TRUSTED_HOSTS): no URLs can be built, so no page.
+        return ("This server does not answer to that host name (see TRUSTED_HOSTS).\n", 400,
+                {"Content-Type": "text/plain; charset=utf-8"})
+
     @app.errorhandler(HTTPException)
     def http_error(exc):
         if exc.code == 429:  # Flask-Limiter; it adds Retry-After to the response

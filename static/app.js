@@ -1,6 +1,6 @@
 "use strict";
 // Progressive enhancement: without this file the form posts and the page reloads (same server code).
-// With it, a turn streams: the form is posted to /turns and the reply arrives as Server-Sent Events
+// With it, a turn streams: the form is posted to /c/<id>/turns and the reply arrives as Server-Sent Events
 // over the fetch response. New words are shown with textContent at once; every few hundred
 // milliseconds the server sends its sanitised rendering of the text so far, which replaces them.
 // No inline scripts, no dependencies, no build step.
@@ -24,6 +24,10 @@
   const cancelButton = form.querySelector('[data-action="cancel"]');
   const editingHint = document.getElementById("editing");
   const enterHint = form.querySelector(".enter-hint");
+  // The conversation this page shows ("new" until its first send), and its URLs.
+  function conversationUrl(suffix) {
+    return "/c/" + encodeURIComponent(form.dataset.conversation) + suffix;
+  }
   // Touch screens have no Shift+Enter: there Enter adds a line and the Send button sends.
   const touch = window.matchMedia("(pointer: coarse)").matches;
   let current = null; // the view of the reply being written, if any
@@ -122,6 +126,9 @@
     }
   });
   grow();
+  // The skip link lands in the box itself (a fragment alone would only scroll to it).
+  const skip = document.querySelector(".skip");
+  if (skip) skip.addEventListener("click", function (event) { event.preventDefault(); box.focus(); });
   if (!touch) {
     box.focus({ preventScroll: true });
     box.setSelectionRange(box.value.length, box.value.length);
@@ -153,6 +160,30 @@
     busyNotice = false;
   }
 
+  // A reasoning summary: collapsed above the answer, text only, never sent back upstream.
+  function reasoningBox(text) {
+    const box = el("details", { class: "reasoning" });
+    box.append(el("summary", {}, "Reasoning"), el("div", { class: "reasoning-text" }, text));
+    return box;
+  }
+
+  // The first reply of a new conversation: from now on this page is that conversation's page.
+  function adopt(id, url, view) {
+    form.dataset.conversation = id;
+    form.action = url;
+    history.replaceState(null, "", url);
+    const list = document.querySelector('nav[aria-label="Conversations"] ul');
+    if (!list) return;
+    list.querySelectorAll("[aria-current]").forEach(function (a) { a.removeAttribute("aria-current"); });
+    const none = list.querySelector(".none");
+    if (none) none.remove();
+    const text = view.user.querySelector("[data-role]").textContent.replace(/\s+/g, " ").trim();
+    const link = el("a", { href: url, "aria-current": "page" }, text.length > 60 ? text.slice(0, 59) + "…" : text);
+    const item = el("li");
+    item.appendChild(link);
+    list.prepend(item);
+  }
+
   function pendingArticle(turn) {
     const article = el("article", { class: "msg assistant writing", "aria-label": "Assistant", "aria-busy": "true" });
     const text = el("div", { class: "text md", "data-role": "assistant" });
@@ -182,7 +213,7 @@
     if (!current || !current.turn) return;
     const body = new URLSearchParams({ turn: current.turn, csrf_token: csrfHeaders["X-CSRFToken"] });
     try {
-      await fetch("/stop", { method: "POST", body, headers: Object.assign({ Accept: "application/json" }, csrfHeaders) });
+      await fetch(conversationUrl("/stop"), { method: "POST", body, headers: Object.assign({ Accept: "application/json" }, csrfHeaders) });
     } catch (e) { /* the stream's end or a reload shows the outcome */ }
   }
 
@@ -214,10 +245,17 @@
     await readEvents(response, function (kind, data) {
       if (kind === "snapshot") {
         view.turn = data.turn || view.turn;
+        if (data.conversation && form.dataset.conversation === "new") adopt(data.conversation, data.url, view);
       } else if (kind === "queued") {
         view.thinking.textContent = data.message;
       } else if (kind === "delta") {
         keepPlace(function () { showDelta(view, data); });
+      } else if (kind === "reasoning") {
+        if (!view.reasoning) {
+          view.reasoning = reasoningBox("");
+          view.article.prepend(view.reasoning);
+        }
+        view.reasoning.querySelector(".reasoning-text").textContent += data;
       } else if (kind === "html") {
         keepPlace(function () { showRendered(view, data); });
       } else if (kind === "done" || kind === "error") {
@@ -279,9 +317,13 @@
         }
         article.appendChild(meta);
       }
+      if (data.usage) article.appendChild(el("p", { class: "usage", "data-role": "usage" }, data.usage));
+      if (data.reasoning && !article.querySelector(".reasoning")) article.prepend(reasoningBox(data.reasoning));
       addCopyButtons(article);
       refreshTools(data.last_reply);
     });
+    const total = document.querySelector('[data-role="total"]');
+    if (total && data.total) total.textContent = "Total: " + data.total;
     if (document.title === "Chat") {
       const first = log.querySelector('[data-role="user"]').textContent.replace(/\s+/g, " ").trim();
       document.title = (first.length > 60 ? first.slice(0, 59) + "…" : first) + " · Chat";
@@ -304,7 +346,8 @@
     // After a reload or a dropped connection: follow the reply from the server again.
     for (let attempt = 0; attempt < 30; attempt++) {
       try {
-        const response = await fetch("/turns/" + encodeURIComponent(view.turn), { headers: { Accept: "text/event-stream" } });
+        const response = await fetch(conversationUrl("/turns/" + encodeURIComponent(view.turn)),
+          { headers: { Accept: "text/event-stream" } });
         if (!response.ok) break;
         view.tail = null;
         view.text.textContent = "";
@@ -335,7 +378,7 @@
     showNotice("");
     let response;
     try {
-      response = await fetch("/turns", { method: "POST", body: new URLSearchParams(data),
+      response = await fetch(conversationUrl("/turns"), { method: "POST", body: new URLSearchParams(data),
         headers: Object.assign({ Accept: "text/event-stream" }, csrfHeaders) });
     } catch (e) {
       clearInterval(view.timer);
@@ -347,7 +390,9 @@
       clearInterval(view.timer);
       setWriting(null);
       let message = "The message could not be sent (" + response.status + ").";
-      try { message = (await response.json()).error || message; } catch (e) { /* not JSON */ }
+      let body = {};
+      try { body = await response.json(); message = body.error || message; } catch (e) { /* not JSON */ }
+      if (body.context && body.url) { window.location.assign(body.url); return; } // the text is kept there
       showError(message);
       return;
     }
@@ -409,6 +454,35 @@
     setEditing(button.dataset.reply || (regenerate && regenerate.value));
     grow();
     box.focus();
+  });
+
+  // --- settings: only the options the chosen model supports are offered --------------------------
+  const modelSelect = form.querySelector('select[name="model"]');
+  function offerParams() {
+    const option = modelSelect.selectedOptions[0];
+    const params = (option && option.dataset.params ? option.dataset.params : "").split(" ");
+    form.querySelectorAll("[data-param]").forEach(function (p) {
+      const on = params.indexOf(p.dataset.param) >= 0;
+      p.hidden = !on;
+      p.querySelectorAll("input, select").forEach(function (f) { f.disabled = !on; });
+    });
+  }
+  if (modelSelect) modelSelect.addEventListener("change", offerParams);
+
+  // --- the conversation list: always shown on wide screens (CSS does it too where browsers can) ---
+  const sidebar = document.getElementById("sidebar");
+  if (sidebar && window.matchMedia("(min-width: 48rem)").matches) sidebar.open = true;
+
+  // --- keyboard shortcuts (listed in the "Shortcuts" popover) ------------------------------------
+  document.addEventListener("keydown", function (event) {
+    if (event.ctrlKey && event.shiftKey && (event.key === "O" || event.key === "o")) {
+      event.preventDefault();
+      const newChat = document.querySelector('[data-action="new"]');
+      if (newChat) newChat.click();
+    } else if (event.shiftKey && event.key === "Escape") {
+      event.preventDefault();
+      box.focus();
+    }
   });
 
   // A reply still being written when the page loaded (a reload, another tab): pick it up again.

@@ -11,9 +11,18 @@ refused one in `rejections`, so a test can assert that the app never sent anythi
 
 Behaviours (`reply`, `error`, `raw`, `no_message`, `hang`, `stream_error`) are consumed one per accepted
 POST /responses; with none queued the fake answers with `reply()`.
+
+GET /models serves `fake.models` (default: a copy of MODELS), which is also the list a request's
+`model` must be in and whose `supported_parameters` and `context_length` it is checked against:
+
+    fake.models = {"data": MODELS["data"] + [TINY_MODEL]}   # reset() restores the default
+    fake.models_response = error(503, "down")               # make GET /models fail (error, raw or hang)
+    fake.model_fetches                                      # how many GET /models arrived
 """
 
+import copy
 import json
+import math
 import select
 import socket
 import secrets
@@ -35,6 +44,13 @@ MODELS = {"data": [
     {"id": "openai/gpt-4o-mini", "name": "OpenAI: GPT-4o-mini", "context_length": 128000,
      "pricing": {"prompt": "0.00000015", "completion": "0.0000006"},
      "supported_parameters": ["max_tokens", "temperature", "top_p"]}]}
+# A small-context model without reasoning, for tests of context limits (not in MODELS: add it).
+TINY_MODEL = {"id": "tiny/4k", "name": "Tiny: 4K", "context_length": 4096,
+              "pricing": {"prompt": "0", "completion": "0"},
+              "supported_parameters": ["max_tokens", "temperature"]}
+REASONING_EFFORTS = {"minimal", "low", "medium", "high"}
+REASONING_SUMMARIES = {"auto", "concise", "detailed"}
+REASONING_KEYS = {"effort", "summary", "max_tokens", "exclude", "enabled"}
 
 
 # --- behaviours: plain data, so a test reads like a script of what upstream will do -----------------
@@ -46,7 +62,7 @@ class Reply:
     text: object = None
     _: KW_ONLY
     status: str = "completed"
-    reasoning: bool = True
+    reasoning: object = True      # True: one summary part REASONING_TEXT; a str or list of str: these parts
     chunks: object = None         # the exact deltas; default: the text in ~4-character pieces
     delay: float = 0.0            # silence before answering (streams: after response.in_progress)
     chunk_delay: float = 0.0
@@ -125,14 +141,79 @@ def _parts_problem(content, part_type, where):
     return None
 
 
-def _body_problem(body, issued_ids):
-    """None if the real API would accept this body, else the reason it would send a 400."""
+def _number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _options_problem(body, model):
+    """The sampling and reasoning options, checked against the model's `supported_parameters`."""
+    supported = model.get("supported_parameters") or []
+    for name, top in (("temperature", 2), ("top_p", 1)):
+        if name in body:
+            if not _number(body[name]) or not 0 <= body[name] <= top:
+                return f"'{name}' must be a number from 0 to {top}, got {body[name]!r}"
+            if name not in supported:
+                return f"'{name}' is not supported by {model['id']}"
+    if "reasoning" in body:
+        reasoning = body["reasoning"]
+        if not isinstance(reasoning, dict):
+            return f"'reasoning' must be an object, got {reasoning!r}"
+        if set(reasoning) - REASONING_KEYS:
+            return f"'reasoning' has unknown keys {sorted(set(reasoning) - REASONING_KEYS)}"
+        if "effort" in reasoning and reasoning["effort"] not in REASONING_EFFORTS:
+            return f"'reasoning.effort' must be one of {sorted(REASONING_EFFORTS)}, got {reasoning['effort']!r}"
+        if "summary" in reasoning and reasoning["summary"] not in REASONING_SUMMARIES:
+            return f"'reasoning.summary' must be one of {sorted(REASONING_SUMMARIES)}, got {reasoning['summary']!r}"
+        if "reasoning" not in supported:
+            return f"'reasoning' is not supported by {model['id']}"
+    return None
+
+
+def _context_length(model):
+    length = model.get("context_length")
+    if type(length) is not int:
+        length = (model.get("top_provider") or {}).get("context_length")
+    return length if type(length) is int else None
+
+
+def _context_problem(body, model):
+    """Input (estimated at 4 characters a token) plus max_output_tokens past the model's context length:
+    refused the way providers word it."""
+    limit = _context_length(model)
+    if limit is None:
+        return None
+    items = body["input"]
+    chars = len(body.get("instructions") or "")
+    for item in [items] if isinstance(items, str) else items:
+        content = item if isinstance(item, str) else item.get("content")
+        if isinstance(content, str):
+            chars += len(content)
+        elif isinstance(content, list):
+            chars += sum(len(part.get("text", "")) for part in content if isinstance(part, dict))
+    tokens, output = math.ceil(chars / 4), body.get("max_output_tokens") or 0
+    if tokens + output > limit:
+        return (f"This endpoint's maximum context length is {limit} tokens. However, you requested about "
+                f"{tokens + output} tokens ({tokens} of text input, {output} in the output). Please reduce "
+                "the length of either one, or use the \"middle-out\" transform to compress your prompt "
+                "automatically.")
+    return None
+
+
+def _body_problem(body, issued_ids, models=None):
+    """None if the real API would accept this body, else the reason it would send a 400.
+    `models`: id -> model dict (default: MODELS); the body's model must be one of them."""
     if not isinstance(body, dict):
         return "body is not a JSON object"
     if not isinstance(body.get("model"), str) or not body["model"]:
         return "'model' must be a non-empty string"
+    models = {m["id"]: m for m in MODELS["data"]} if models is None else models
+    model = models.get(body["model"])
+    if model is None:
+        return f"{body['model']} is not a valid model ID"
     if "instructions" in body and not isinstance(body["instructions"], str):
         return "'instructions' must be a string"
+    if problem := _options_problem(body, model):
+        return problem
     if body.get("store") is True:
         return "'store: true' is not supported (the API is stateless)"
     if "previous_response_id" in body:
@@ -144,7 +225,7 @@ def _body_problem(body, issued_ids):
         return f"'stream' must be a boolean, got {body['stream']!r}"
     items = body.get("input")
     if isinstance(items, str):
-        return None
+        return _context_problem(body, model)
     if not isinstance(items, list) or not items:
         return "'input' must be a string or a non-empty list of items"
     for i, item in enumerate(items):
@@ -170,7 +251,7 @@ def _body_problem(body, issued_ids):
             return problem
     if items[-1].get("type") != "message" or items[-1].get("role") != "user":
         return "the last input item must be the user's message"
-    return None
+    return _context_problem(body, model)
 
 
 def _user_texts(items):
@@ -191,6 +272,9 @@ class FakeOpenRouter:
         self.api_key, self.host, self.chunked = api_key, host, chunked
         self.requests, self.rejections, self.issued_ids, self.disconnects = [], [], set(), 0
         self._queue = []
+        self.models = copy.deepcopy(MODELS)  # GET /models' body, and the models a request may name
+        self.models_response = None  # a behaviour (error, raw, hang) GET /models answers with instead
+        self.model_fetches = 0
         self.default = Reply()  # what a POST /responses gets when nothing is queued (benchmarks set it)
         # One condition guards all shared state; it also wakes wait_for_requests.
         self._lock = threading.Condition()
@@ -232,6 +316,9 @@ class FakeOpenRouter:
             self.requests.clear()
             self.rejections.clear()
             self.disconnects = 0
+            self.models = copy.deepcopy(MODELS)
+            self.models_response = None
+            self.model_fetches = 0
 
     def wait_for_requests(self, n, timeout=5.0):
         with self._lock:
@@ -308,10 +395,20 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- routes --
     def do_GET(self):
-        if self.path.split("?")[0] == "/api/v1/models":
-            self._send(200, json.dumps(MODELS).encode())
-        else:
-            self._not_found()
+        if self.path.split("?")[0] != "/api/v1/models":
+            return self._not_found()
+        with self.fake._lock:
+            self.fake.model_fetches += 1
+            behaviour, models = self.fake.models_response, self.fake.models
+        try:
+            if behaviour is None:
+                self._send(200, json.dumps(models).encode())
+            elif not isinstance(behaviour, (Error, Raw, Hang)):
+                self._send_error(500, "fake: models_response must be error(), raw() or hang()")
+            else:
+                self._serve(behaviour, {})
+        except _Abort:
+            self.close_connection = True
 
     def _not_found(self):
         # Recorded as a rejection too: an app calling a wrong URL is a bug the tests should see.
@@ -335,8 +432,10 @@ class _Handler(BaseHTTPRequestHandler):
             status, reason = 401, "missing or wrong 'Authorization: Bearer <key>' header"
         else:
             with self.fake._lock:
-                issued = set(self.fake.issued_ids)
-            status, reason = 400, _body_problem(body, issued)
+                issued, models = set(self.fake.issued_ids), self.fake.models
+            data = models.get("data") if isinstance(models, dict) else None
+            known = {m["id"]: m for m in data or [] if isinstance(m, dict) and isinstance(m.get("id"), str)}
+            status, reason = 400, _body_problem(body, issued, known)
         if reason:
             entry["rejection"] = f"{status}: {reason}"
             self.fake._record(entry, entry["rejection"])
@@ -385,14 +484,17 @@ class _Turn:
         self.text = text if text is not None else f"Reply {len(users)}: {users[-1] if users else ''}"
         self.status = getattr(behaviour, "status", "completed")
         self.id = f"resp_{secrets.token_hex(12)}"
-        self.reasoning = getattr(behaviour, "reasoning", True)
+        reasoning = getattr(behaviour, "reasoning", True)
+        self.summary = ([REASONING_TEXT] if reasoning is True else [] if not reasoning
+                        else [reasoning] if isinstance(reasoning, str) else list(reasoning))
+        self.reasoning = bool(reasoning)
         self.has_message = not isinstance(behaviour, NoMessage)
         self.input_chars = sum(len(t) for t in users)
         self.msg_id = None
 
     def reasoning_item(self):
         return {"type": "reasoning", "id": f"rs_{secrets.token_hex(12)}",
-                "summary": [{"type": "summary_text", "text": REASONING_TEXT}]}
+                "summary": [{"type": "summary_text", "text": text} for text in self.summary]}
 
     def message_item(self, status, text):
         if self.msg_id is None:
@@ -474,8 +576,13 @@ class _SSE:
         if t.reasoning or not t.has_message:
             item = t.reasoning_item()
             self.event("response.output_item.added", output_index=0, item={**item, "summary": []})
-            self.event("response.reasoning_summary_text.delta", item_id=item["id"], output_index=0,
-                       summary_index=0, delta=REASONING_TEXT)
+            for index, text in enumerate(t.summary):
+                ids = {"item_id": item["id"], "output_index": 0, "summary_index": index}
+                self.event("response.reasoning_summary_part.added", **ids, part={"type": "summary_text", "text": ""})
+                for i in range(0, len(text), 8):
+                    self.event("response.reasoning_summary_text.delta", **ids, delta=text[i:i + 8])
+                self.event("response.reasoning_summary_text.done", **ids, text=text)
+                self.event("response.reasoning_summary_part.done", **ids, part={"type": "summary_text", "text": text})
             self.event("response.output_item.done", output_index=0, item=item)
             output.append(item)
         if not t.has_message:

@@ -7,7 +7,8 @@ import time
 import pytest
 import requests
 
-from tests.fake_openrouter import FakeOpenRouter, error, hang, no_message, raw, reply, stream_error
+from tests.fake_openrouter import (MODELS, TINY_MODEL, FakeOpenRouter, error, hang, no_message, raw, reply,
+                                   stream_error)
 
 MODEL = "openai/o4-mini"
 
@@ -33,8 +34,8 @@ def assistant(item_id, text="earlier answer", status="completed", **extra):
             "content": [{"type": "output_text", "text": text, "annotations": []}], **extra}
 
 
-def post(fake, items=None, key=True, **fields):
-    body = {"model": MODEL, "input": items if items is not None else [user("hi")], **fields}
+def post(fake, items=None, key=True, model=MODEL, **fields):
+    body = {"model": model, "input": items if items is not None else [user("hi")], **fields}
     headers = {"Authorization": f"Bearer {fake.api_key}"} if key else {}
     return requests.post(fake.base_url + "/responses", json=body, headers=headers,
                          stream=bool(fields.get("stream")), timeout=5)
@@ -296,3 +297,87 @@ def test_models_and_unknown_paths(fake):
     assert models[0]["pricing"] == {"prompt": "0.0000011", "completion": "0.0000044"}
     missing = requests.get(fake.base_url + "/nope", timeout=5)
     assert missing.status_code == 404 and missing.json()["error"]["code"] == 404
+
+
+def test_the_model_list_can_be_replaced_or_made_to_fail_and_reset_restores_it(fake):
+    fake.models = {"data": MODELS["data"] + [TINY_MODEL]}
+    assert [m["id"] for m in requests.get(fake.base_url + "/models", timeout=5).json()["data"]][-1] == "tiny/4k"
+    fake.models_response = error(503, "No models", retry_after=2)
+    down = requests.get(fake.base_url + "/models", timeout=5)
+    assert down.status_code == 503 and down.headers["Retry-After"] == "2"
+    fake.models_response = raw(200, "garbage", "application/json")
+    assert requests.get(fake.base_url + "/models", timeout=5).text == "garbage"
+    assert fake.model_fetches == 3 and fake.requests == []
+    fake.reset()
+    assert fake.model_fetches == 0 and fake.models_response is None and fake.models == MODELS
+    assert fake.models is not MODELS  # a copy: a test changing it cannot change the default
+
+
+def test_a_model_not_in_the_list_is_refused(fake):
+    response = post(fake, model="openai/nope")
+    assert response.status_code == 400 and "not a valid model ID" in response.json()["error"]["message"]
+    fake.models = {"data": [TINY_MODEL]}
+    assert post(fake).status_code == 400  # o4-mini is no longer listed
+    assert post(fake, model="tiny/4k").status_code == 200 and len(fake.rejections) == 2
+
+
+@pytest.mark.parametrize("model,fields", [
+    ("openai/gpt-4o-mini", {"temperature": 0}), ("openai/gpt-4o-mini", {"temperature": 2}),
+    ("openai/gpt-4o-mini", {"temperature": 0.7, "top_p": 0.9}),
+    (MODEL, {"reasoning": {"effort": "minimal", "summary": "auto"}}),
+    (MODEL, {"reasoning": {"effort": "high"}}), (MODEL, {"reasoning": {"summary": "detailed"}}),
+    (MODEL, {"instructions": "Answer in French."}),
+])
+def test_options_the_model_supports_are_accepted(fake, model, fields):
+    assert post(fake, model=model, **fields).status_code == 200
+
+
+@pytest.mark.parametrize("model,fields,words", [
+    (MODEL, {"temperature": 0.5}, "not supported"),
+    ("openai/gpt-4o-mini", {"reasoning": {"effort": "low"}}, "not supported"),
+    ("openai/gpt-4o-mini", {"temperature": 2.1}, "from 0 to 2"),
+    ("openai/gpt-4o-mini", {"temperature": -1}, "from 0 to 2"),
+    ("openai/gpt-4o-mini", {"temperature": "1"}, "from 0 to 2"),
+    ("openai/gpt-4o-mini", {"temperature": True}, "from 0 to 2"),
+    ("openai/gpt-4o-mini", {"top_p": 1.5}, "from 0 to 1"),
+    (MODEL, {"reasoning": "high"}, "must be an object"),
+    (MODEL, {"reasoning": {"effort": "max"}}, "reasoning.effort"),
+    (MODEL, {"reasoning": {"effort": "low", "summary": "all"}}, "reasoning.summary"),
+    (MODEL, {"reasoning": {"effort": "low", "depth": 3}}, "unknown keys"),
+    (MODEL, {"instructions": ["be brief"]}, "instructions"),
+])
+def test_options_are_checked_like_the_real_api(fake, model, fields, words):
+    response = post(fake, model=model, **fields)
+    assert response.status_code == 400 and words in response.json()["error"]["message"]
+    assert len(fake.rejections) == 1
+
+
+def test_input_and_output_past_the_context_length_are_refused(fake):
+    fake.models = {"data": [TINY_MODEL]}
+    fits = post(fake, [user("x" * 4000)], model="tiny/4k", instructions="y" * 96, max_output_tokens=3071)
+    assert fits.status_code == 200  # (4000 + 96) / 4 = 1024 tokens in, 3071 out, 4095 of 4096
+    too_long = post(fake, [user("x" * 4000)], model="tiny/4k", instructions="y" * 100, max_output_tokens=3072)
+    message = too_long.json()["error"]["message"]
+    assert too_long.status_code == 400 and message.startswith(
+        "This endpoint's maximum context length is 4096 tokens. However, you requested about 4097 tokens")
+    assert "context length" in fake.rejections[0]
+    assert post(fake, "z" * 20000, model="tiny/4k").status_code == 400  # a plain string input counts too
+    fake.models = {"data": [{"id": "big/ctx", "top_provider": {"context_length": 100}, "supported_parameters": []}]}
+    assert post(fake, "z" * 404, model="big/ctx").status_code == 400  # top_provider's length when the model has none
+
+
+def test_reasoning_summary_parts_stream_and_end_up_in_the_response(fake):
+    fake.queue(reply("ok", reasoning=["First part here.", "Second."]))
+    events = [e for e in data_events(post(fake, stream=True)) if e != "[DONE]"]
+    deltas = {}
+    for e in events:
+        if e["type"] == "response.reasoning_summary_text.delta":
+            deltas[e["summary_index"]] = deltas.get(e["summary_index"], "") + e["delta"]
+    assert deltas == {0: "First part here.", 1: "Second."}
+    types = [e["type"] for e in events]
+    assert types.count("response.reasoning_summary_part.added") == 2
+    assert types.count("response.reasoning_summary_text.done") == 2
+    summary = events[-1]["response"]["output"][0]["summary"]
+    assert summary == [{"type": "summary_text", "text": "First part here."}, {"type": "summary_text", "text": "Second."}]
+    fake.queue(reply("ok", reasoning="One."))
+    assert post(fake).json()["output"][0]["summary"] == [{"type": "summary_text", "text": "One."}]

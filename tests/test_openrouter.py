@@ -1,13 +1,14 @@
 """The upstream client against the fake OpenRouter: request shape, reply parsing, every failure kind."""
 
 import json
+import threading
 import time
 from email.utils import formatdate
 
 import pytest
 
-from tests.fake_openrouter import error, hang, no_message, raw, reply, stream_error
-from webapp import conversation
+from tests.fake_openrouter import MODELS, TINY_MODEL, error, hang, no_message, raw, reply, stream_error
+from webapp import conversation, openrouter
 from webapp.openrouter import Client, StreamState, UpstreamError, reply_from_response
 
 DETAIL_LIMIT = 300  # characters of upstream text shown, then an ellipsis
@@ -112,7 +113,7 @@ def test_unusable_success_bodies_are_errors(client, fake, behaviour, kind):
 
 
 def test_a_silent_upstream_hits_the_read_timeout(fake):
-    slow = Client(fake.api_key, fake.base_url, "m", 10, connect_timeout=1, read_timeout=0.3)
+    slow = Client(fake.api_key, fake.base_url, "openai/o4-mini", 10, connect_timeout=1, read_timeout=0.3)
     fake.queue(hang(2))
     with pytest.raises(UpstreamError) as caught:
         ask(slow)
@@ -187,3 +188,228 @@ def test_reply_parsing_accepts_several_message_items_and_a_failed_status():
     with pytest.raises(UpstreamError, match="overloaded"):
         reply_from_response({"status": "failed", "output": [],
                              "error": {"code": "server_error", "message": "overloaded"}})
+
+
+# --- the model list ------------------------------------------------------------------------------
+
+def test_models_returns_the_data_list(client, fake):
+    fake.models = {"data": MODELS["data"] + [{"name": "no id"}, "junk"], "total_count": 4, "links": {}}
+    assert client.models() == MODELS["data"]
+    assert fake.model_fetches == 1 and fake.requests == []  # a GET, never a turn
+
+
+@pytest.mark.parametrize("behaviour,kind", [
+    (error(503, "down"), "unavailable"), (error(401, "who"), "auth"),
+    (raw(200, "not json", "application/json"), "bad_response"),
+    (raw(200, "<html>hi</html>"), "bad_response"),
+    (raw(200, json.dumps({"models": []}), "application/json"), "bad_response"),
+    (raw(200, json.dumps({"data": {"id": "x"}}), "application/json"), "bad_response"),
+    (raw(200, "[]", "application/json"), "bad_response"),
+], ids=["503", "401", "not-json", "html", "no-data", "data-not-list", "list"])
+def test_every_model_list_failure_is_an_upstream_error(client, fake, behaviour, kind):
+    fake.models_response = behaviour
+    with pytest.raises(UpstreamError) as caught:
+        client.models()
+    assert caught.value.kind == kind
+
+
+def test_a_silent_model_list_times_out_quickly(client, fake, monkeypatch):
+    monkeypatch.setattr(openrouter, "MODELS_READ_TIMEOUT", 0.3)
+    fake.models_response = hang(2)
+    started = time.monotonic()
+    with pytest.raises(UpstreamError) as caught:
+        client.models()
+    assert caught.value.kind == "timeout" and time.monotonic() - started < 1.5
+
+
+def test_an_unreachable_model_list_is_a_connection_error():
+    with pytest.raises(UpstreamError) as caught:
+        Client("k", "http://127.0.0.1:9/api/v1", "m", 10).models()
+    assert caught.value.kind == "connection"
+
+
+def test_a_finished_turns_stop_cannot_cut_a_model_list_on_its_connection(client, fake):
+    state = StreamState()
+    client.respond([conversation.user_item("hi")], state)
+    pool = next(iter(client.http.get_adapter(client.url).poolmanager.pools._container.values()))
+    (conn,) = [c for c in pool.pool.queue if c is not None]
+    assert conn.chat_owner is state
+    client.models()
+    assert conn.chat_owner is not state  # the GET claimed the pooled connection for itself
+    state.cancel()  # a late Stop of the finished turn
+    assert [m["id"] for m in client.models()] == ["openai/o4-mini", "openai/gpt-4o-mini"]
+    assert openrouter._current.state is None
+
+
+def test_turns_stay_stoppable_after_a_model_list(client, fake):
+    client.models()
+    gate = threading.Event()
+    fake.queue(reply("abcdef", chunks=["ab", "cd", "ef"], gate=gate))
+    state = StreamState()
+    events = client.stream([conversation.user_item("hi")], state)
+    assert next(kind for kind, _ in events if kind == "delta")
+    threading.Timer(0.1, state.cancel).start()
+    with pytest.raises(UpstreamError) as caught:
+        list(events)
+    gate.set()
+    assert caught.value.kind == "stopped" and state.text == "ab"
+
+
+# --- per-turn options ----------------------------------------------------------------------------
+
+def test_no_options_sends_the_clients_defaults_only(client, fake):
+    ask(client)
+    list(client.stream([conversation.user_item("hi")], StreamState()))
+    for sent in fake.requests:
+        assert set(sent["body"]) == {"model", "input", "max_output_tokens", "stream"}
+        assert sent["body"]["model"] == "openai/o4-mini" and sent["body"]["max_output_tokens"] == 123
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_options_given_are_sent(client, fake, streamed):
+    items = [conversation.user_item("hi")]
+    if streamed:
+        list(client.stream(items, StreamState(), model="openai/gpt-4o-mini", instructions="Be brief.",
+                           max_output_tokens=50, temperature=1))
+        list(client.stream(items, StreamState(), reasoning_effort="high"))
+    else:
+        client.respond(items, model="openai/gpt-4o-mini", instructions="Be brief.", max_output_tokens=50,
+                       temperature=1)
+        client.respond(items, reasoning_effort="high")
+    first, second = (sent["body"] for sent in fake.requests)
+    assert {k: v for k, v in first.items() if k != "input"} == {
+        "model": "openai/gpt-4o-mini", "instructions": "Be brief.", "max_output_tokens": 50,
+        "temperature": 1.0, "stream": streamed}
+    assert isinstance(first["temperature"], float)
+    assert {k: v for k, v in second.items() if k != "input"} == {
+        "model": "openai/o4-mini", "max_output_tokens": 123, "stream": streamed,
+        "reasoning": {"effort": "high", "summary": "auto"}}
+
+
+def test_none_and_blank_options_are_not_sent(client, fake):
+    client.respond([conversation.user_item("hi")], model=None, instructions=" \n", max_output_tokens=None,
+                   temperature=None, reasoning_effort=None)
+    assert set(fake.requests[0]["body"]) == {"model", "input", "max_output_tokens", "stream"}
+
+
+@pytest.mark.parametrize("option", [
+    {"temperature": 2.5}, {"temperature": -0.1}, {"temperature": float("nan")}, {"temperature": True},
+    {"temperature": "0.5"}, {"reasoning_effort": "extreme"}, {"reasoning_effort": ""},
+    {"max_output_tokens": 0}, {"max_output_tokens": 1.5}, {"max_output_tokens": True},
+    {"model": ""}, {"model": 5}, {"instructions": 5}])
+@pytest.mark.parametrize("streamed", [False, True])
+def test_a_bad_option_is_refused_before_anything_is_sent(client, fake, option, streamed):
+    with pytest.raises(ValueError):
+        if streamed:
+            list(client.stream([conversation.user_item("hi")], StreamState(), **option))
+        else:
+            client.respond([conversation.user_item("hi")], **option)
+    assert fake.requests == []
+
+
+def test_an_unknown_option_is_a_type_error(client, fake):
+    with pytest.raises(TypeError):
+        client.respond([conversation.user_item("hi")], top_k=3)
+    assert fake.requests == []
+
+
+@pytest.mark.rejections_expected
+@pytest.mark.parametrize("options,words", [
+    ({"temperature": 0.5}, "not supported"),                      # o4-mini takes no temperature
+    ({"model": "openai/gpt-4o-mini", "reasoning_effort": "low"}, "not supported"),
+    ({"model": "nobody/nothing"}, "not a valid model"),
+    ({"model": "tiny/4k", "max_output_tokens": 4000}, "maximum context length is 4096 tokens"),
+])
+def test_what_the_model_refuses_comes_back_as_a_bad_request(client, fake, options, words):
+    fake.models = {"data": MODELS["data"] + [TINY_MODEL]}
+    with pytest.raises(UpstreamError, match=words) as caught:
+        client.respond([conversation.user_item("x" * 800)], **options)
+    assert caught.value.kind == "bad_request" and len(fake.rejections) == 1
+
+
+def test_a_small_model_takes_a_request_that_fits(client, fake):
+    fake.models = {"data": MODELS["data"] + [TINY_MODEL]}
+    got = client.respond([conversation.user_item("x" * 800)], model="tiny/4k", max_output_tokens=3800,
+                         temperature=0.2)
+    assert got.model == "tiny/4k" and got.text.startswith("Reply 1:")
+
+
+# --- reasoning summaries -------------------------------------------------------------------------
+
+def test_a_reply_carries_the_reasoning_summary_apart_from_its_text(client, fake):
+    fake.queue(reply("The answer.", reasoning=["First I read.", "Then I wrote."]), reply("Plain.", reasoning=False))
+    got = ask(client)
+    assert got.text == "The answer." and got.reasoning == "First I read.\n\nThen I wrote."
+    assert ask(client).reasoning is None
+
+
+def test_a_streamed_reply_yields_the_summary_as_reasoning_events(client, fake):
+    fake.queue(reply("The answer.", reasoning=["First I read the question.", "Then I wrote."]))
+    state = StreamState()
+    events = ask_streamed(client, state)
+    pieces = [value for kind, value in events if kind == "reasoning"]
+    done = events[-1][1]
+    assert len(pieces) > 2 and "".join(pieces) == done.reasoning == "First I read the question.\n\nThen I wrote."
+    assert "".join(value for kind, value in events if kind == "delta") == done.text == state.text == "The answer."
+    kinds = [kind for kind, _ in events]
+    assert kinds.index("reasoning") < kinds.index("delta")
+
+
+def test_the_default_fake_reply_has_a_summary_either_way(client, fake):
+    assert ask(client).reasoning == "thinking\u2026"
+    events = ask_streamed(client, StreamState())
+    assert events[-1][1].reasoning == "thinking\u2026" and "thinking" not in events[-1][1].text
+
+
+def sse_body(*events, done=True):
+    lines = [f"data: {json.dumps(dict(event, sequence_number=i))}\n\n" for i, event in enumerate(events)]
+    return ": OPENROUTER PROCESSING\n\n" + "".join(lines) + ("data: [DONE]\n\n" if done else "")
+
+
+def message(item_id, text="Hi.", status="completed"):
+    return {"type": "message", "id": item_id, "status": status, "role": "assistant",
+            "content": [{"type": "output_text", "text": text, "annotations": []}]}
+
+
+def test_a_stream_whose_final_response_lacks_the_summary_keeps_the_streamed_one(client, fake):
+    fake.queue(raw(200, sse_body(
+        {"type": "response.output_item.added", "output_index": 0,
+         "item": {"type": "reasoning", "id": "rs_1", "summary": []}},
+        {"type": "response.reasoning_summary_text.delta", "item_id": "rs_1", "summary_index": 0, "delta": "Read "},
+        {"type": "response.reasoning_summary_text.delta", "item_id": "rs_1", "summary_index": 0, "delta": "it."},
+        # a part without its item id: it belongs to the reasoning item being streamed
+        {"type": "response.reasoning_summary_text.delta", "summary_index": 1, "delta": "Wrote."},
+        {"type": "response.reasoning_summary_text.delta", "item_id": "rs_1", "summary_index": [1], "delta": "!"},
+        {"type": "response.output_item.added", "output_index": 1, "item": message("msg_r", None, "in_progress")},
+        {"type": "response.output_text.delta", "item_id": "msg_r", "delta": "Hi."},
+        {"type": "response.completed", "response": {"status": "completed", "output": [message("msg_r")]}}),
+        "text/event-stream"))
+    events = ask_streamed(client, StreamState())
+    done = events[-1][1]
+    assert done.text == "Hi." and done.reasoning == "Read it.!\n\nWrote."
+    assert [v for k, v in events if k == "reasoning"] == ["Read ", "it.", "\n\nWrote."]  # then "!" is a correction
+
+
+def test_a_summary_sent_only_whole_is_yielded_once_and_kept_without_a_final_response(client, fake):
+    fake.queue(raw(200, sse_body(
+        {"type": "response.output_item.done", "output_index": 0,
+         "item": {"type": "reasoning", "id": "rs_2", "summary": ["plain string", {"type": "summary_text", "text": "part"}]}},
+        {"type": "response.output_item.added", "output_index": 1, "item": message("msg_w", None, "in_progress")},
+        {"type": "response.output_text.delta", "item_id": "msg_w", "delta": "Words."},
+        {"type": "response.reasoning_summary_text.done", "item_id": "rs_2", "summary_index": 1, "text": "part"},
+        {"type": "response.completed", "response": None}), "text/event-stream"))
+    events = ask_streamed(client, StreamState())
+    done = events[-1][1]
+    assert (done.item_id, done.text, done.reasoning) == ("msg_w", "Words.", "plain string\n\npart")
+    assert [v for k, v in events if k == "reasoning"] == ["plain string\n\npart"]
+
+
+def test_reply_parsing_reads_both_summary_shapes_and_skips_junk():
+    body = {"status": "completed", "output": [
+        {"type": "reasoning", "id": "rs_1", "summary": ["plain", {"type": "summary_text", "text": "typed"},
+                                                        {"type": "other", "text": "no"}, 5, ""]},
+        {"type": "reasoning", "id": "rs_2", "summary": "not a list"},
+        message("msg_1", "answer")]}
+    got = reply_from_response(body)
+    assert got.reasoning == "plain\n\ntyped" and got.text == "answer"
+    assert reply_from_response({"status": "completed", "output": [message("msg_1")]}).reasoning is None

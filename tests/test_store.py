@@ -69,13 +69,13 @@ def test_a_dead_pending_turn_is_recovered_with_the_users_text_kept(tmp_path):
     conv = turns.current(store, "c", stale_after=60)
     assert conv["pending"] is None
     assert conv["failed"]["text"] == "orphaned question"
-    turn, items, _ = turns.begin(store, "c", "orphaned question", stale_after=60)
+    turn, items, _, _ = turns.begin(store, "c", "orphaned question", stale_after=60)
     assert [i["role"] for i in items] == ["user"]
 
 
 def test_a_crash_after_the_reply_was_stored_does_not_repeat_the_turn(tmp_path):
     store = file_store(tmp_path)
-    turn, _, _ = turns.begin(store, "c", "question", stale_after=60)
+    turn, _, _, _ = turns.begin(store, "c", "question", stale_after=60)
     conv = store.load("c")
     conversation.add_turn(conv, "question", "msg_a", "completed", "answer")
     store._save_history("c", conv)  # the worker died before it cleared the pending marker
@@ -129,7 +129,7 @@ def test_a_store_failure_mid_turn_still_ends_the_stream_with_a_message(tmp_path,
     backend = BrokenAfterBegin(FileSystemCache(str(tmp_path), threshold=0), str(tmp_path / "locks"))
     store = Store(backend, 3600)
     client = Client(fake.api_key, fake.base_url, "openai/o4-mini", 100)
-    turn, items, _ = turns.begin(store, "c", "hello", stale_after=60)
+    turn, items, _, _ = turns.begin(store, "c", "hello", stale_after=60)
     backend.armed = True
     relay = turns.start(store, client, "c", turn, items)
     events = list(relay.listen(tick=1.0))
@@ -141,7 +141,7 @@ def test_a_store_failure_mid_turn_still_ends_the_stream_with_a_message(tmp_path,
 def test_a_stop_no_worker_answers_is_settled_from_the_saved_progress_with_a_sentence(tmp_path):
     """The turn's worker is gone or stuck: the Stop itself settles it, within its short wait."""
     store = file_store(tmp_path)
-    turn, _, _ = turns.begin(store, "c", "question", stale_after=60)
+    turn, _, _, _ = turns.begin(store, "c", "question", stale_after=60)
     started = time.monotonic()
     turns.stop(store, "c", turn)
     assert time.monotonic() - started < 2
@@ -149,7 +149,7 @@ def test_a_stop_no_worker_answers_is_settled_from_the_saved_progress_with_a_sent
     assert conv["pending"] is None
     assert conv["failed"] == {"text": "question", "error": "Stopped before the model answered.",
                               "replace": False, "stopped": True}
-    turn, _, _ = turns.begin(store, "c", "again", stale_after=60)
+    turn, _, _, _ = turns.begin(store, "c", "again", stale_after=60)
     with store.update("c") as conv:
         conv["pending"].update(item_id="msg_p", partial="some words")
     turns.stop(store, "c", turn)

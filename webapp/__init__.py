@@ -10,6 +10,7 @@ from werkzeug.exceptions import HTTPException, SecurityError
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from . import access, guards, limits, ops, sessions, settings
+from .catalogue import Catalogue
 from .openrouter import Client
 from .store import FileBackend, RedisBackend, Store, StoreError, redis_client
 
@@ -53,11 +54,15 @@ def create_app(overrides=None, env=None):
         hops = app.config["TRUSTED_PROXIES"]
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)
 
+    # The model list from OpenRouter's /models, fetched at most every few minutes per process.
+    app.extensions["catalogue"] = Catalogue(app.extensions["openrouter"].models)
+
     from . import purge, views
 
     guards.init_app(app)  # before the limiter: a refused request spends nobody's quota
     limits.init_app(app, app.config["REDIS_URL"], redis)
-    app.register_blueprint(views.bp)
+    for blueprint in views.blueprints:
+        app.register_blueprint(blueprint)
     app.register_blueprint(access.bp)
     app.register_blueprint(ops.bp)
     purge.init_app(app)

@@ -9,6 +9,7 @@ import logging
 from flask import Blueprint, current_app, redirect, render_template, request, session, url_for
 
 from . import sessions
+from .limits import failed_logins
 
 log = logging.getLogger(__name__)
 bp = Blueprint("access", __name__)
@@ -22,6 +23,7 @@ def _safe_next(target):
 
 
 @bp.route("/login", methods=["GET", "POST"])
+@failed_logins
 def login():
     password = current_app.config["ACCESS_PASSWORD"]
     target = _safe_next(request.values.get("next"))

@@ -20,6 +20,8 @@ NOTES = {
     "stopped": "Stopped.",
 }
 STOPPED_EARLY = "Stopped before the model answered."
+CONTEXT_FULL = ("This conversation is now longer than the model's context, so the message was not "
+                "sent. Drop the oldest turns, start a new chat, or pick a model with a larger context.")
 
 
 def note_text(note):
@@ -45,8 +47,15 @@ def assistant_item(item_id, status, text):
 
 
 def input_items(conv, text):
-    """The `input` to send for a new user turn: the full stored history plus the new message."""
-    return [*conv["items"], user_item(text)]
+    """The `input` to send for a new user turn: the history still sent plus the new message."""
+    return [*sent_history(conv), user_item(text)]
+
+
+def sent_history(conv, replace=False):
+    """The stored items that go upstream: all but the oldest `dropped` ones (turns the user chose to
+    stop sending when the context filled up), and without the last turn when it is being replaced."""
+    items = conv["items"][:-2] if replace else conv["items"]
+    return items[min(conv.get("dropped", 0), len(items)):]
 
 
 def add_turn(conv, text, item_id, status, reply_text, note=None, **reply_meta):
@@ -65,12 +74,14 @@ def add_turn(conv, text, item_id, status, reply_text, note=None, **reply_meta):
     return conv
 
 
-def fail_turn(conv, text, error, replace=False, stopped=False):
+def fail_turn(conv, text, error, replace=False, stopped=False, context=False):
     """Record a turn that got no answer: history unchanged, the user's text kept for a retry
     (`replace`: the retry should again take the last turn's place, as a regenerate or edit would;
     `stopped`: the user stopped it, so `error` is a neutral note, not a failure)."""
     conv["pending"] = None
     conv["failed"] = {"text": text, "error": error, "replace": replace, "stopped": stopped}
+    if context:
+        conv["failed"]["context"] = True
     conv["rev"] = conv.get("rev", 0) + 1
     return conv
 
@@ -88,12 +99,15 @@ def last_reply_id(conv):
 def title(conv, limit=60):
     """The conversation's title: the start of its first message, on one line."""
     if conv["items"]:
-        text = item_text(conv["items"][0])
-    elif conv.get("pending"):
-        text = conv["pending"]["text"]
-    else:
-        return ""
-    text = " ".join(text.split())
+        return short_title(item_text(conv["items"][0]), limit)
+    if conv.get("pending"):
+        return short_title(conv["pending"]["text"], limit)
+    return ""
+
+
+def short_title(text, limit=60):
+    """A title made from a message: its start, on one line."""
+    text = " ".join((text or "").split())
     return text if len(text) <= limit else text[:limit - 1].rstrip() + "\u2026"
 
 

@@ -42,8 +42,10 @@ def refusal(status, title, message, keep_draft=True):
     if wants_json():
         return {"error": message}, status
     draft = request.form.get("message") if keep_draft and request.method in UNSAFE else None
+    # Sent again to where it was going when that was a page's send, else to the latest conversation.
+    resend = request.path if request.endpoint in ("chat.send", "chat.send_to_latest") else "/"
     return render_template("error.html", code=status, title=title, message=message,
-                           draft=draft), status
+                           draft=draft, resend=resend), status
 
 
 def from_this_origin():

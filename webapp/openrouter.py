@@ -48,6 +48,8 @@ DETAIL_LIMIT = 300  # characters of the upstream's own words a user is shown (an
 REDACTED = "[redacted]"
 MIN_SECRET = 8  # shorter "keys" are no real key, and scrubbing them would garble every message
 MAX_RETRY_AFTER = 86400  # seconds; a longer Retry-After is not believed
+MODELS_READ_TIMEOUT = 10.0  # seconds for GET /models: a page waits on it, so never the turn's long read
+REASONING_EFFORTS = ("minimal", "low", "medium", "high")
 
 # Every API key a Client in this process was given. Replaced whole (never changed in place) under
 # the lock, so `scrub` reads it without one.
@@ -140,6 +142,9 @@ class Reply:
     usage: dict | None = None
     model: str | None = None
     incomplete_reason: str | None = None
+    # The reasoning summary (its parts joined with blank lines), when the model sent one. Never part of
+    # `text`, and never sent back upstream.
+    reasoning: str | None = None
 
 
 @dataclass
@@ -246,8 +251,38 @@ def _error_detail(body):
     return message if isinstance(message, str) else ""
 
 
+def _summary_texts(item):
+    """The summary texts of a `reasoning` output item: `{"type": "summary_text", "text"}` entries per
+    the spec, plain strings per one docs page."""
+    summary = item.get("summary") if isinstance(item, dict) else None
+    if not isinstance(summary, list):
+        return []
+    texts = []
+    for entry in summary:
+        if isinstance(entry, str):
+            texts.append(entry)
+        elif isinstance(entry, dict) and entry.get("type", "summary_text") == "summary_text" \
+                and isinstance(entry.get("text"), str):
+            texts.append(entry["text"])
+    return texts
+
+
+def _join_summary(texts):
+    return "\n\n".join(text for text in texts if text) or None
+
+
+def reasoning_from_output(output):
+    """The reasoning summary of a response's `output` list (blank lines between parts), or None."""
+    if not isinstance(output, list):
+        return None
+    return _join_summary([text for item in output
+                          if isinstance(item, dict) and item.get("type") == "reasoning"
+                          for text in _summary_texts(item)])
+
+
 def reply_from_response(body):
-    """Read a non-streamed response object: join the assistant message item(s), skip reasoning."""
+    """Read a non-streamed response object: join the assistant message item(s); the reasoning
+    summary goes to `Reply.reasoning`, never into the text."""
     if isinstance(body, dict) and (body.get("status") == "failed" or (
             not isinstance(body.get("output"), list) and isinstance(body.get("error"), dict))):
         raise UpstreamError("failed", detail=_error_detail(body))  # an error where a reply belongs
@@ -271,7 +306,58 @@ def reply_from_response(body):
     if body.get("status") == "incomplete":
         status = "incomplete"
     reason = (body.get("incomplete_details") or {}).get("reason") if status == "incomplete" else None
-    return Reply(last["id"], status, text, body.get("usage"), body.get("model"), reason)
+    return Reply(last["id"], status, text, body.get("usage"), body.get("model"), reason,
+                 reasoning_from_output(body["output"]))
+
+
+class _Summary:
+    """A streamed reasoning summary: its parts in order, keyed by (item id, summary index), and how
+    much of it was yielded, so the yielded pieces always add up to a prefix of `text()`."""
+
+    def __init__(self):
+        self.parts = {}
+        self.shown = []  # the pieces yielded so far
+        self.shown_len = 0
+        self.total = 0  # len(self.text())
+
+    def text(self):
+        return _join_summary(list(self.parts.values()))
+
+    def delta(self, key, delta):
+        """Append a `reasoning_summary_text.delta`; return the piece to yield ("" for none)."""
+        last = next(reversed(self.parts)) if self.parts else None
+        if key == last and self.parts[key] and self.shown_len == self.total:
+            # The common case, kept O(len(delta)): more words for the part being shown.
+            self.parts[key] += delta
+            self.total += len(delta)
+            return self._show(delta)
+        self.parts[key] = self.parts.get(key, "") + delta
+        return self._catch_up()
+
+    def replace(self, key, text):
+        """The whole text of one part (`reasoning_summary_text.done`)."""
+        self.parts[key] = text
+        return self._catch_up()
+
+    def replace_item(self, item_id, texts):
+        """The whole summary of one reasoning item (`output_item.done`)."""
+        for index, text in enumerate(texts):
+            self.parts[(item_id, index)] = text
+        return self._catch_up()
+
+    def _show(self, piece):
+        self.shown.append(piece)
+        self.shown_len += len(piece)
+        return piece
+
+    def _catch_up(self):
+        full = self.text() or ""
+        self.total = len(full)
+        shown = "".join(self.shown)
+        self.shown = [shown] if shown else []
+        if len(full) > len(shown) and full.startswith(shown):
+            return self._show(full[len(shown):])
+        return ""  # a correction of words already shown: the final reply carries the truth
 
 
 class Client:
@@ -282,6 +368,7 @@ class Client:
         self.api_key = api_key
         register_secret(api_key)  # every UpstreamError now scrubs it, whichever path built it
         self.url = f"{base_url}/responses"
+        self.models_url = f"{base_url}/models"
         self.model = model
         self.max_output_tokens = max_output_tokens
         self.timeout = (connect_timeout, read_timeout)
@@ -312,18 +399,82 @@ class Client:
                    config["OPENROUTER_CONNECT_TIMEOUT"], config["OPENROUTER_READ_TIMEOUT"],
                    config["OPENROUTER_APP_URL"], config["OPENROUTER_APP_TITLE"])
 
-    def body(self, items, stream=False):
-        return {"model": self.model, "input": items,
-                "max_output_tokens": self.max_output_tokens, "stream": stream}
+    def body(self, items, stream=False, *, model=None, instructions=None, max_output_tokens=None,
+             temperature=None, reasoning_effort=None):
+        """The request body. Each option is sent only when given (None: not sent); `model` and
+        `max_output_tokens` fall back to the client's own. A value the API would refuse raises
+        `ValueError` here, before anything is sent: check user input before it reaches a turn."""
+        model = self.model if model is None else model
+        if not isinstance(model, str) or not model.strip():
+            raise ValueError(f"model must be a model id, got {model!r}")
+        limit = self.max_output_tokens if max_output_tokens is None else max_output_tokens
+        if type(limit) is not int or limit <= 0:
+            raise ValueError(f"max_output_tokens must be a positive integer, got {limit!r}")
+        body = {"model": model, "input": items, "max_output_tokens": limit, "stream": stream}
+        if instructions is not None:
+            if not isinstance(instructions, str):
+                raise ValueError(f"instructions must be a string, got {type(instructions).__name__}")
+            if instructions.strip():
+                body["instructions"] = instructions
+        if temperature is not None:
+            if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) \
+                    or not 0 <= temperature <= 2:  # NaN fails the comparison too
+                raise ValueError(f"temperature must be a number from 0 to 2, got {temperature!r}")
+            body["temperature"] = float(temperature)
+        if reasoning_effort is not None:
+            if reasoning_effort not in REASONING_EFFORTS:
+                raise ValueError(f"reasoning_effort must be one of {', '.join(REASONING_EFFORTS)}, "
+                                 f"got {reasoning_effort!r}")
+            body["reasoning"] = {"effort": reasoning_effort, "summary": "auto"}
+        return body
 
-    def _post(self, items, stream, state):
+    def models(self):
+        """The model list from `GET {base}/models`: its `data`, the dicts that have an `id`.
+
+        Any failure (no key is not one: the list is public) raises `UpstreamError`. The read timeout
+        is short, since a page waits on this; callers cache it (see `catalogue.Catalogue`)."""
+        # A connection this GET takes from the pool may have carried a finished turn whose Stop
+        # could still come: claim it for a state of our own, so that Stop cannot cut this request.
+        state = StreamState()
+        _current.state = state
+        try:
+            response = self.http.get(self.models_url, timeout=(self.timeout[0], MODELS_READ_TIMEOUT),
+                                     headers={"Content-Type": None})
+        except requests.RequestException as exc:
+            raise UpstreamError("timeout" if isinstance(exc, requests.Timeout) else "connection",
+                                detail=str(exc)) from None
+        finally:
+            _current.state = None
+            state.detach()
+        try:
+            if response.status_code != 200:
+                try:
+                    detail = _error_detail(response.json())
+                except ValueError:
+                    detail = ""
+                raise error_for_status(response.status_code, detail,
+                                       parse_retry_after(response.headers.get("Retry-After")))
+            try:
+                body = response.json()
+            except ValueError:
+                raise UpstreamError("bad_response") from None
+        finally:
+            response.close()
+        data = body.get("data") if isinstance(body, dict) else None
+        if not isinstance(data, list):
+            raise UpstreamError("bad_response")
+        return [model for model in data
+                if isinstance(model, dict) and isinstance(model.get("id"), str) and model["id"]]
+
+    def _post(self, items, stream, state, options):
         if not self.api_key:
             raise UpstreamError("no_key")
         if state.cancelled:
             raise UpstreamError("stopped")
+        data = json.dumps(self.body(items, stream, **options))  # a bad option fails before connecting
         _current.state = state
         try:
-            response = self.http.post(self.url, data=json.dumps(self.body(items, stream)),
+            response = self.http.post(self.url, data=data,
                                       timeout=self.timeout, stream=stream,
                                       headers={"Accept-Encoding": "identity"} if stream else None)
         except requests.RequestException as exc:
@@ -344,11 +495,13 @@ class Client:
                                    parse_retry_after(response.headers.get("Retry-After")))
         return response
 
-    def respond(self, items, state=None):
-        """Send the history, wait for the whole answer, return a `Reply` (`state.cancel()` stops it)."""
+    def respond(self, items, state=None, **options):
+        """Send the history, wait for the whole answer, return a `Reply` (`state.cancel()` stops it).
+        `options`: `body`'s keywords (model, instructions, max_output_tokens, temperature,
+        reasoning_effort)."""
         state = state or StreamState()
         try:
-            response = self._post(items, False, state)
+            response = self._post(items, False, state, options)
             try:
                 body = response.json()
             except ValueError:
@@ -357,14 +510,18 @@ class Client:
             state.detach()
         return reply_from_response(body)
 
-    def stream(self, items, state):
+    def stream(self, items, state, **options):
         """Send the history with `stream: true` and yield `(kind, value)` events as they arrive:
-        ("alive", None) for keep-alives and other progress, ("delta", text), and last ("done", Reply).
+        ("alive", None) for keep-alives and other progress, ("delta", text), ("reasoning", text) for
+        the reasoning summary as it streams (never part of the reply's text; its pieces add up to the
+        start of `Reply.reasoning`, blank lines between parts included), and last ("done", Reply).
+        `options`: as for `respond`.
 
         `state` collects the item id and text so far, so a caller that sees an `UpstreamError` (or
         stops early: closing this generator closes the upstream connection) still has them."""
+        summary, reasoning_id = _Summary(), None
         try:
-            response = self._post(items, True, state)
+            response = self._post(items, True, state, options)
         except UpstreamError:
             state.detach()
             raise
@@ -394,8 +551,29 @@ class Client:
                     item = event.get("item") or {}
                     if item.get("type") == "message" and item.get("id"):
                         state.item_id = item["id"]
+                    elif item.get("type") == "reasoning" and isinstance(item.get("id"), str):
+                        reasoning_id = item["id"]
+                elif kind in ("response.reasoning_summary_text.delta", "response.reasoning_summary_text.done"):
+                    item_id, index = event.get("item_id"), event.get("summary_index")
+                    key = (item_id if isinstance(item_id, str) else reasoning_id,
+                           index if type(index) is int else 0)
+                    field_ = "delta" if kind.endswith("delta") else "text"
+                    value = event.get(field_)
+                    if isinstance(value, str) and value:
+                        piece = summary.delta(key, value) if field_ == "delta" else summary.replace(key, value)
+                        if piece:
+                            yield "reasoning", piece
+                            continue
+                elif kind == "response.output_item.done":
+                    item = event.get("item")
+                    if isinstance(item, dict) and item.get("type") == "reasoning":
+                        item_id = item.get("id") if isinstance(item.get("id"), str) else reasoning_id
+                        piece = summary.replace_item(item_id, _summary_texts(item))
+                        if piece:
+                            yield "reasoning", piece
+                            continue
                 elif kind in ("response.completed", "response.incomplete", "response.done"):
-                    yield "done", self._final(event.get("response"), state, kind)
+                    yield "done", self._final(event.get("response"), state, kind, summary.text())
                     return
                 elif kind == "response.failed":
                     raise UpstreamError("failed", detail=_error_detail(event.get("response")))
@@ -415,9 +593,10 @@ class Client:
             response.close()
 
     @staticmethod
-    def _final(body, state, kind):
+    def _final(body, state, kind, reasoning=None):
         """The reply from a terminal event: its full response object when it has one, else what the
-        deltas built (the item id came with `output_item.added`)."""
+        deltas built (the item id came with `output_item.added`). `reasoning`: the summary the
+        stream delivered, for a response object without one."""
         try:
             reply = reply_from_response(body)
         except UpstreamError as exc:
@@ -428,6 +607,8 @@ class Client:
             status = "incomplete" if kind == "response.incomplete" else "completed"
             details = (body or {}).get("incomplete_details") or {}
             return Reply(state.item_id, status, state.text, (body or {}).get("usage"),
-                         (body or {}).get("model"), details.get("reason"))
+                         (body or {}).get("model"), details.get("reason"), reasoning)
         state.item_id, state.text = reply.item_id, reply.text
+        if reply.reasoning is None:
+            reply.reasoning = reasoning
         return reply

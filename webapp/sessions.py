@@ -15,7 +15,7 @@ from flask_session.redis import RedisSessionInterface
 
 def established(session):
     """A session worth keeping for the full lifetime: it has a conversation or a login."""
-    return bool(session.get("cid") or session.get("authed"))
+    return bool(session.get("browser") or session.get("cid") or session.get("authed"))
 
 
 class _ShortLivedWhileAnonymous:

@@ -111,13 +111,19 @@ def from_env(env=None):
         raise SettingsError(f"SESSION_TYPE must be 'cachelib' or 'redis', got {session_type!r}")
     secret = env.get("SECRET_KEY", "").strip()
     bind = _bind(env)
+    model = env.get("OPENROUTER_MODEL", "").strip() or "openai/o4-mini"
+    allowed = [m.strip() for m in env.get("ALLOWED_MODELS", "").split(",") if m.strip()] or None
+    if allowed and model not in allowed:
+        raise SettingsError(f"ALLOWED_MODELS must include OPENROUTER_MODEL ({model!r}), the model new "
+                            f"conversations start on")
     # __Host-: the browser accepts this cookie only from this origin over HTTPS, with Path=/ and no
     # Domain, so a page on another port or subdomain cannot plant one (cookie tossing).
     secure_cookie = _bool(env, "SESSION_COOKIE_SECURE", False)
     return {
         "OPENROUTER_API_KEY": env.get("OPENROUTER_API_KEY", "").strip(),
         "OPENROUTER_BASE_URL": _base_url(env),
-        "OPENROUTER_MODEL": env.get("OPENROUTER_MODEL", "").strip() or "openai/o4-mini",
+        "OPENROUTER_MODEL": model,
+        "ALLOWED_MODELS": allowed,
         "MAX_OUTPUT_TOKENS": _int(env, "MAX_OUTPUT_TOKENS", 9000),
         # Reasoning models can think for minutes before the first byte; the connect timeout stays short.
         "OPENROUTER_CONNECT_TIMEOUT": _float(env, "OPENROUTER_CONNECT_TIMEOUT", 10.0),

@@ -203,6 +203,7 @@ class Store:
     saved. So a streaming reply's progress costs the same with 2 turns of history as with 200."""
 
     prefix, pending_prefix = "conv:", "turn:"
+    index_prefix = "browser:"  # a browser's list of its conversations
     stop_key = "signal:stop"  # changes whenever a Stop is flagged for another worker to act on
 
     def __init__(self, backend, ttl, lock_timeout=10.0):
@@ -249,6 +250,23 @@ class Store:
         with self.backend.lock(self.prefix + cid, self.lock_timeout):
             self.backend.delete(self.prefix + cid)
             self.backend.delete(self.pending_prefix + cid)
+
+    def conversations(self, bid):
+        """Browser `bid`'s conversations, newest activity first: `[{"id", "title", "at"}]`. Small: a
+        turn reads this and its own conversation, never the others."""
+        return (self.backend.get(self.index_prefix + bid) or {}).get("convs", [])
+
+    @contextmanager
+    def update_conversations(self, bid):
+        """Change browser `bid`'s list under its lock (two tabs creating conversations at once must
+        both stay listed: the session itself is last-write-wins, so the list is not kept there)."""
+        key = self.index_prefix + bid
+        with self.backend.lock(key, self.lock_timeout):
+            entries = (self.backend.get(key) or {}).get("convs", [])
+            before = [dict(e) for e in entries]
+            yield entries
+            if entries != before:
+                self.backend.set(key, {"convs": entries}, self.ttl)
 
     @contextmanager
     def update(self, cid):

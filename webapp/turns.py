@@ -16,8 +16,9 @@ import logging
 import secrets
 import threading
 import time
+from typing import NamedTuple
 
-from . import conversation
+from . import conversation, usage
 from .openrouter import StreamState, UpstreamError
 
 log = logging.getLogger(__name__)
@@ -96,20 +97,37 @@ class Full(Exception):
         self.too_many_for_session = too_many_for_session
 
 
+class TooLong(Exception):
+    """The next turn would not fit the model's context: nothing was sent, the text is kept as failed."""
+
+
+class Begun(NamedTuple):
+    turn: str
+    items: list  # the `input` to send: the history still sent, plus the new message
+    text: str
+    request: dict  # per-turn request options for the client (model, instructions, limits)
+
+
 WAITER_TTL = 10.0  # a waiting send's claim lapses this long after it last looked (its client left)
 
 
-def begin(store, cid, text, stale_after, wait=0.0, replace=None, waiter=None):
-    """Mark a new turn pending and return `(turn_id, input_items, text)`.
+def begin(store, cid, text, stale_after, wait=0.0, replace=None, waiter=None, settings=None,
+          plan=None):
+    """Mark a new turn pending and return a `Begun`.
 
     While a reply is still being written here: without `waiter`, raise `Busy` at once. With one,
     claim the conversation's single waiting place for it (or `QueueFull` if another send holds it),
     look again every quarter second for up to `wait` seconds, then raise `Busy` still holding the
     place, so the caller can try again; `release` gives it up. `replace` is the id of the last
     reply, for a turn that takes the last turn's place (edit, regenerate); if that is no longer the
-    last reply, raise `Stale` and change nothing. `text=None` resends the last message (regenerate)."""
+    last reply, raise `Stale` and change nothing. `text=None` resends the last message (regenerate).
+
+    `settings` (the conversation's model and options, from the form) are stored with it when they
+    changed. `plan(conv, history, text)` returns the request options for this turn, or None when it
+    would not fit the model's context: then the text is kept as a failed turn and `TooLong` raised."""
     deadline = time.monotonic() + wait
     while True:
+        too_long = False
         with store.update(cid) as conv:
             now = time.time()
             _recover_stale(conv, stale_after, now)
@@ -117,21 +135,33 @@ def begin(store, cid, text, stale_after, wait=0.0, replace=None, waiter=None):
             if not pending:
                 if replace and replace != conversation.last_reply_id(conv):
                     raise Stale()
-                history = conv["items"][:-2] if replace else conv["items"]
                 if text is None:
                     text = conversation.item_text(conv["items"][-2])
-                turn = secrets.token_urlsafe(9)
-                conv["pending"] = {"turn": turn, "text": text, "started": now, "beat": now,
-                                   "partial": "", "item_id": None, "stop": False,
-                                   "replace": bool(replace), "rev": conv.get("rev", 0)}
-                return turn, conversation.input_items({"items": history}, text), text
-            if waiter is None:
+                if settings is not None and settings != conv.get("settings"):
+                    conv["settings"] = settings
+                    conv["rev"] = conv.get("rev", 0) + 1
+                history = conversation.sent_history(conv, replace=bool(replace))
+                request = plan(conv, history, text) if plan else {}
+                if request is None:
+                    conversation.fail_turn(conv, text, conversation.CONTEXT_FULL, bool(replace),
+                                           context=True)
+                    too_long = True
+                else:
+                    turn = secrets.token_urlsafe(9)
+                    conv["pending"] = {"turn": turn, "text": text, "started": now, "beat": now,
+                                       "partial": "", "item_id": None, "stop": False,
+                                       "replace": bool(replace), "rev": conv.get("rev", 0)}
+                    return Begun(turn, [*history, conversation.user_item(text)], text, request)
+            elif waiter is None:
                 raise Busy()
-            holder = pending.get("waiter")
-            if holder and holder["id"] != waiter and holder["until"] > now:
-                raise QueueFull()
-            if not holder or holder["id"] != waiter or holder["until"] - now < WAITER_TTL / 2:
-                pending["waiter"] = {"id": waiter, "until": now + WAITER_TTL}
+            else:
+                holder = pending.get("waiter")
+                if holder and holder["id"] != waiter and holder["until"] > now:
+                    raise QueueFull()
+                if not holder or holder["id"] != waiter or holder["until"] - now < WAITER_TTL / 2:
+                    pending["waiter"] = {"id": waiter, "until": now + WAITER_TTL}
+        if too_long:
+            raise TooLong()
         if time.monotonic() >= deadline:
             raise Busy()
         time.sleep(0.25)
@@ -254,17 +284,18 @@ LIVE = {}  # turn id -> Relay, for turns running in this process
 _LIVE_LOCK = threading.Lock()
 
 
-def _whole(client, items, state):
-    reply = client.respond(items, state)
+def _whole(client, items, state, request):
+    reply = client.respond(items, state, **request)
     state.item_id, state.text = reply.item_id, reply.text
     yield "done", reply
 
 
-def execute(store, client, cid, turn, items, relay, stream=True):
+def execute(store, client, cid, turn, items, relay, stream=True, request=None):
     """Read the reply for a begun turn and settle it. Publishes ("delta", text), ("alive", None) and a
-    final ("done", {...}) or ("error", {...}) on `relay`."""
+    final ("done", {...}) or ("error", {...}) on `relay`. `request`: the turn's request options."""
     state = relay.state
-    events = client.stream(items, state) if stream else _whole(client, items, state)
+    request = request or {}
+    events = client.stream(items, state, **request) if stream else _whole(client, items, state, request)
     outcome = reply = None
     try:
         for kind, value in events:
@@ -272,7 +303,7 @@ def execute(store, client, cid, turn, items, relay, stream=True):
                 reply = value
                 ok = _settle(store, cid, turn, lambda conv, pending: _add(
                     conv, pending, reply.item_id, reply.status, reply.text, note=note_for(reply),
-                    model=reply.model, usage=reply.usage))
+                    model=reply.model, usage=reply.usage, reasoning=getattr(reply, "reasoning", None)))
                 outcome = ("done", {"text": reply.text, "note": conversation.note_text(note_for(reply)),
                                     "stored": ok})
                 break
@@ -343,8 +374,13 @@ def _flush(store, cid, turn, state, streaming=True):
 
 def _failed(store, cid, turn, state, error):
     kept = bool(state.item_id and state.text)
-    _settle(store, cid, turn, lambda conv, pending: _settle_partial(
-        conv, pending, state.item_id, state.text, error.message))
+
+    def change(conv, pending):
+        _settle_partial(conv, pending, state.item_id, state.text, error.message)
+        if conv.get("failed") and usage.is_context_error(error.message):
+            conv["failed"]["context"] = True  # the page offers the ways out of a full context
+
+    _settle(store, cid, turn, change)
     return "error", {"message": error.message, "text": state.text, "kept": kept}
 
 
@@ -405,25 +441,27 @@ def _register(store, cid, turn, streaming=True, model=None, owner=None, limit=No
     return relay
 
 
-def _run(store, client, cid, turn, items, relay, stream):
+def _run(store, client, cid, turn, items, relay, stream, request):
     try:
-        return execute(store, client, cid, turn, items, relay, stream)
+        return execute(store, client, cid, turn, items, relay, stream, request)
     finally:
         with _LIVE_LOCK:
             LIVE.pop(turn, None)
 
 
-def run(store, client, cid, turn, items, owner=None, limit=None):
+def run(store, client, cid, turn, items, owner=None, limit=None, request=None):
     """Run a begun turn in this thread with a whole (non-streamed) reply: the JS-off form post."""
-    relay = _register(store, cid, turn, False, client.model, owner, limit)
-    return _run(store, client, cid, turn, items, relay, stream=False)
+    model = (request or {}).get("model") or client.model
+    relay = _register(store, cid, turn, False, model, owner, limit)
+    return _run(store, client, cid, turn, items, relay, False, request)
 
 
-def start(store, client, cid, turn, items, owner=None, limit=None):
+def start(store, client, cid, turn, items, owner=None, limit=None, request=None):
     """Run a begun turn, streamed, in a background thread that outlives the request; return its Relay."""
-    relay = _register(store, cid, turn, True, client.model, owner, limit)
+    model = (request or {}).get("model") or client.model
+    relay = _register(store, cid, turn, True, model, owner, limit)
     # Not a daemon: on a graceful shutdown the interpreter waits for replies still being written.
-    threading.Thread(target=_run, args=(store, client, cid, turn, items, relay, True),
+    threading.Thread(target=_run, args=(store, client, cid, turn, items, relay, True, request),
                      name=f"turn-{turn}").start()
     return relay
 

@@ -46,6 +46,7 @@ def test_two_turns_with_js_stream_and_the_reply_grows_before_it_completes(page, 
     gate = threading.Event()
     fake.queue(reply("First words, then the rest of the answer.", gate=gate,
                      chunks=["First words,", " then the rest of the answer."]))
+    page.evaluate("window.sameDocument = true")  # gone if the page reloads
     send(page, "hello there")
     expect(page.locator(USER).last).to_have_text("hello there")
     expect(page.locator(ASSISTANT).last).to_have_text("First words,")  # visible while upstream holds
@@ -55,7 +56,8 @@ def test_two_turns_with_js_stream_and_the_reply_grows_before_it_completes(page, 
     expect(page.locator('button:text-is("Stop")')).to_have_count(0)
     send(page, "and again")
     expect(page.locator(ASSISTANT).nth(1)).to_have_text("Reply 2: and again")
-    assert page.url.endswith("/")  # no page load happened: the page streamed in place
+    assert page.evaluate("window.sameDocument") is True  # no page load: the page streamed in place
+    assert "/c/" in page.url  # ...and took the new conversation's own address
     page.reload()
     expect(page.locator(USER)).to_have_count(2)
     assert len(fake.requests[-1]["body"]["input"]) == 3
@@ -165,7 +167,7 @@ def test_a_mid_stream_error_keeps_the_partial_reply_and_says_why(page, fake):
 
 
 def test_keyboard_alone_sends_with_enter_and_adds_lines_with_shift_enter(page, fake):
-    page.keyboard.press("Tab")  # the skip link
+    page.locator("a.skip").focus()  # the first stop of the Tab order
     page.keyboard.press("Enter")
     expect(page.locator("textarea[name=message]")).to_be_focused()
     page.keyboard.type("line one")

@@ -1,0 +1,127 @@
+"""The chat page and its JS-off sends (Post/Redirect/Get).
+
+`GET /` opens this browser's most recent conversation, or an empty new one; `GET /new` always the
+empty one (nothing is stored until its first send, which posts to `/c/new`). Each conversation has
+its own page, `/c/<id>`, and the form posts back to it, so two tabs on two conversations each send
+to their own. `POST /` sends to the most recent conversation (for clients without a page).
+"""
+
+from datetime import date
+
+from flask import Blueprint, current_app, redirect, request, session, url_for
+
+from .. import turns
+from ..limits import per_session_and_address
+from . import common
+from .common import BadInput
+
+bp = Blueprint("chat", __name__)
+bp.add_app_template_filter(common.isotime, "isotime")
+bp.add_app_template_filter(common.clock, "clock")
+
+
+@bp.before_app_request
+def keep_session_alive():
+    """Sessions are saved only when they change (no file write on every request); touching them once
+    a day keeps an active browser's session from expiring under it."""
+    today = date.today().toordinal()
+    if ("browser" in session or "cid" in session) and session.get("day") != today:
+        session["day"] = today
+
+
+@bp.get("/")
+def index():
+    entries = common.listed()
+    if not entries:
+        return common.render_chat(None, common.current(None), entries=entries)
+    return conversation_page(entries[0]["id"], entries)
+
+
+@bp.get("/new")
+def blank():
+    return common.render_chat(None, common.current(None))
+
+
+@bp.get("/c/<cid>")
+def conversation_page(cid, entries=None):
+    entries = common.listed() if entries is None else entries
+    common.owned(cid, entries)
+    return common.render_chat(cid, common.current(cid), editing=request.args.get("edit") == "1",
+                              entries=entries)
+
+
+@bp.get("/favicon.ico")
+def favicon():
+    # Browsers that ignore <link rel="icon"> still ask for /favicon.ico: answer, do not 404.
+    return current_app.send_static_file("favicon.svg")
+
+
+@bp.post("/")
+@per_session_and_address
+def send_to_latest():
+    entries = common.listed()
+    return _send(entries[0]["id"] if entries else None)
+
+
+@bp.post("/c/<cid>")
+@per_session_and_address
+def send(cid):
+    if cid != "new":
+        common.owned(cid)
+    return _send(None if cid == "new" else cid)
+
+
+def _send(cid):
+    """One JS-off turn: read the form, begin, wait for the whole reply, then show the page again."""
+    draft = request.form.get("message", "")
+    conv = common.current(cid)
+    models_list = common.model_list()
+    try:
+        text, replace = common.read_message(conv)
+        settings = common.read_settings(conv, models_list)
+    except BadInput as bad:
+        if bad.status == 400:
+            return common.render_chat(cid, conv, draft=draft, hint=bad.message, status=400)
+        return common.render_chat(cid, conv, draft=draft, error=bad.message, status=bad.status)
+    waiter = common.new_id()
+    try:
+        options = common.turn_options()
+        cid = cid or common.new_id()
+        common.touch(cid, text)
+        begun = turns.begin(common.store(), cid, text, common.stale_after(), common.QUEUE_WAIT,
+                            replace, waiter, settings, common.planner(models_list))
+    except turns.TooLong:
+        return redirect(url_for("chat.conversation_page", cid=cid, _anchor="message"), code=303)
+    except (turns.Busy, turns.Stale, turns.Full) as refused:
+        if isinstance(refused, turns.Busy) and not isinstance(refused, turns.QueueFull):
+            turns.release(common.store(), cid, waiter)
+        status, message = common.refusal_for(refused)
+        return common.render_chat(cid, common.current(cid), draft=draft, status=status, error=message)
+    turns.run(common.store(), common.client(), cid, begun.turn, begun.items, request=begun.request,
+              **options)
+    return redirect(url_for("chat.conversation_page", cid=cid, _anchor="latest"), code=303)
+
+
+@bp.post("/edit")
+@bp.post("/c/<cid>/edit")
+def edit(cid=None):
+    """JS-off Edit: show the last message in the box; sending it replaces the last turn."""
+    cid = cid or _latest()
+    common.owned(cid)
+    return redirect(url_for("chat.conversation_page", cid=cid, edit="1", _anchor="message"), code=303)
+
+
+@bp.post("/edit/cancel")
+@bp.post("/c/<cid>/edit/cancel")
+def cancel_edit(cid=None):
+    """JS-off Cancel while editing: back to the conversation, nothing replaced."""
+    cid = cid or _latest()
+    if cid is None:
+        return redirect(url_for("chat.index"), code=303)
+    common.owned(cid)
+    return redirect(url_for("chat.conversation_page", cid=cid, _anchor="latest"), code=303)
+
+
+def _latest():
+    entries = common.listed()
+    return entries[0]["id"] if entries else None

@@ -1,0 +1,313 @@
+"""What the chat's routes share: whose conversations these are, reading a send from the form, and
+rendering the chat page. Plain helpers over `flask.session` and the store; no routes here.
+
+A browser's conversations are listed under its own key in the store (`browser:<id>`, see
+`Store.conversations`): the session holds only that id, so a turn in one conversation reads the
+list and its own conversation, never the others, and two tabs cannot overwrite each other's list.
+"""
+
+import hashlib
+import secrets
+import time
+from datetime import datetime, timezone
+
+from flask import abort, current_app, render_template, request, session
+from werkzeug.exceptions import RequestEntityTooLarge
+
+from .. import catalogue as models, conversation, render, sessions, turns, usage
+from ..openrouter import UpstreamError
+
+QUEUE_WAIT = 30.0  # seconds a send waits for the reply before it in the same conversation
+BUSY = ("A reply is still being written in this conversation. Your message is kept: send it again "
+        "when the reply has finished.")
+QUEUE_FULL = ("Another message is already waiting for the reply being written in this conversation. "
+              "Yours is kept: send it when the reply has finished.")
+FULL = "The server is answering as many messages as it can right now. Yours is kept: try again shortly."
+TOO_MANY = ("You already have as many replies being written as one browser may. Yours is kept: send "
+            "it when one has finished.")
+STALE = ("The conversation changed since you pressed Edit or Regenerate (another tab or window sent "
+         "a message), so nothing was replaced. Your text is kept in the box: send it as a new "
+         "message, or press Edit again.")
+EFFORTS = ("minimal", "low", "medium", "high")
+
+
+def store():
+    return current_app.extensions["chat_store"]
+
+
+def client():
+    return current_app.extensions["openrouter"]
+
+
+def stale_after():
+    # A turn whose worker has been silent longer than any upstream read could take is dead.
+    return current_app.config["OPENROUTER_READ_TIMEOUT"] + 30
+
+
+# --- whose conversations ------------------------------------------------------------------------------
+
+def browser(create=False):
+    """This browser's id in the store. Made at its first send, when the session id is issued anew:
+    an id planted in the browser beforehand (fixation, cookie tossing) never holds its messages."""
+    bid = session.get("browser")
+    if bid is None and session.get("cid"):
+        # A session from before several conversations per browser: its one conversation is listed.
+        bid = session["browser"] = secrets.token_urlsafe(18)
+        cid = session.pop("cid")
+        title = conversation.title(store().load(cid))
+        with store().update_conversations(bid) as entries:
+            entries.append({"id": cid, "title": title, "at": time.time()})
+    if bid is None and create:
+        bid = session["browser"] = secrets.token_urlsafe(18)
+        sessions.rotate(current_app, session)
+    return bid
+
+
+def listed():
+    """This browser's conversations, newest activity first."""
+    bid = browser()
+    return store().conversations(bid) if bid else []
+
+
+def owned(cid, entries=None):
+    """The list entry of conversation `cid` if this browser owns it; 404 otherwise (another browser's
+    conversation and an unknown id look the same, and nothing about either is revealed)."""
+    for entry in listed() if entries is None else entries:
+        if entry["id"] == cid:
+            return entry
+    abort(404)
+
+
+def new_id():
+    return secrets.token_urlsafe(18)
+
+
+def touch(cid, title=None):
+    """Move `cid` to the top of this browser's list (it is being written in), adding it if new."""
+    bid = browser(create=True)
+    with store().update_conversations(bid) as entries:
+        entry = next((e for e in entries if e["id"] == cid), None)
+        if entry is None:
+            entry = {"id": cid, "title": conversation.short_title(title), "at": 0}
+        else:
+            entries.remove(entry)
+        entry["at"] = time.time()
+        entries.insert(0, entry)
+
+
+def owner():
+    """A short hash of the session id: enough to count a session's turns and to follow it in the
+    logs, useless for taking the session over."""
+    return hashlib.sha256(session.sid.encode()).hexdigest()[:12]
+
+
+def current(cid):
+    """The conversation to show; a dead pending turn is settled first so the page never hangs."""
+    return turns.current(store(), cid, stale_after()) if cid else conversation.new()
+
+
+# --- the models on offer --------------------------------------------------------------------------------
+
+def model_list():
+    """The catalogue (cached a few minutes), or None when OpenRouter's /models cannot be reached."""
+    return current_app.extensions["catalogue"].get()
+
+
+def offered(models_list, conv=None):
+    """The model picker's groups: the catalogue narrowed by ALLOWED_MODELS, the default always in it,
+    and, while the list is unavailable, the conversation's own model (it was offered when chosen)."""
+    config = current_app.config
+    groups = models.options(models_list or [], config["ALLOWED_MODELS"], config["OPENROUTER_MODEL"])
+    chosen = model_of(conv)
+    if models_list is None and not any(m["id"] == chosen for g in groups for m in g["models"]):
+        groups.append({"label": "This conversation", "models": [{"id": chosen, "label": chosen,
+                                                                   "params": []}]})
+    return groups
+
+
+def model_of(conv):
+    return ((conv or {}).get("settings") or {}).get("model") or current_app.config["OPENROUTER_MODEL"]
+
+
+# --- reading a send ---------------------------------------------------------------------------------------
+
+class BadInput(Exception):
+    def __init__(self, status, message):
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+def read_message(conv):
+    """The message from the form, checked: returns (text, replace). `replace` is the id of the reply
+    an edit or a regenerate takes the place of (the form names it, so a stale page cannot replace a
+    turn it never showed); `text` is None for a regenerate (the last message is sent again)."""
+    text = request.form.get("message", "")
+    regenerate = request.form.get("regenerate", "")
+    replace = regenerate or request.form.get("edit", "")
+    if replace:
+        last = conversation.last_reply_id(conv)
+        if regenerate and not last:
+            raise BadInput(400, "There is no reply to regenerate yet.")
+        if replace != last:
+            raise BadInput(409, STALE)
+    if regenerate:
+        text = None
+    elif not text.strip():
+        raise BadInput(400, "Type a message first: an empty message is not sent.")
+    limit = current_app.config["MAX_MESSAGE_CHARS"]
+    if text and len(text) > limit:
+        raise RequestEntityTooLarge(f"The message is {len(text):,} characters long; the limit is "
+                                    f"{limit:,}. Nothing was sent or stored.")
+    if not current_app.config["OPENROUTER_API_KEY"]:
+        raise BadInput(503, UpstreamError("no_key").message)
+    return text, replace or None
+
+
+def read_settings(conv, models_list):
+    """The conversation's model and options from the form, checked (a form without these fields
+    keeps what the conversation has). A model that is not offered is refused: nothing is sent."""
+    form = request.form
+    settings = dict(conv.get("settings") or {})
+    if "model" in form:
+        wanted = form["model"].strip()
+        ids = {m["id"] for g in offered(models_list, conv) for m in g["models"]}
+        if wanted not in ids:
+            raise BadInput(400, "That model is not offered here. Pick one from the list; nothing "
+                                "was sent.")
+        settings["model"] = wanted
+    if "instructions" in form:
+        instructions = form["instructions"].strip()
+        if len(instructions) > current_app.config["MAX_MESSAGE_CHARS"]:
+            raise BadInput(400, "The system prompt is too long; nothing was sent.")
+        settings["instructions"] = instructions
+    if "max_output_tokens" in form:
+        settings["max_output_tokens"] = _number(form["max_output_tokens"], int, 1, 1_000_000,
+                                                "The output limit must be a whole number of tokens.")
+    if "temperature" in form:
+        settings["temperature"] = _number(form["temperature"], float, 0.0, 2.0,
+                                          "The temperature must be a number from 0 to 2.")
+    if "effort" in form:
+        effort = form["effort"].strip()
+        if effort and effort not in EFFORTS:
+            raise BadInput(400, "Unknown reasoning effort.")
+        settings["effort"] = effort or None
+    return settings
+
+
+def _number(raw, kind, low, high, problem):
+    raw = raw.strip()
+    if not raw:
+        return None
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise BadInput(400, problem) from None
+    if not low <= value <= high:
+        raise BadInput(400, problem)
+    return value
+
+
+def planner(models_list):
+    """`plan(conv, history, text)` for `turns.begin`: the request options for this turn (model,
+    instructions and the options the model supports, each only when set), with `max_output_tokens`
+    capped to what the model's context leaves; None when the turn would not fit at all."""
+    default_max = current_app.config["MAX_OUTPUT_TOKENS"]
+
+    def plan(conv, history, text):
+        settings = conv.get("settings") or {}
+        model_id = model_of(conv)
+        model = models.find(models_list or [], model_id)
+        instructions = settings.get("instructions") or ""
+        wanted = settings.get("max_output_tokens") or default_max
+        budget = usage.budget(models.context_length(model) if model else None, history, instructions,
+                              text, wanted)
+        if not budget["fits"]:
+            return None
+        request_options = {"model": model_id, "max_output_tokens": budget["max_output"]}
+        if instructions:
+            request_options["instructions"] = instructions
+        if settings.get("temperature") is not None and model and models.supports(model, "temperature"):
+            request_options["temperature"] = settings["temperature"]
+        if settings.get("effort") and model and models.supports(model, "reasoning"):
+            request_options["reasoning_effort"] = settings["effort"]
+        return request_options
+
+    return plan
+
+
+def turn_options():
+    """Where this process stands on running turns (refuses with `turns.Full`), and the options every
+    turn of this request runs with."""
+    config = current_app.config
+    turns.check_capacity(config["MAX_RUNNING_TURNS"], owner(), config["MAX_TURNS_PER_SESSION"])
+    return {"owner": owner(), "limit": config["OPENROUTER_TURN_TIMEOUT"]}
+
+
+def refusal_for(exc):
+    """(status, message) for a turn that cannot start now."""
+    if isinstance(exc, turns.Full):
+        return (429, TOO_MANY) if exc.too_many_for_session else (503, FULL)
+    if isinstance(exc, turns.Stale):
+        return 409, STALE
+    return 409, (QUEUE_FULL if isinstance(exc, turns.QueueFull) else BUSY)
+
+
+# --- the page -----------------------------------------------------------------------------------------------
+
+def isotime(epoch):
+    return datetime.fromtimestamp(epoch, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def clock(epoch):
+    # UTC on the server; static/app.js rewrites it in the reader's own time zone.
+    return datetime.fromtimestamp(epoch, timezone.utc).strftime("%H:%M UTC")
+
+
+def prices_by_model(models_list):
+    return {m["id"]: models.pricing(m) for m in models_list or []}
+
+
+def render_chat(cid, conv, *, draft="", error=None, hint=None, notice=None, status=200,
+                editing=False, entries=None):
+    """The chat page for conversation `cid` (None: a new, empty one)."""
+    entries = listed() if entries is None else entries
+    failed = conv.get("failed")
+    if failed and not draft:
+        draft = failed["text"]
+        if failed.get("stopped"):
+            notice = notice or f"{failed['error']} Your message is back in the box."
+        else:
+            error = error or failed["error"]
+        editing = editing or failed.get("replace", False)
+    shown = conversation.messages(conv)
+    editing = editing and len(shown) >= 2 and not conv.get("pending")
+    if editing and not draft:
+        draft = shown[-2]["text"]
+    models_list = model_list()
+    prices = prices_by_model(models_list)
+    for m, meta in zip(shown, conv["meta"]):
+        if m["role"] == "assistant":
+            m["html"] = render.markdown(m["text"])
+            m["usage"] = usage.turn_usage(meta, prices.get(meta.get("model")))
+            m["reasoning"] = meta.get("reasoning")
+        else:
+            m["html"] = render.plain(m["text"])
+    chosen = model_of(conv)
+    model = models.find(models_list or [], chosen)
+    settings = conv.get("settings") or {}
+    budget = usage.budget(models.context_length(model) if model else None,
+                          conversation.sent_history(conv), settings.get("instructions") or "", draft or "",
+                          settings.get("max_output_tokens") or current_app.config["MAX_OUTPUT_TOKENS"])
+    entry = next((e for e in entries if e["id"] == cid), None)
+    title = (entry or {}).get("title") or conversation.title(conv)
+    return render_template(
+        "chat.html", cid=cid, entries=entries, messages=shown, pending=conv.get("pending"),
+        draft=draft, error=error, hint=hint, notice=notice,
+        failed=bool(failed) and not failed.get("stopped"), context_full=bool(failed and failed.get("context")),
+        editing=editing, last_reply=conversation.last_reply_id(conv), title=title,
+        dropped=min(conv.get("dropped", 0), len(shown)), totals=usage.totals(conv, prices),
+        groups=offered(models_list, conv), chosen=chosen, model=model, settings=settings,
+        supports=lambda param: bool(model) and models.supports(model, param),
+        models_unavailable=models_list is None, budget=budget, efforts=EFFORTS,
+        missing_key=not current_app.config["OPENROUTER_API_KEY"],
+    ), status

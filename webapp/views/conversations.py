@@ -1,0 +1,80 @@
+"""A browser's conversations as a list: start a new one, rename, delete, and drop the oldest turns
+of one that outgrew its model's context. Every route checks the conversation is this browser's."""
+
+from flask import Blueprint, redirect, render_template, request, url_for
+
+from .. import conversation, turns, usage
+from .. import catalogue as models
+from . import common
+
+bp = Blueprint("conversations", __name__)
+TITLE_LIMIT = 200
+
+
+@bp.post("/new")
+def new_chat():
+    """New chat: the open conversation stays in the list; an empty one opens (stored at its first send)."""
+    return redirect(url_for("chat.blank"), code=303)
+
+
+@bp.route("/c/<cid>/rename", methods=["GET", "POST"])
+def rename(cid):
+    entry = common.owned(cid)
+    if request.method == "GET":
+        return render_template("rename.html", cid=cid, title=entry["title"])
+    title = " ".join(request.form.get("title", "").split())
+    if not title or len(title) > TITLE_LIMIT:
+        return render_template("rename.html", cid=cid, title=title, status=400,
+                               error=f"A title needs 1 to {TITLE_LIMIT} characters."), 400
+    with common.store().update_conversations(common.browser()) as entries:
+        for e in entries:
+            if e["id"] == cid:
+                e["title"] = title
+    return redirect(url_for("chat.conversation_page", cid=cid), code=303)
+
+
+@bp.route("/c/<cid>/delete", methods=["GET", "POST"])
+def delete(cid):
+    entry = common.owned(cid)
+    if request.method == "GET":  # JS off: a confirmation page (JS asks in a dialog instead)
+        return render_template("delete.html", cid=cid, title=entry["title"])
+    store = common.store()
+    pending = store.load_pending(cid)
+    if pending:
+        turns.stop(store, cid, pending["turn"])  # a reply being written goes with it
+    with store.update_conversations(common.browser()) as entries:
+        entries[:] = [e for e in entries if e["id"] != cid]
+    store.delete(cid)
+    return redirect(url_for("chat.index"), code=303)
+
+
+@bp.post("/c/<cid>/drop")
+def drop_oldest(cid):
+    """Stop sending the oldest turns, just enough of them for the next message to fit; they stay
+    on the page above a divider. The message waiting in the box is kept."""
+    common.owned(cid)
+    store = common.store()
+    models_list = common.model_list()
+    message = request.form.get("message", "")
+    with store.update(cid) as conv:
+        model = models.find(models_list or [], common.model_of(conv))
+        settings = conv.get("settings") or {}
+        dropped = usage.oldest_to_drop(conv["items"], conv.get("dropped", 0),
+                                       models.context_length(model) if model else None,
+                                       settings.get("instructions") or "", message)
+        if dropped is not None and dropped != conv.get("dropped", 0):
+            conv["dropped"] = min(dropped, len(conv["items"]))
+            conv["rev"] = conv.get("rev", 0) + 1
+            if conv.get("failed"):
+                conv["failed"] = dict(conv["failed"], text=message or conv["failed"]["text"])
+    if dropped is None:
+        return common.render_chat(cid, common.current(cid), draft=message, status=400,
+                                  error="Even without earlier turns this message does not fit the "
+                                        "model's context: shorten it, or pick a model with a larger "
+                                        "context.")
+    return redirect(url_for("chat.conversation_page", cid=cid, _anchor="message"), code=303)
+
+
+def title_of(cid, conv):
+    entry = common.owned(cid)
+    return entry["title"] or conversation.title(conv) or "Conversation"

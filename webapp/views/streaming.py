@@ -1,0 +1,256 @@
+"""The JS path of a turn: static/app.js posts the chat form to `/c/<id>/turns` (`/c/new/turns` for a
+new conversation) and reads the reply as Server-Sent Events over that response; `/c/<id>/turns/<turn>`
+picks a reply up again after a reload; `/c/<id>/stop` stops one. The same `turns` code runs the
+JS-off path. `/turns`, `/turns/<turn>` and `/stop` act on the browser's most recent conversation.
+"""
+
+import json
+import time
+
+from flask import Blueprint, Response, render_template, request, stream_with_context, url_for, redirect
+
+from .. import conversation, render, turns, usage
+from ..limits import per_session_and_address
+from . import common
+from .common import BadInput
+
+bp = Blueprint("streaming", __name__)
+
+KEEPALIVE = 15.0  # seconds of silence before a comment line keeps proxies from cutting the stream
+HTML_EVERY = 0.3  # seconds between renders of a streaming reply's markdown, at the least
+
+
+def sse(kind, data=None):
+    return f"event: {kind}\ndata: {json.dumps(data)}\n\n"
+
+
+class _Snapshots:
+    """The markdown of a streaming reply, rendered by the server's one sanitising renderer every few
+    hundred milliseconds, so the page shows formatting as it arrives. Rendering a long reply costs
+    more; it is spaced out so it never takes more than a tenth of the stream's time."""
+
+    def __init__(self):
+        self.text, self.dirty, self.last, self.interval = "", False, 0.0, HTML_EVERY
+
+    def add(self, delta):
+        self.text += delta
+        self.dirty = True
+
+    def wait(self):
+        """How long a listener may sleep: until the next render is due, or a keep-alive."""
+        return self.interval if self.dirty else KEEPALIVE
+
+    def due(self, now):
+        if not self.dirty or now - self.last < self.interval:
+            return None
+        html = str(render.markdown(self.text))
+        self.last, self.dirty = now, False
+        self.interval = max(HTML_EVERY, 10 * (time.monotonic() - now))
+        return html
+
+
+def _finished_payload(outcome_kind, data, conv):
+    """What the browser needs when a reply ends: its sanitised HTML, who wrote it when, what it used,
+    the reply an edit or regenerate would now replace, and the history size to check."""
+    payload = dict(data or {})
+    models_list = common.model_list()
+    prices = common.prices_by_model(models_list)
+    if outcome_kind == "done":
+        payload["html"] = str(render.markdown(payload.get("text", "")))
+        shown = conversation.messages(conv)
+        stored_a_reply = not payload.get("stopped") or payload.get("kept")
+        if stored_a_reply and shown and shown[-1]["role"] == "assistant":
+            meta = conv["meta"][-1]
+            payload.update(model=shown[-1]["model"], at=shown[-1]["at"],
+                           usage=usage.turn_usage(meta, prices.get(meta.get("model")))["text"],
+                           reasoning=meta.get("reasoning"))
+    payload["count"] = len(conv["items"])
+    payload["last_reply"] = conversation.last_reply_id(conv)
+    payload["total"] = usage.totals(conv, prices)["text"]
+    return payload
+
+
+def _event_stream(events, cid, snapshots):
+    """Relay events as SSE. Deltas are text for textContent, at once; `html` events carry the
+    sanitised rendering of the text so far; the final event carries the whole reply's HTML."""
+    yield ": stream open\n\n"
+    last_write = time.monotonic()
+    for kind, value in events:
+        now = time.monotonic()
+        if kind == "delta":
+            snapshots.add(value)
+            yield sse("delta", value)
+            last_write = now
+        elif kind == "alive":
+            yield ": keep-alive\n\n"  # the upstream's own keep-alive, passed on
+            last_write = now
+        elif kind in ("snapshot", "queued", "reasoning"):
+            yield sse(kind, value)
+        elif kind in ("done", "error"):
+            yield sse(kind, _finished_payload(kind, value, common.store().load(cid)))
+            return
+        html = snapshots.due(now)
+        if html is not None:
+            yield sse("html", html)
+            last_write = now
+        elif now - last_write >= KEEPALIVE:
+            yield ": keep-alive\n\n"
+            last_write = now
+
+
+def _stream_response(events, cid, snapshots):
+    response = Response(stream_with_context(_event_stream(events, cid, snapshots)),
+                        mimetype="text/event-stream")
+    response.headers["Cache-Control"] = "no-cache"
+    response.headers["X-Accel-Buffering"] = "no"  # nginx: do not buffer this response
+    return response
+
+
+def _start_when_free(cid, text, replace, snapshots, begun, waiter, options, settings, plan):
+    """Events of a new turn; while another reply in this conversation is written, say it is queued
+    (this send holds the conversation's one waiting place until it starts, gives up or its client
+    leaves)."""
+    store = common.store()
+    try:
+        deadline = time.monotonic() + max(common.QUEUE_WAIT, common.stale_after())
+        while begun is None:
+            yield "queued", {"message": "Waiting for the reply before this one to finish…"}
+            time.sleep(1.0)
+            try:
+                begun = turns.begin(store, cid, text, common.stale_after(), 0, replace, waiter,
+                                    settings, plan)
+            except turns.TooLong:
+                yield "error", {"message": conversation.CONTEXT_FULL, "text": "", "kept": False,
+                                "context": True}
+                return
+            except (turns.Stale, turns.QueueFull) as refused:
+                yield "error", {"message": common.refusal_for(refused)[1], "text": "", "kept": False,
+                                "unsent": True}
+                return
+            except turns.Busy:
+                if time.monotonic() > deadline:
+                    yield "error", {"message": common.BUSY, "text": "", "kept": False, "unsent": True}
+                    return
+    finally:
+        if begun is None:
+            turns.release(store, cid, waiter)
+    yield "snapshot", {"turn": begun.turn, "text": "", "conversation": cid,
+                       "url": url_for("chat.conversation_page", cid=cid)}
+    yield from turns.start(store, common.client(), cid, begun.turn, begun.items,
+                           request=begun.request, **options).listen(snapshots.wait)
+
+
+@bp.post("/turns")
+@per_session_and_address
+def stream_to_latest():
+    entries = common.listed()
+    return _stream(entries[0]["id"] if entries else None)
+
+
+@bp.post("/c/<cid>/turns")
+@per_session_and_address
+def stream(cid):
+    if cid != "new":
+        common.owned(cid)
+    return _stream(None if cid == "new" else cid)
+
+
+def _stream(cid):
+    conv = common.current(cid)
+    models_list = common.model_list()
+    try:
+        text, replace = common.read_message(conv)
+        settings = common.read_settings(conv, models_list)
+    except BadInput as bad:
+        return {"error": bad.message}, bad.status
+    waiter = common.new_id()
+    plan = common.planner(models_list)
+    try:
+        options = common.turn_options()
+        cid = cid or common.new_id()
+        common.touch(cid, text)
+        begun = turns.begin(common.store(), cid, text, common.stale_after(), 0, replace, waiter,
+                            settings, plan)
+    except turns.TooLong:
+        return {"error": conversation.CONTEXT_FULL, "context": True,
+                "url": url_for("chat.conversation_page", cid=cid)}, 400
+    except (turns.Stale, turns.QueueFull, turns.Full) as refused:
+        status, message = common.refusal_for(refused)
+        return {"error": message}, status
+    except turns.Busy:
+        begun = None  # this send holds the waiting place: the stream says "queued" until it starts
+    snapshots = _Snapshots()
+    events = _start_when_free(cid, text, replace, snapshots, begun, waiter, options, settings, plan)
+    return _stream_response(events, cid, snapshots)
+
+
+@bp.get("/turns/<turn>")
+@bp.get("/c/<cid>/turns/<turn>")
+def resume(turn, cid=None):
+    """Follow a reply after a reload: live from this process's relay, or from the saved progress.
+    Only a reply of one of this browser's conversations: any other id is a 404, whatever it is."""
+    entries = common.listed()
+    cid = cid or (entries[0]["id"] if entries else None)
+    relay = turns.LIVE.get(turn)
+    if not cid or not any(e["id"] == cid for e in entries) \
+            or not (relay and relay.cid == cid or _is_pending(cid, turn)):
+        return {"error": "No such reply is being written in this conversation."}, 404
+    snapshots = _Snapshots()
+    # A relay replays from the first delta, so the listener ends up with the whole text either way.
+    events = relay.listen(snapshots.wait) if relay else _follow_store(common.store(), cid, turn)
+    return _stream_response(events, cid, snapshots)
+
+
+def _is_pending(cid, turn):
+    pending = common.store().load_pending(cid)
+    return bool(pending and pending["turn"] == turn)
+
+
+def _follow_store(store, cid, turn, every=0.3):
+    """Progress saved by another worker: send what was added since the last look, until it ends."""
+    sent = ""
+    while True:
+        conv = store.load(cid)
+        pending = conv.get("pending")
+        if not pending or pending["turn"] != turn:
+            last = conversation.messages(conv)
+            failed = conv.get("failed")
+            if failed and failed.get("stopped"):
+                yield turns.stopped_outcome(False, "")
+            elif failed:
+                yield "error", {"message": failed["error"], "text": "", "kept": False}
+            elif last and last[-1]["role"] == "assistant":
+                text = last[-1]["text"]
+                if text.startswith(sent) and len(text) > len(sent):
+                    yield "delta", text[len(sent):]  # the words written after the last save
+                yield "done", {"text": text, "note": last[-1]["note"], "stopped": last[-1]["stopped"],
+                               "kept": True}
+            else:
+                yield "done", {"text": "", "note": None}
+            return
+        partial = pending.get("partial", "")
+        if partial.startswith(sent) and len(partial) > len(sent):
+            yield "delta", partial[len(sent):]
+            sent = partial
+        else:
+            yield "tick", None  # lets the stream send a due rendering, or a keep-alive
+        time.sleep(every)
+
+
+@bp.post("/stop")
+@bp.post("/c/<cid>/stop")
+def stop(cid=None):
+    entries = common.listed()
+    cid = cid or (entries[0]["id"] if entries else None)
+    found = cid and any(e["id"] == cid for e in entries)
+    pending = common.store().load_pending(cid) if found else None
+    turn = request.form.get("turn") or (pending and pending["turn"])
+    if not (found and turn and turns.stop(common.store(), cid, turn)):
+        # Not a reply being written in this browser's conversation: someone else's, or finished.
+        message = "There is no reply being written here to stop (it may have just finished)."
+        if request.accept_mimetypes.best == "application/json":
+            return {"error": message}, 404
+        return render_template("error.html", code=404, title="Nothing to stop", message=message), 404
+    if request.accept_mimetypes.best == "application/json":
+        return {"stopped": True}
+    return redirect(url_for("chat.conversation_page", cid=cid, _anchor="latest"), code=303)

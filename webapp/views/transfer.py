@@ -1,0 +1,68 @@
+"""Keeping and sharing: export a conversation as Markdown or as JSON (its exact Responses API items
+plus metadata), and import such a JSON file as a new conversation of this browser."""
+
+import json
+import re
+
+from flask import Blueprint, Response, current_app, redirect, render_template, request, url_for
+
+from .. import exchange
+from . import common
+from .conversations import title_of
+
+bp = Blueprint("transfer", __name__)
+
+
+def _filename(title, ext):
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "-", title).strip("-")[:60] or "conversation"
+    return f"{stem}.{ext}"
+
+
+def _download(body, mimetype, filename):
+    response = Response(body, mimetype=mimetype)
+    response.headers["Content-Disposition"] = f'attachment; filename="{filename}"'
+    return response
+
+
+@bp.get("/c/<cid>/export.md")
+def export_markdown(cid):
+    conv = common.current(cid)
+    title = title_of(cid, conv)
+    prices = common.prices_by_model(common.model_list())
+    return _download(exchange.to_markdown(conv, title, prices), "text/markdown; charset=utf-8",
+                     _filename(title, "md"))
+
+
+@bp.get("/c/<cid>/export.json")
+def export_json(cid):
+    conv = common.current(cid)
+    title = title_of(cid, conv)
+    prices = common.prices_by_model(common.model_list())
+    body = json.dumps(exchange.to_json(conv, title, prices), ensure_ascii=False, indent=1)
+    return _download(body, "application/json", _filename(title, "json"))
+
+
+@bp.route("/import", methods=["GET", "POST"])
+def import_conversation():
+    if request.method == "GET":
+        return render_template("import.html")
+    upload = request.files.get("file")
+    if upload is None or not upload.filename:
+        return render_template("import.html", error="Choose a JSON file exported from this app."), 400
+    config = current_app.config
+    try:
+        conv = exchange.from_bytes(upload.read(config["MAX_CONTENT_LENGTH"] + 1),
+                                   config["MAX_CONTENT_LENGTH"], max_chars=config["MAX_MESSAGE_CHARS"])
+    except exchange.ImportProblem as problem:
+        return render_template("import.html", error=f"That file cannot be imported: {problem}"), 400
+    offered = {m["id"] for g in common.offered(common.model_list()) for m in g["models"]}
+    if conv["settings"].get("model") not in offered:
+        conv["settings"]["model"] = None  # not offered here: the default model answers it
+    cid = common.new_id()
+    title = conv.pop("title", None) or "Imported conversation"
+    store = common.store()
+    with store.update(cid) as stored:
+        stored.update(conv)
+        stored["rev"] = stored.get("rev", 0) + 1
+    common.touch(cid, title)  # listed only once stored
+    return redirect(url_for("chat.conversation_page", cid=cid), code=303)

@@ -305,3 +305,25 @@ def test_an_anonymous_visit_is_stored_briefly_and_a_conversation_for_the_full_li
     assert [3590 < e <= 3600 for e in expiries()] == [True]  # one session file (its CSRF token), an hour
     send(client, "hello")
     assert all(e > 29 * 86400 for e in expiries())  # session and conversation: the full 30 days
+
+
+def test_a_reply_is_rendered_once_when_it_settles_and_pages_reuse_it(client, fake, monkeypatch):
+    """Render once: the page assembles stored fragments instead of running markdown on every view."""
+    from webapp import render
+
+    fake.queue(reply("Some **bold** words"))
+    send(client, "render me")
+    store = client.application.extensions["chat_store"]
+    cid = re.search(r'href="/c/([\w-]+)" aria-current="page"', page(client)).group(1)
+    meta = store.load(cid)["meta"][-1]
+    assert meta["rv"] == render.VERSION and "<strong>bold</strong>" in meta["html"]
+    assert "html" not in str(store.load(cid)["items"])  # never in what goes upstream
+
+    def no_rendering(text):
+        raise AssertionError("a stored reply was rendered again")
+
+    monkeypatch.setattr(render, "markdown", no_rendering)
+    assert "<strong>bold</strong>" in page(client)
+    monkeypatch.setattr(render, "VERSION", render.VERSION + 1)  # a new renderer: render again
+    with pytest.raises(AssertionError):
+        page(client)

@@ -14,6 +14,9 @@ from pygments.util import ClassNotFound
 
 from markupsafe import Markup, escape
 
+# Bump when the rendering changes: replies stored with another version are rendered again on view.
+VERSION = 1
+
 _FORMATTER = HtmlFormatter(nowrap=True)
 
 TAGS = {"p", "br", "hr", "h1", "h2", "h3", "h4", "h5", "h6", "strong", "em", "del", "s", "code",
@@ -62,6 +65,14 @@ def markdown(text):
     return Markup(nh3.clean(
         html, tags=TAGS, attributes=ATTRIBUTES, url_schemes={"http", "https", "mailto"},
         link_rel="noopener noreferrer nofollow", clean_content_tags={"script", "style"}))
+
+
+def stored(meta, text):
+    """A settled reply's HTML: the fragment rendered when it settled, when it came from this
+    renderer version; else rendered now."""
+    if meta.get("rv") == VERSION and "html" in meta:
+        return Markup(meta["html"])
+    return markdown(text)
 
 
 def plain(text):

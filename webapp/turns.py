@@ -18,7 +18,7 @@ import threading
 import time
 from typing import NamedTuple
 
-from . import conversation, usage
+from . import conversation, render, usage
 from .openrouter import StreamState, UpstreamError
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,10 @@ def _settle_partial(conv, pending, item_id, text, note, stopped=False):
                                pending.get("replace", False), stopped=stopped)
 
 
-def _add(conv, pending, item_id, status, text, **meta):
+def _add(conv, pending, item_id, status, text, html=None, **meta):
+    # Rendered once, here, and kept beside the item (never in it: the items go upstream as they are):
+    # a page view only assembles stored fragments.
+    meta.update(html=str(html if html is not None else render.markdown(text)), rv=render.VERSION)
     if pending.get("replace"):
         # Regenerate/edit: the old last turn goes only now, once its replacement exists.
         del conv["items"][-2:], conv["meta"][-2:]
@@ -301,9 +304,10 @@ def execute(store, client, cid, turn, items, relay, stream=True, request=None):
         for kind, value in events:
             if kind == "done":
                 reply = value
+                html = render.markdown(reply.text)  # outside the conversation's lock
                 ok = _settle(store, cid, turn, lambda conv, pending: _add(
-                    conv, pending, reply.item_id, reply.status, reply.text, note=note_for(reply),
-                    model=reply.model, usage=reply.usage, reasoning=getattr(reply, "reasoning", None)))
+                    conv, pending, reply.item_id, reply.status, reply.text, html, note=note_for(reply),
+                    model=reply.model, usage=reply.usage, reasoning=reply.reasoning))
                 outcome = ("done", {"text": reply.text, "note": conversation.note_text(note_for(reply)),
                                     "stored": ok})
                 break

@@ -287,7 +287,7 @@ def render_chat(cid, conv, *, draft="", error=None, hint=None, notice=None, stat
     prices = prices_by_model(models_list)
     for m, meta in zip(shown, conv["meta"]):
         if m["role"] == "assistant":
-            m["html"] = render.markdown(m["text"])
+            m["html"] = render.stored(meta, m["text"])
             m["usage"] = usage.turn_usage(meta, prices.get(meta.get("model")))
             m["reasoning"] = meta.get("reasoning")
         else:

@@ -56,9 +56,13 @@ def _finished_payload(outcome_kind, data, conv):
     models_list = common.model_list()
     prices = common.prices_by_model(models_list)
     if outcome_kind == "done":
-        payload["html"] = str(render.markdown(payload.get("text", "")))
         shown = conversation.messages(conv)
         stored_a_reply = not payload.get("stopped") or payload.get("kept")
+        text = payload.get("text", "")
+        if stored_a_reply and shown and shown[-1]["role"] == "assistant" and shown[-1]["text"] == text:
+            payload["html"] = str(render.stored(conv["meta"][-1], text))  # rendered when it settled
+        else:
+            payload["html"] = str(render.markdown(text))
         if stored_a_reply and shown and shown[-1]["role"] == "assistant":
             meta = conv["meta"][-1]
             payload.update(model=shown[-1]["model"], at=shown[-1]["at"],

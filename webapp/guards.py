@@ -7,6 +7,7 @@ strict Content-Security-Policy (no inline script or style anywhere in the app) a
 pages or turns. Refusals keep what the user typed: the 400/403/429 pages offer it back in a form.
 """
 
+import re
 from urllib.parse import urlsplit
 
 from flask import current_app, render_template, request, session, url_for, redirect
@@ -31,9 +32,12 @@ class Refused(Exception):
         self.status, self.title, self.message, self.keep_draft = status, title, message, keep_draft
 
 
+TURNS_PATH = re.compile(r"(/c/[^/]+)?/turns(/|$)")
+
+
 def wants_json():
     """The streaming endpoints and fetch() calls from static/app.js get JSON errors, pages get HTML."""
-    return request.path.startswith("/turns") or request.accept_mimetypes.best == "application/json"
+    return bool(TURNS_PATH.match(request.path)) or request.accept_mimetypes.best == "application/json"
 
 
 def refusal(status, title, message, keep_draft=True):
@@ -62,12 +66,16 @@ def from_this_origin():
 
 
 def check_request():
+    if getattr(session, "store_down", False):
+        raise Refused(503, "Storage unavailable", "The conversation store could not be reached, so "
+                      "nothing was sent or saved. Try again in a moment.")
     if request.url_rule is None:
         return None  # no such page or method: routing answers 404/405 after this
     if duplicate_cookie(request, current_app.config["SESSION_COOKIE_NAME"]):
+        # No form on this page: its CSRF token would start a session whose cookie replaces the real one.
         raise Refused(400, "Two session cookies", "Your browser sent this site's session cookie twice: "
                       "another page on this host may have set one. Clear this site's cookies, then "
-                      "open the chat again.")
+                      "open the chat again.", keep_draft=False)
     if current_app.config["ACCESS_PASSWORD"] and not session.get("authed") \
             and request.endpoint not in OPEN_ENDPOINTS:
         if request.method in UNSAFE or wants_json():

@@ -13,9 +13,10 @@ limiter = Limiter(key_func=get_remote_address, headers_enabled=True)
 
 
 def _session_key():
-    # Flask-Session's id: a browser that keeps its cookie is one key; one that drops it gets a new
-    # session each time and meets the per-address limit instead.
-    return "session:" + getattr(session, "sid", "")
+    # The session's CSRF secret: unlike its id, it survives the new id a session gets at its first
+    # send and at login. A browser that drops its cookie gets a new session each time and meets
+    # the per-address limit instead (and, without a token, the CSRF check first).
+    return "session:" + (session.get("csrf_token") or getattr(session, "sid", ""))
 
 
 def _rate(name):
@@ -27,11 +28,13 @@ def _off(name):
 
 
 def per_session_and_address(view):
-    """The limits on anything that starts a turn."""
-    view = limiter.limit(_rate("RATE_LIMIT_PER_SESSION"), key_func=_session_key,
-                         exempt_when=_off("RATE_LIMIT_PER_SESSION"))(view)
-    return limiter.limit(_rate("RATE_LIMIT_PER_ADDRESS"), key_func=get_remote_address,
-                         exempt_when=_off("RATE_LIMIT_PER_ADDRESS"))(view)
+    """The limits on anything that starts a turn: one counter for all the send routes (JS-off and
+    streamed, to the latest or a named conversation), so using several does not multiply them."""
+    view = limiter.shared_limit(_rate("RATE_LIMIT_PER_SESSION"), scope="sends-per-session",
+                                key_func=_session_key, exempt_when=_off("RATE_LIMIT_PER_SESSION"))(view)
+    return limiter.shared_limit(_rate("RATE_LIMIT_PER_ADDRESS"), scope="sends-per-address",
+                                key_func=get_remote_address,
+                                exempt_when=_off("RATE_LIMIT_PER_ADDRESS"))(view)
 
 
 def failed_logins(view):

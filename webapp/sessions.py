@@ -20,11 +20,27 @@ def established(session):
 
 class _ShortLivedWhileAnonymous:
     anonymous_lifetime = None  # set by `interface`
+    store_errors = ()  # the store's own errors while opening a session (set by `interface`)
 
     def _upsert_session(self, session_lifetime, session, store_id):
         if not established(session):
             session_lifetime = self.anonymous_lifetime
         super()._upsert_session(session_lifetime, session, store_id)
+
+    def open_session(self, app, request):
+        # Flask opens the session before any view or error handler runs: a store that is down here
+        # would be a bare 500. Mark the session instead; guards.check_request answers a clear 503.
+        try:
+            return super().open_session(app, request)
+        except self.store_errors:
+            app.logger.error("the session store does not answer")
+            unavailable = self.session_class(sid=self._generate_sid(self.sid_length))
+            unavailable.store_down = True
+            return unavailable
+
+    def save_session(self, app, session, response):
+        if not getattr(session, "store_down", False):
+            super().save_session(app, session, response)
 
 
 class FileSessions(_ShortLivedWhileAnonymous, CacheLibSessionInterface):
@@ -38,7 +54,10 @@ class RedisSessions(_ShortLivedWhileAnonymous, RedisSessionInterface):
 def interface(app, cache=None, redis_client=None):
     """The session interface for `app`: files in `cache`, or Redis through `redis_client`."""
     if redis_client is not None:
+        import redis
+
         chosen = RedisSessions(app, client=redis_client, serialization_format="json")
+        chosen.store_errors = (redis.RedisError,)
     else:
         chosen = FileSessions(app, client=cache, serialization_format="json")
     chosen.anonymous_lifetime = app.config["ANONYMOUS_SESSION_LIFETIME"]

@@ -84,6 +84,7 @@ def _send(cid):
             return common.render_chat(cid, conv, draft=draft, hint=bad.message, status=400)
         return common.render_chat(cid, conv, draft=draft, error=bad.message, status=bad.status)
     waiter = common.new_id()
+    common.browser(create=True)  # a new session id first: the turn is counted and logged under it
     try:
         options = common.turn_options()
         cid = cid or common.new_id()

@@ -169,6 +169,7 @@ def _stream(cid):
         return {"error": bad.message}, bad.status
     waiter = common.new_id()
     plan = common.planner(models_list)
+    common.browser(create=True)  # a new session id first: the turn is counted and logged under it
     try:
         options = common.turn_options()
         cid = cid or common.new_id()

@@ -178,10 +178,26 @@
     const none = list.querySelector(".none");
     if (none) none.remove();
     const text = view.user.querySelector("[data-role]").textContent.replace(/\s+/g, " ").trim();
-    const link = el("a", { href: url, "aria-current": "page" }, text.length > 60 ? text.slice(0, 59) + "…" : text);
+    const title = text.length > 60 ? text.slice(0, 59) + "…" : text;
+    const link = el("a", { href: url, "aria-current": "page" }, title);
     const item = el("li");
     item.appendChild(link);
     list.prepend(item);
+    // The heading and the conversation's own links, as the server renders them for /c/<id>.
+    const heading = document.getElementById("conversation-title");
+    if (heading) heading.textContent = title;
+    const bar = document.querySelector(".convbar");
+    if (bar && !bar.querySelector(".conv-actions")) {
+      const path = new URL(url, location.href).pathname;
+      const actions = el("div", { class: "conv-actions" });
+      actions.append(el("a", { href: path + "/rename" }, "Rename"),
+        el("a", { href: path + "/export.md" }, "Export Markdown"),
+        el("a", { href: path + "/export.json" }, "Export JSON"));
+      const remove = el("form", { method: "get", action: path + "/delete", class: "inline" });
+      remove.appendChild(el("button", { type: "submit", class: "secondary small danger" }, "Delete"));
+      actions.appendChild(remove);
+      bar.appendChild(actions);
+    }
   }
 
   function pendingArticle(turn) {
@@ -324,6 +340,7 @@
     });
     const total = document.querySelector('[data-role="total"]');
     if (total && data.total) total.textContent = "Total: " + data.total;
+    if (data.budget) showBudget(data.budget.used, data.budget.limit, data.budget.text);
     if (document.title === "Chat") {
       const first = log.querySelector('[data-role="user"]').textContent.replace(/\s+/g, " ").trim();
       document.title = (first.length > 60 ? first.slice(0, 59) + "…" : first) + " · Chat";
@@ -467,7 +484,33 @@
       p.querySelectorAll("input, select").forEach(function (f) { f.disabled = !on; });
     });
   }
-  if (modelSelect) modelSelect.addEventListener("change", offerParams);
+  if (modelSelect) modelSelect.addEventListener("change", function () {
+    offerParams();
+    // The same history against the new model's context (the server's estimate of what it uses).
+    const meter = document.getElementById("budget");
+    const limit = Number(modelSelect.selectedOptions[0].dataset.context) || null;
+    if (meter) showBudget(Number(meter.value), limit, null);
+  });
+
+  // --- how full the model's context is -------------------------------------------------------------
+  function showBudget(used, limit, text) {
+    const meter = document.getElementById("budget");
+    const label = document.getElementById("budget-text");
+    if (!meter || !label) return;
+    meter.parentNode.hidden = !limit;
+    if (!limit) return;
+    meter.max = limit;
+    meter.low = Math.floor(limit * 0.7);
+    meter.high = Math.floor(limit * 0.9);
+    meter.value = used;
+    if (!text) {
+      const percent = Math.round(Math.min(1, used / limit) * 100);
+      const shown = used && percent === 0 ? "<1" : percent === 100 && used < limit ? ">99" : String(percent);
+      text = "About " + used.toLocaleString("en-US") + " of " + limit.toLocaleString("en-US") +
+        " tokens (" + shown + "%)";
+    }
+    label.textContent = "Context: " + text;
+  }
 
   // --- the conversation list: always shown on wide screens (CSS does it too where browsers can) ---
   const sidebar = document.getElementById("sidebar");

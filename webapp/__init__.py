@@ -5,7 +5,7 @@ import os
 
 from cachelib.file import FileSystemCache
 from dotenv import load_dotenv
-from flask import Flask, render_template
+from flask import Flask, render_template, request
 from werkzeug.exceptions import HTTPException, SecurityError
 from werkzeug.middleware.proxy_fix import ProxyFix
 
@@ -88,6 +88,10 @@ def register_error_pages(app, redis=None):
         if exc.code == 429:  # Flask-Limiter; it adds Retry-After to the response
             return guards.refusal(429, "Too many messages", "Messages are arriving faster than this "
                                   "chat allows. Wait a moment, then send again.")
+        if exc.code == 413 and request.endpoint == "transfer.import_conversation":
+            limit = app.config["MAX_CONTENT_LENGTH"]
+            return render_template("import.html", error=f"That file is too large to import (the limit "
+                                   f"is {limit:,} bytes). Nothing was stored."), 413
         # A 413 is about the body itself: it cannot be read back into the form.
         return guards.refusal(exc.code, exc.name, exc.description, keep_draft=exc.code != 413)
 

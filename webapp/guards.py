@@ -47,7 +47,7 @@ def refusal(status, title, message, keep_draft=True):
         return {"error": message}, status
     draft = request.form.get("message") if keep_draft and request.method in UNSAFE else None
     # Sent again to where it was going when that was a page's send, else to the latest conversation.
-    resend = request.path if request.endpoint in ("chat.send", "chat.send_to_latest") else "/"
+    resend = request.path if request.endpoint == "chat.send" else "/"
     return render_template("error.html", code=status, title=title, message=message,
                            draft=draft, resend=resend), status
 

@@ -57,57 +57,38 @@ def favicon():
 
 
 @bp.post("/")
-@per_session_and_address
-def send_to_latest():
-    entries = common.listed()
-    return _send(entries[0]["id"] if entries else None)
-
-
 @bp.post("/c/<cid>")
 @per_session_and_address
-def send(cid):
-    if cid != "new":
-        common.owned(cid)
-    return _send(None if cid == "new" else cid)
-
-
-def _send(cid):
+def send(cid=None):
     """One JS-off turn: read the form, begin, wait for the whole reply, then show the page again."""
+    cid = common.target(cid)
     draft = request.form.get("message", "")
-    conv = common.current(cid)
-    models_list = common.model_list()
     try:
-        text, replace = common.read_message(conv)
-        settings = common.read_settings(conv, models_list)
+        sending = common.Send(cid)
     except BadInput as bad:
-        if bad.status == 400:
-            return common.render_chat(cid, conv, draft=draft, hint=bad.message, status=400)
-        return common.render_chat(cid, conv, draft=draft, error=bad.message, status=bad.status)
-    waiter = common.new_id()
-    common.browser(create=True)  # a new session id first: the turn is counted and logged under it
+        kind = "hint" if bad.status == 400 else "error"
+        return common.render_chat(cid, common.current(cid), draft=draft, status=bad.status,
+                                  **{kind: bad.message})
     try:
-        options = common.turn_options()
-        cid = cid or common.new_id()
-        common.touch(cid, text)
-        begun = turns.begin(common.store(), cid, text, common.stale_after(), common.QUEUE_WAIT,
-                            replace, waiter, settings, common.planner(models_list))
+        begun = sending.begin(common.QUEUE_WAIT)
     except turns.TooLong:
-        return redirect(url_for("chat.conversation_page", cid=cid, _anchor="message"), code=303)
+        return redirect(url_for("chat.conversation_page", cid=sending.cid, _anchor="message"), code=303)
     except (turns.Busy, turns.Stale, turns.Full) as refused:
         if isinstance(refused, turns.Busy) and not isinstance(refused, turns.QueueFull):
-            turns.release(common.store(), cid, waiter)
+            sending.release()
         status, message = common.refusal_for(refused)
-        return common.render_chat(cid, common.current(cid), draft=draft, status=status, error=message)
-    turns.run(common.store(), common.client(), cid, begun.turn, begun.items, request=begun.request,
-              **options)
-    return redirect(url_for("chat.conversation_page", cid=cid, _anchor="latest"), code=303)
+        return common.render_chat(sending.cid, common.current(sending.cid), draft=draft, status=status,
+                                  error=message)
+    turns.run(common.store(), common.client(), sending.cid, begun.turn, begun.items,
+              request=begun.request, **sending.options)
+    return redirect(url_for("chat.conversation_page", cid=sending.cid, _anchor="latest"), code=303)
 
 
 @bp.post("/edit")
 @bp.post("/c/<cid>/edit")
 def edit(cid=None):
     """JS-off Edit: show the last message in the box; sending it replaces the last turn."""
-    cid = cid or _latest()
+    cid = cid or common.latest()
     common.owned(cid)
     return redirect(url_for("chat.conversation_page", cid=cid, edit="1", _anchor="message"), code=303)
 
@@ -116,13 +97,8 @@ def edit(cid=None):
 @bp.post("/c/<cid>/edit/cancel")
 def cancel_edit(cid=None):
     """JS-off Cancel while editing: back to the conversation, nothing replaced."""
-    cid = cid or _latest()
+    cid = cid or common.latest()
     if cid is None:
         return redirect(url_for("chat.index"), code=303)
     common.owned(cid)
     return redirect(url_for("chat.conversation_page", cid=cid, _anchor="latest"), code=303)
-
-
-def _latest():
-    entries = common.listed()
-    return entries[0]["id"] if entries else None

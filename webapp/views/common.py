@@ -235,6 +235,56 @@ def planner(models_list):
     return plan
 
 
+def latest():
+    """This browser's most recent conversation, or None."""
+    entries = listed()
+    return entries[0]["id"] if entries else None
+
+
+def target(cid):
+    """The conversation a send to `/c/<cid>` goes to: this browser's own (else 404), or None for
+    `new`; without a `cid` (`POST /`, `/turns`), the most recent one."""
+    if cid is None:
+        return latest()
+    if cid == "new":
+        return None
+    owned(cid)
+    return cid
+
+
+class Send:
+    """One send, read from the form and begun: what the JS-off and the streamed routes share.
+
+    `Send(cid)` reads and checks the message and settings (raises BadInput); `begin(wait)` gives the
+    browser its id (a new session id: the turn is counted and logged under it), checks capacity,
+    lists the conversation and marks the turn pending (raises what `turns.begin` raises, or
+    `turns.Full`). A refused send gives up the waiting place it may hold with `release()`."""
+
+    def __init__(self, cid):
+        self.cid = cid
+        self.conv = current(cid)
+        self.models = model_list()
+        self.text, self.replace = read_message(self.conv)
+        self.settings = read_settings(self.conv, self.models)
+        self.plan = planner(self.models)
+        self.waiter = new_id()
+        self.options = None
+
+    def begin(self, wait):
+        browser(create=True)
+        self.options = turn_options()
+        self.cid = self.cid or new_id()
+        touch(self.cid, self.text)
+        return self.again(wait)
+
+    def again(self, wait=0):
+        return turns.begin(store(), self.cid, self.text, stale_after(), wait, self.replace, self.waiter,
+                           self.settings, self.plan)
+
+    def release(self):
+        turns.release(store(), self.cid, self.waiter)
+
+
 def turn_options():
     """Where this process stands on running turns (refuses with `turns.Full`), and the options every
     turn of this request runs with."""
@@ -267,6 +317,15 @@ def prices_by_model(models_list):
     return {m["id"]: models.pricing(m) for m in models_list or []}
 
 
+def budget_of(conv, models_list, draft=""):
+    """How full the conversation's model context is (for the meter), with `draft` as the next message."""
+    settings = conv.get("settings") or {}
+    model = models.find(models_list or [], model_of(conv))
+    return usage.budget(models.context_length(model) if model else None,
+                        conversation.sent_history(conv), settings.get("instructions") or "", draft or "",
+                        settings.get("max_output_tokens") or current_app.config["MAX_OUTPUT_TOKENS"])
+
+
 def render_chat(cid, conv, *, draft="", error=None, hint=None, notice=None, status=200,
                 editing=False, entries=None):
     """The chat page for conversation `cid` (None: a new, empty one)."""
@@ -295,9 +354,7 @@ def render_chat(cid, conv, *, draft="", error=None, hint=None, notice=None, stat
     chosen = model_of(conv)
     model = models.find(models_list or [], chosen)
     settings = conv.get("settings") or {}
-    budget = usage.budget(models.context_length(model) if model else None,
-                          conversation.sent_history(conv), settings.get("instructions") or "", draft or "",
-                          settings.get("max_output_tokens") or current_app.config["MAX_OUTPUT_TOKENS"])
+    budget = budget_of(conv, models_list, draft)
     entry = next((e for e in entries if e["id"] == cid), None)
     title = (entry or {}).get("title") or conversation.title(conv)
     return render_template(

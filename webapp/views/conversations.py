@@ -62,6 +62,9 @@ def drop_oldest(cid):
         dropped = usage.oldest_to_drop(conv["items"], conv.get("dropped", 0),
                                        models.context_length(model) if model else None,
                                        settings.get("instructions") or "", message)
+        if dropped == conv.get("dropped", 0) and (conv.get("failed") or {}).get("context"):
+            # Upstream refused it as too long although the estimate says it fits: drop a turn more.
+            dropped = min(dropped + 2, max(0, len(conv["items"]) - 2))
         if dropped is not None and dropped != conv.get("dropped", 0):
             conv["dropped"] = min(dropped, len(conv["items"]))
             conv["rev"] = conv.get("rev", 0) + 1

@@ -71,6 +71,8 @@ def _finished_payload(outcome_kind, data, conv):
     payload["count"] = len(conv["items"])
     payload["last_reply"] = conversation.last_reply_id(conv)
     payload["total"] = usage.totals(conv, prices)["text"]
+    budget = common.budget_of(conv, models_list)
+    payload["budget"] = {"used": budget["used"], "limit": budget["limit"], "text": budget["text"]}
     return payload
 
 
@@ -110,19 +112,17 @@ def _stream_response(events, cid, snapshots):
     return response
 
 
-def _start_when_free(cid, text, replace, snapshots, begun, waiter, options, settings, plan):
+def _start_when_free(sending, begun, snapshots):
     """Events of a new turn; while another reply in this conversation is written, say it is queued
     (this send holds the conversation's one waiting place until it starts, gives up or its client
     leaves)."""
-    store = common.store()
     try:
         deadline = time.monotonic() + max(common.QUEUE_WAIT, common.stale_after())
         while begun is None:
             yield "queued", {"message": "Waiting for the reply before this one to finish…"}
             time.sleep(1.0)
             try:
-                begun = turns.begin(store, cid, text, common.stale_after(), 0, replace, waiter,
-                                    settings, plan)
+                begun = sending.again()
             except turns.TooLong:
                 yield "error", {"message": conversation.CONTEXT_FULL, "text": "", "kept": False,
                                 "context": True}
@@ -137,56 +137,34 @@ def _start_when_free(cid, text, replace, snapshots, begun, waiter, options, sett
                     return
     finally:
         if begun is None:
-            turns.release(store, cid, waiter)
+            sending.release()
+    cid = sending.cid
     yield "snapshot", {"turn": begun.turn, "text": "", "conversation": cid,
                        "url": url_for("chat.conversation_page", cid=cid)}
-    yield from turns.start(store, common.client(), cid, begun.turn, begun.items,
-                           request=begun.request, **options).listen(snapshots.wait)
+    yield from turns.start(common.store(), common.client(), cid, begun.turn, begun.items,
+                           request=begun.request, **sending.options).listen(snapshots.wait)
 
 
 @bp.post("/turns")
-@per_session_and_address
-def stream_to_latest():
-    entries = common.listed()
-    return _stream(entries[0]["id"] if entries else None)
-
-
 @bp.post("/c/<cid>/turns")
 @per_session_and_address
-def stream(cid):
-    if cid != "new":
-        common.owned(cid)
-    return _stream(None if cid == "new" else cid)
-
-
-def _stream(cid):
-    conv = common.current(cid)
-    models_list = common.model_list()
+def stream(cid=None):
     try:
-        text, replace = common.read_message(conv)
-        settings = common.read_settings(conv, models_list)
+        sending = common.Send(common.target(cid))
     except BadInput as bad:
         return {"error": bad.message}, bad.status
-    waiter = common.new_id()
-    plan = common.planner(models_list)
-    common.browser(create=True)  # a new session id first: the turn is counted and logged under it
     try:
-        options = common.turn_options()
-        cid = cid or common.new_id()
-        common.touch(cid, text)
-        begun = turns.begin(common.store(), cid, text, common.stale_after(), 0, replace, waiter,
-                            settings, plan)
+        begun = sending.begin(0)
     except turns.TooLong:
         return {"error": conversation.CONTEXT_FULL, "context": True,
-                "url": url_for("chat.conversation_page", cid=cid)}, 400
+                "url": url_for("chat.conversation_page", cid=sending.cid)}, 400
     except (turns.Stale, turns.QueueFull, turns.Full) as refused:
         status, message = common.refusal_for(refused)
         return {"error": message}, status
     except turns.Busy:
         begun = None  # this send holds the waiting place: the stream says "queued" until it starts
     snapshots = _Snapshots()
-    events = _start_when_free(cid, text, replace, snapshots, begun, waiter, options, settings, plan)
-    return _stream_response(events, cid, snapshots)
+    return _stream_response(_start_when_free(sending, begun, snapshots), sending.cid, snapshots)
 
 
 @bp.get("/turns/<turn>")

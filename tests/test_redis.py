@@ -120,7 +120,8 @@ def add_turn(store, cid, text="hello"):
 
 
 def test_a_small_blocking_pool_serves_300_threads_at_once(redis_url):
-    client = redis_client(redis_url, max_connections=20)
+    # A roomy wait for a free connection: this is about waiting instead of failing, on a busy machine.
+    client = redis_client(redis_url, max_connections=20, timeout=5.0)
     store = Store(RedisBackend(client), ttl=60)
     errors = []
     start = threading.Barrier(300)

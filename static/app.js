@@ -9,7 +9,14 @@
   const box = document.getElementById("message");
   const log = document.querySelector('[data-role="log"]');
   const scroller = document.getElementById("scroller");
-  if (!form || !box || !log || !scroller || !window.fetch || !window.ReadableStream) return;
+  const needed = [form, box, log, scroller, document.getElementById("jump"), document.getElementById("error"),
+    document.getElementById("notice"), document.getElementById("hint"), document.getElementById("announce"),
+    document.getElementById("editing"), log && log.querySelector(".empty"),
+    form && form.querySelector('input[name="csrf_token"]'), form && form.querySelector('input[name="edit"]'),
+    form && form.querySelector('[data-action="send"], [data-action="stop"]'),
+    form && form.querySelector('[data-action="cancel"]'), form && form.querySelector(".enter-hint")];
+  // Without any of these (another page, an old browser) the page works as it does without script.
+  if (needed.some(function (node) { return !node; }) || !window.fetch || !window.ReadableStream) return;
 
   const errorBox = document.getElementById("error");
   const notice = document.getElementById("notice");
@@ -226,7 +233,22 @@
   }
 
   async function stopTurn() {
-    if (!current || !current.turn) return;
+    if (!current) return;
+    if (!current.turn) {
+      // Still waiting behind another reply: nothing was sent, so give up the wait and the place.
+      const view = current;
+      view.abandoned = true;
+      if (view.waiter) {  // tell the server too: it may hold the wait on another worker
+        fetch(conversationUrl("/stop"), { method: "POST", headers: Object.assign({ Accept: "application/json" }, csrfHeaders),
+          body: new URLSearchParams({ waiter: view.waiter, csrf_token: csrfHeaders["X-CSRFToken"] }) }).catch(function () {});
+      }
+      view.controller.abort();
+      clearInterval(view.timer);
+      setWriting(null);
+      putBack(view, view.sentText);
+      showNotice("Not sent: your message is back in the box.");
+      return;
+    }
     const body = new URLSearchParams({ turn: current.turn, csrf_token: csrfHeaders["X-CSRFToken"] });
     try {
       await fetch(conversationUrl("/stop"), { method: "POST", body, headers: Object.assign({ Accept: "application/json" }, csrfHeaders) });
@@ -264,6 +286,7 @@
         if (data.conversation && form.dataset.conversation === "new") adopt(data.conversation, data.url, view);
       } else if (kind === "queued") {
         view.thinking.textContent = data.message;
+        view.waiter = data.waiter;
       } else if (kind === "delta") {
         keepPlace(function () { showDelta(view, data); });
       } else if (kind === "reasoning") {
@@ -283,9 +306,11 @@
   }
 
   function putBack(view, text) {
-    // Nothing was stored for this turn: the message goes back in the box, not away with a reload.
-    view.user.remove();
+    // Nothing was stored for this turn: the message goes back in the box, not away with a reload,
+    // and the turn an edit or regenerate would have replaced comes back.
+    if (view.user) view.user.remove();
     view.article.remove();
+    (view.removed || []).forEach(function (article) { log.appendChild(article); });
     log.querySelector(".empty").hidden = messageCount() > 0;
     box.value = text;
     grow();
@@ -297,7 +322,7 @@
     clearInterval(view.timer);
     setWriting(null);
     const article = view.article;
-    if (kind === "error" && data.unsent && view.user && !view.replaced) {
+    if (kind === "error" && data.unsent && view.user) {
       putBack(view, view.sentText);
       showError(data.message);
       return;
@@ -388,6 +413,8 @@
       return;
     }
     const view = pendingArticle();
+    view.controller = new AbortController();
+    view.sentText = text;
     setWriting(view);
     hint.hidden = true;
     box.removeAttribute("aria-invalid");
@@ -396,8 +423,10 @@
     let response;
     try {
       response = await fetch(conversationUrl("/turns"), { method: "POST", body: new URLSearchParams(data),
+        signal: view.controller.signal,
         headers: Object.assign({ Accept: "text/event-stream" }, csrfHeaders) });
     } catch (e) {
+      if (view.abandoned) return;
       clearInterval(view.timer);
       setWriting(null);
       showError("Could not reach the chat server. Your message is kept in the box; try again.");
@@ -419,16 +448,14 @@
     view.previousReply = editField.value || (regenerate ? data.get("regenerate") : null) ||
       (log.querySelector('[data-action="regenerate"]') || {}).value;
     if (replaced) {
-      const [prev, last] = lastArticles();
-      prev.remove();
-      last.remove();
+      view.removed = lastArticles();
+      view.removed.forEach(function (article) { article.remove(); });
     }
     log.querySelector(".empty").hidden = true;
     const user = el("article", { class: "msg user", "aria-label": "You" });
     user.appendChild(el("div", { class: "text", "data-role": "user" }, shownText));
     log.querySelectorAll('[data-action="regenerate"], [data-action="edit"]').forEach(function (b) { b.remove(); });
     view.user = user;
-    view.sentText = text;
     view.replaced = replaced;
     log.append(user, view.article);
     addCopyButtons(user);
@@ -441,6 +468,7 @@
     try {
       ended = await follow(response, view);
     } catch (e) { /* connection dropped mid-reply: the server keeps writing it */ }
+    if (view.abandoned) return;
     if (!ended) {
       if (view.turn) await resume(view); else window.location.reload();
     }

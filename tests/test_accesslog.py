@@ -41,11 +41,14 @@ def test_escape_makes_one_printable_ascii_field(raw, logged):
     ("/turns/", "/turns/"),
     ("/", "/"),
     ("/static/app.css", "/static/app.css"),
-    ("/c/abc123", "/c/abc123"),     # other paths are left alone
-    ("/returns/abc", "/returns/abc"),
+    ("/c/abc123", "/c/…"),          # a conversation's id
+    ("/c/abc123/turns/xyz", "/c/…/turns/…"),
+    ("/c/abc123/export.md", "/c/…/export.md"),
+    ("/c/", "/c/"),
+    ("/returns/abc", "/returns/abc"),  # other paths are left alone
     ("/turnsX/abc", "/turnsX/abc"),
 ])
-def test_mask_hides_what_follows_turns(path, logged):
+def test_mask_hides_conversation_and_turn_ids(path, logged):
     assert mask(path) == logged
 
 

@@ -114,7 +114,7 @@ def conversation_path(client):
 
 # --- 1. CSRF tokens -------------------------------------------------------------------------------------
 
-STATE_CHANGES = ["/", "/turns", "/stop", "/new", "/edit", "/edit/cancel", "/logout", "/import",
+STATE_CHANGES = ["/", "/turns", "/stop", "/new", "/edit", "/edit/cancel", "/import",
                  "{conv}", "{conv}/turns", "{conv}/stop", "{conv}/edit", "{conv}/rename", "{conv}/delete",
                  "{conv}/drop"]
 

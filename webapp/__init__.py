@@ -110,6 +110,5 @@ def register_error_pages(app, redis=None):
     @app.errorhandler(Exception)
     def unexpected(exc):
         app.logger.exception("unexpected error")
-        return render_template("error.html", code=500, title="Something went wrong",
-                               message="The app hit an unexpected error. Your stored conversation "
-                                       "is unchanged."), 500
+        return guards.refusal(500, "Something went wrong", "The app hit an unexpected error. Your "
+                              "stored conversation is unchanged.")

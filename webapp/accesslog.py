@@ -6,7 +6,7 @@ gunicorn's `%(U)s` is the *decoded* path, so a request for `/foo%0aINJECTED 200`
 forged line into the log, and `/turns/<id>` (following a reply after a reload) would keep turn ids in
 it. Every text atom (path, query, request line, headers, environ) is escaped the way nginx escapes its
 access log: control characters, DEL, `"`, `\\` and every byte above 0x7f become `\\xNN`, so a line is
-pure ASCII and a quoted field cannot be closed early. The id after `/turns/` is replaced by `…`.
+pure ASCII and a quoted field cannot be closed early. The ids after `/c/` and `/turns/` become `…`.
 """
 
 import re
@@ -14,10 +14,10 @@ import re
 from gunicorn.glogging import Logger
 from gunicorn.util import unquote_to_wsgi_str
 
-# Paths whose first segment is one of these carry ids after it: `/turns/<id>` is logged `/turns/…`.
-# A route like `/c/<conversation id>` would be added here.
-MASKED = ("turns",)
+# Ids in paths: the segment after `/c/` (a conversation) and everything after `/turns/` (a turn):
+# `/c/<id>/turns/<turn>` is logged `/c/…/turns/…`.
 MASK = "…"
+_IDS = re.compile(r"(?<=/c/)[^/?]+|(?<=/turns/).+")
 
 _UNSAFE = re.compile(r'[^\x20-\x7e]|["\\]')
 
@@ -37,12 +37,8 @@ def escape(text):
 
 
 def mask(path):
-    """`/turns/abc123` -> `/turns/…` (everything after the segment, however many slashes); others as is."""
-    rest = path.lstrip("/")
-    head, _, tail = rest.partition("/")
-    if head in MASKED and tail.strip("/"):
-        return f"{path[:len(path) - len(rest)]}{head}/{MASK}"
-    return path
+    """`/turns/abc123` -> `/turns/…`, `/c/abc/export.md` -> `/c/…/export.md`; others as they are."""
+    return _IDS.sub(lambda m: MASK if m.group().strip("/") else m.group(), path)
 
 
 def safe_path(path):

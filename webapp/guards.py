@@ -10,7 +10,7 @@ pages or turns. Refusals keep what the user typed: the 400/403/429 pages offer i
 import re
 from urllib.parse import urlsplit
 
-from flask import current_app, render_template, request, session, url_for, redirect
+from flask import current_app, redirect, render_template, request, session, url_for
 from flask_wtf.csrf import CSRFError, CSRFProtect
 
 from .sessions import duplicate_cookie
@@ -46,8 +46,9 @@ def refusal(status, title, message, keep_draft=True):
     if wants_json():
         return {"error": message}, status
     draft = request.form.get("message") if keep_draft and request.method in UNSAFE else None
-    # Sent again to where it was going when that was a page's send, else to the latest conversation.
-    resend = request.path if request.endpoint == "chat.send" else "/"
+    # Sent again to the conversation it was typed in (the latest one when the request named none).
+    cid = (request.view_args or {}).get("cid")
+    resend = url_for("chat.send", cid=cid) if cid else url_for("chat.send")
     return render_template("error.html", code=status, title=title, message=message,
                            draft=draft, resend=resend), status
 

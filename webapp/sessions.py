@@ -65,9 +65,13 @@ def interface(app, cache=None, redis_client=None):
 
 
 def rotate(app, session):
-    """Give this session a new id, keeping its contents (the old id is deleted from the store).
-    Call it after putting something in the session: Flask-Session skips an empty one."""
-    app.session_interface.regenerate(session)
+    """Give this session a new id, keeping its contents (the old id is deleted from the store), and
+    store it under the new id at once: a JS-off turn answers minutes later, and neither another tab
+    nor a worker that dies meanwhile may find the session gone. Call it after putting something in
+    the session: Flask-Session skips an empty one."""
+    interface = app.session_interface
+    interface.regenerate(session)
+    interface._upsert_session(app.permanent_session_lifetime, session, interface._get_store_id(session.sid))
 
 
 def duplicate_cookie(request, name):

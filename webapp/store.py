@@ -251,6 +251,18 @@ class Store:
             self.backend.delete(self.prefix + cid)
             self.backend.delete(self.pending_prefix + cid)
 
+    @contextmanager
+    def update_pending(self, cid, lock_timeout=None):
+        """Change only the turn under way (`None` if there is none) under the conversation's lock:
+        progress saves, heartbeats and stop flags never read or rewrite the history."""
+        key = self.pending_prefix + cid
+        with self.backend.lock(self.prefix + cid, lock_timeout or self.lock_timeout):
+            pending = self.backend.get(key)
+            before = dict(pending) if pending else None
+            yield pending
+            if pending is not None and pending != before:
+                self.backend.set(key, pending, self.ttl)
+
     def conversations(self, bid):
         """Browser `bid`'s conversations, newest activity first: `[{"id", "title", "at"}]`. Small: a
         turn reads this and its own conversation, never the others."""

@@ -60,7 +60,7 @@ def _add(conv, pending, item_id, status, text, html=None, **meta):
     conversation.add_turn(conv, pending["text"], item_id, status, text, **meta)
 
 
-def _is_stale(pending, stale_after, now):
+def is_stale(pending, stale_after, now):
     # Every running turn's worker saves a heartbeat every HEARTBEAT seconds, even while the model is
     # silent, so a worker's death shows after STALE seconds, not after the read timeout.
     return now - pending["beat"] > min(stale_after, STALE)
@@ -68,7 +68,7 @@ def _is_stale(pending, stale_after, now):
 
 def _recover_stale(conv, stale_after, now):
     pending = conv.get("pending")
-    if pending and _is_stale(pending, stale_after, now):
+    if pending and is_stale(pending, stale_after, now):
         if conv.get("rev", 0) != pending.get("rev"):
             conv["pending"] = None  # its reply was stored; only clearing the marker was lost
             return
@@ -78,7 +78,7 @@ def _recover_stale(conv, stale_after, now):
 def current(store, cid, stale_after):
     """The conversation to show; a dead pending turn is settled first so the page never hangs."""
     conv = store.load(cid)
-    if conv.get("pending") and _is_stale(conv["pending"], stale_after, time.time()):
+    if conv.get("pending") and is_stale(conv["pending"], stale_after, time.time()):
         with store.update(cid) as conv:
             _recover_stale(conv, stale_after, time.time())
     return conv
@@ -150,6 +150,9 @@ def begin(store, cid, text, stale_after, wait=0.0, replace=None, waiter=None, se
                                            context=True)
                     too_long = True
                 else:
+                    if conv.get("failed"):  # this turn answers it (a Retry): not shown as failed meanwhile
+                        conv["failed"] = None
+                        conv["rev"] = conv.get("rev", 0) + 1
                     turn = secrets.token_urlsafe(9)
                     conv["pending"] = {"turn": turn, "text": text, "started": now, "beat": now,
                                        "partial": "", "item_id": None, "stop": False,
@@ -172,10 +175,20 @@ def begin(store, cid, text, stale_after, wait=0.0, replace=None, waiter=None, se
 
 def release(store, cid, waiter):
     """Give up the waiting place `begin` claimed for `waiter` (the send gave up, or its client left)."""
-    with store.update(cid) as conv:
-        pending = conv.get("pending")
+    with store.update_pending(cid) as pending:
         if pending and (pending.get("waiter") or {}).get("id") == waiter:
             del pending["waiter"]
+
+
+def cancel_waiter(store, cid, waiter):
+    """The person stopped a send that was still waiting behind another reply: it must never start,
+    even if that reply ends before its request notices (a worker elsewhere may be holding it)."""
+    store.backend.set("cancel:" + waiter, True, 300)
+    release(store, cid, waiter)
+
+
+def waiter_cancelled(store, waiter):
+    return bool(store.backend.get("cancel:" + waiter))
 
 
 def check_capacity(max_running, owner, max_per_owner):
@@ -364,10 +377,11 @@ def _unless_store_fails(settle, store, cid, turn, state, *args):
 
 
 def _flush(store, cid, turn, state, streaming=True):
-    """Save the progress so far (for reloads, other workers and crash recovery); report a stop."""
+    """Save the progress so far (for reloads, other workers and crash recovery); report a stop.
+    Only the small turn key is read and written, and a busy lock is not waited on for long: one
+    slow conversation must not hold up the heartbeats of every other turn of this process."""
     result = "gone"
-    with store.update(cid) as conv:
-        pending = conv.get("pending")
+    with store.update_pending(cid, lock_timeout=1.0) as pending:
         if pending and pending["turn"] == turn:
             if streaming:
                 pending.update(partial=state.text, item_id=state.item_id)
@@ -484,8 +498,10 @@ def stop(store, cid, turn, wait=STOP_WAIT):
         if not relay.wait(wait):
             relay.publish(*_unless_store_fails(_stopped, store, cid, turn, relay.state), final=True)
         return True
-    if not _settle(store, cid, turn, lambda conv, pending: pending.update(stop=True)):
-        return False
+    with store.update_pending(cid) as pending:
+        if not pending or pending["turn"] != turn:
+            return False
+        pending["stop"] = True
     store.signal_stop()
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline:

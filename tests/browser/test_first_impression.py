@@ -263,3 +263,26 @@ def test_message_actions_show_on_hover_and_keyboard_focus(page, fake):
     page.get_by_role("button", name="Copy the reply").focus()
     expect(tools).to_have_css("opacity", "1")
     expect(page.get_by_role("button", name="Regenerate")).to_have_count(1)
+
+
+def test_stop_while_queued_behind_another_reply_gives_the_text_back(context, server, fake):
+    """A send waiting behind another tab's reply has no turn yet: Stop abandons it, nothing is sent."""
+    first, second = context.new_page(), context.new_page()
+    first.goto(server.url + "/")
+    send(first, "start")
+    expect(first.locator(ASSISTANT).last).to_have_text("Reply 1: start")
+    second.goto(first.url)
+    gate = threading.Event()
+    fake.queue(reply("the first reply", gate=gate, chunks=["the first", " reply"]))
+    send(first, "first")
+    expect(first.locator(ASSISTANT).last).to_have_text("the first")
+    second.fill(BOX, "queued words")
+    second.get_by_role("button", name="Send").click()
+    expect(second.locator(".thinking")).to_contain_text("Waiting for the reply before this one")
+    second.get_by_role("button", name="Stop").click()
+    expect(second.locator(BOX)).to_have_value("queued words")
+    expect(second.locator("#notice")).to_contain_text("Not sent")
+    gate.set()
+    expect(first.locator(ASSISTANT).last).to_have_text("the first reply")
+    second.wait_for_timeout(1500)  # the queued send would have started by now
+    assert [len(r["body"]["input"]) for r in fake.requests] == [1, 3]  # "queued words" never went

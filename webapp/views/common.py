@@ -223,14 +223,10 @@ def planner(models_list):
                               text, wanted)
         if not budget["fits"]:
             return None
-        request_options = {"model": model_id, "max_output_tokens": budget["max_output"]}
-        if instructions:
-            request_options["instructions"] = instructions
-        if settings.get("temperature") is not None and model and models.supports(model, "temperature"):
-            request_options["temperature"] = settings["temperature"]
-        if settings.get("effort") and model and models.supports(model, "reasoning"):
-            request_options["reasoning_effort"] = settings["effort"]
-        return request_options
+        return models.supported_options(model, {
+            "model": model_id, "max_output_tokens": budget["max_output"],
+            "instructions": instructions or None, "temperature": settings.get("temperature"),
+            "reasoning_effort": settings.get("effort") or None})
 
     return plan
 
@@ -250,6 +246,14 @@ def target(cid):
         return None
     owned(cid)
     return cid
+
+
+class Deleted(turns.Stale):
+    """The conversation was deleted while a send waited for it."""
+
+
+class Cancelled(turns.Stale):
+    """The person stopped a send while it waited for the reply before it."""
 
 
 class Send:
@@ -278,6 +282,10 @@ class Send:
         return self.again(wait)
 
     def again(self, wait=0):
+        if self.options and turns.waiter_cancelled(store(), self.waiter):
+            raise Cancelled()  # stopped while it waited
+        if self.options and not any(e["id"] == self.cid for e in listed()):
+            raise Deleted()  # deleted while this send waited: never bring it back unlisted
         return turns.begin(store(), self.cid, self.text, stale_after(), wait, self.replace, self.waiter,
                            self.settings, self.plan)
 
@@ -295,6 +303,10 @@ def turn_options():
 
 def refusal_for(exc):
     """(status, message) for a turn that cannot start now."""
+    if isinstance(exc, Cancelled):
+        return 409, "Not sent: your message is back in the box."
+    if isinstance(exc, Deleted):
+        return 404, "This conversation was deleted, so your message was not sent. It is back in the box."
     if isinstance(exc, turns.Full):
         return (429, TOO_MANY) if exc.too_many_for_session else (503, FULL)
     if isinstance(exc, turns.Stale):

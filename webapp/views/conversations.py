@@ -36,7 +36,7 @@ def rename(cid):
 @bp.route("/c/<cid>/delete", methods=["GET", "POST"])
 def delete(cid):
     entry = common.owned(cid)
-    if request.method == "GET":  # JS off: a confirmation page (JS asks in a dialog instead)
+    if request.method == "GET":  # a confirmation page, script or not
         return render_template("delete.html", cid=cid, title=entry["title"])
     store = common.store()
     pending = store.load_pending(cid)
@@ -56,6 +56,9 @@ def drop_oldest(cid):
     store = common.store()
     models_list = common.model_list()
     message = request.form.get("message", "")
+    if store.load_pending(cid):
+        return common.render_chat(cid, common.current(cid), draft=message, status=409,
+                                  error="A reply is still being written: drop turns once it has finished.")
     with store.update(cid) as conv:
         model = models.find(models_list or [], common.model_of(conv))
         settings = conv.get("settings") or {}

@@ -7,7 +7,8 @@ JS-off path. `/turns`, `/turns/<turn>` and `/stop` act on the browser's most rec
 import json
 import time
 
-from flask import Blueprint, Response, render_template, request, stream_with_context, url_for, redirect
+from flask import (Blueprint, Response, current_app, redirect, render_template, request,
+                   stream_with_context, url_for)
 
 from .. import conversation, render, turns, usage
 from ..limits import per_session_and_address
@@ -56,16 +57,17 @@ def _finished_payload(outcome_kind, data, conv):
     models_list = common.model_list()
     prices = common.prices_by_model(models_list)
     if outcome_kind == "done":
-        shown = conversation.messages(conv)
         stored_a_reply = not payload.get("stopped") or payload.get("kept")
+        last = conv["items"][-1] if conv["items"] else None
+        reply = stored_a_reply and last is not None and last["role"] == "assistant"
         text = payload.get("text", "")
-        if stored_a_reply and shown and shown[-1]["role"] == "assistant" and shown[-1]["text"] == text:
-            payload["html"] = str(render.stored(conv["meta"][-1], text))  # rendered when it settled
+        meta = conv["meta"][-1] if reply else {}
+        if reply and conversation.item_text(last) == text:
+            payload["html"] = str(render.stored(meta, text))  # rendered when it settled
         else:
             payload["html"] = str(render.markdown(text))
-        if stored_a_reply and shown and shown[-1]["role"] == "assistant":
-            meta = conv["meta"][-1]
-            payload.update(model=shown[-1]["model"], at=shown[-1]["at"],
+        if reply:
+            payload.update(model=meta.get("model"), at=meta.get("at"),
                            usage=usage.turn_usage(meta, prices.get(meta.get("model")))["text"],
                            reasoning=meta.get("reasoning"))
     payload["count"] = len(conv["items"])
@@ -78,8 +80,22 @@ def _finished_payload(outcome_kind, data, conv):
 
 def _event_stream(events, cid, snapshots):
     """Relay events as SSE. Deltas are text for textContent, at once; `html` events carry the
-    sanitised rendering of the text so far; the final event carries the whole reply's HTML."""
+    sanitised rendering of the text so far; the final event carries the whole reply's HTML.
+    If the store fails on the way, the stream still ends with a message (and, when no turn began,
+    with `unsent`, so the page puts the text back in the box)."""
     yield ": stream open\n\n"
+    begun = False
+    try:
+        for chunk in _relay(events, cid, snapshots):
+            begun = begun or chunk.startswith("event: snapshot")
+            yield chunk
+    except Exception:  # StoreError, a Redis error: nothing else can answer this stream now
+        current_app.logger.exception("a turn's stream failed")
+        yield sse("error", {"message": turns.STORE_FAILED, "text": "", "kept": False,
+                            "unsent": not begun})
+
+
+def _relay(events, cid, snapshots):
     last_write = time.monotonic()
     for kind, value in events:
         now = time.monotonic()
@@ -119,7 +135,8 @@ def _start_when_free(sending, begun, snapshots):
     try:
         deadline = time.monotonic() + max(common.QUEUE_WAIT, common.stale_after())
         while begun is None:
-            yield "queued", {"message": "Waiting for the reply before this one to finish…"}
+            yield "queued", {"message": "Waiting for the reply before this one to finish…",
+                             "waiter": sending.waiter}
             time.sleep(1.0)
             try:
                 begun = sending.again()
@@ -172,11 +189,9 @@ def stream(cid=None):
 def resume(turn, cid=None):
     """Follow a reply after a reload: live from this process's relay, or from the saved progress.
     Only a reply of one of this browser's conversations: any other id is a 404, whatever it is."""
-    entries = common.listed()
-    cid = cid or (entries[0]["id"] if entries else None)
+    cid = common.target(cid)  # this browser's (else 404), or its most recent
     relay = turns.LIVE.get(turn)
-    if not cid or not any(e["id"] == cid for e in entries) \
-            or not (relay and relay.cid == cid or _is_pending(cid, turn)):
+    if not cid or not (relay and relay.cid == cid or _is_pending(cid, turn)):
         return {"error": "No such reply is being written in this conversation."}, 404
     snapshots = _Snapshots()
     # A relay replays from the first delta, so the listener ends up with the whole text either way.
@@ -190,12 +205,17 @@ def _is_pending(cid, turn):
 
 
 def _follow_store(store, cid, turn, every=0.3):
-    """Progress saved by another worker: send what was added since the last look, until it ends."""
+    """Progress saved by another worker: send what was added since the last look, until it ends.
+    Each look reads only the small turn key; a turn whose worker died is settled, not followed
+    forever."""
     sent = ""
     while True:
-        conv = store.load(cid)
-        pending = conv.get("pending")
+        pending = store.load_pending(cid)
+        if pending and pending["turn"] == turn and turns.is_stale(pending, common.stale_after(), time.time()):
+            turns.current(store, cid, common.stale_after())  # settles it, its text kept
+            pending = store.load_pending(cid)
         if not pending or pending["turn"] != turn:
+            conv = store.load(cid)
             last = conversation.messages(conv)
             failed = conv.get("failed")
             if failed and failed.get("stopped"):
@@ -223,12 +243,14 @@ def _follow_store(store, cid, turn, every=0.3):
 @bp.post("/stop")
 @bp.post("/c/<cid>/stop")
 def stop(cid=None):
-    entries = common.listed()
-    cid = cid or (entries[0]["id"] if entries else None)
-    found = cid and any(e["id"] == cid for e in entries)
-    pending = common.store().load_pending(cid) if found else None
+    cid = common.target(cid)  # this browser's (else 404), or its most recent
+    waiter = request.form.get("waiter")
+    if cid and waiter and not request.form.get("turn"):  # a send still waiting: it never starts
+        turns.cancel_waiter(common.store(), cid, waiter)
+        return {"stopped": True}
+    pending = common.store().load_pending(cid) if cid else None
     turn = request.form.get("turn") or (pending and pending["turn"])
-    if not (found and turn and turns.stop(common.store(), cid, turn)):
+    if not (cid and turn and turns.stop(common.store(), cid, turn)):
         # Not a reply being written in this browser's conversation: someone else's, or finished.
         message = "There is no reply being written here to stop (it may have just finished)."
         if request.accept_mimetypes.best == "application/json":

@@ -6,7 +6,8 @@ import re
 
 from flask import Blueprint, Response, current_app, redirect, render_template, request, url_for
 
-from .. import exchange
+from .. import conversation, exchange, render
+from ..limits import per_session_and_address
 from . import common
 from .conversations import title_of
 
@@ -26,6 +27,7 @@ def _download(body, mimetype, filename):
 
 @bp.get("/c/<cid>/export.md")
 def export_markdown(cid):
+    common.owned(cid)
     conv = common.current(cid)
     title = title_of(cid, conv)
     prices = common.prices_by_model(common.model_list())
@@ -35,6 +37,7 @@ def export_markdown(cid):
 
 @bp.get("/c/<cid>/export.json")
 def export_json(cid):
+    common.owned(cid)
     conv = common.current(cid)
     title = title_of(cid, conv)
     prices = common.prices_by_model(common.model_list())
@@ -43,6 +46,7 @@ def export_json(cid):
 
 
 @bp.route("/import", methods=["GET", "POST"])
+@per_session_and_address  # counted like a send: each import stores a conversation
 def import_conversation():
     if request.method == "GET":
         return render_template("import.html")
@@ -58,6 +62,10 @@ def import_conversation():
     offered = {m["id"] for g in common.offered(common.model_list()) for m in g["models"]}
     if conv["settings"].get("model") not in offered:
         conv["settings"]["model"] = None  # not offered here: the default model answers it
+    for item, meta in zip(conv["items"], conv["meta"]):
+        if item["role"] == "assistant":  # rendered once, now, like every reply that settles here
+            meta.update(html=str(render.markdown(conversation.item_text(item))), rv=render.VERSION)
+    common.browser(create=True)
     cid = common.new_id()
     title = conv.pop("title", None) or "Imported conversation"
     store = common.store()

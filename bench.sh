@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # Install what the benchmarks need (./.venv, and as root Debian's nginx-light) and run them all;
 # writes docs/bench/results.md and the charts (the committed results: this is how to refresh them).
-# Pass --quick for a short smoke run; it writes build/bench/ (git-ignored) and leaves docs/ alone.
+#   ./bench.sh            the full run (about 10 minutes on 2 cores): docs/bench/
+#   ./bench.sh --quick    a smoke run (1-2 minutes): build/bench/ (git-ignored), docs/ left alone
+#   ./bench.sh --profile  cProfile of a turn, store traffic, py-spy during a burst: docs/bench/profiles.md
+#   ./bench.sh --peer     Gradio's ChatInterface on the same fake upstream, side by side (its own venv
+#                         in build/peer-venv): docs/bench/peer.md
 set -euo pipefail
 cd "$(dirname "$0")"
 PY=${PYTHON:-python3}
@@ -10,4 +14,12 @@ if ! PATH="$PATH:/usr/sbin:/sbin" command -v nginx >/dev/null && [ "$(id -u)" = 
 fi
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/pip install -q --disable-pip-version-check -r requirements-dev.txt -r bench/requirements.txt
+case "${1:-}" in
+  --profile) shift; exec .venv/bin/python -m bench.profile "$@" ;;
+  --peer)
+    shift
+    [ -x build/peer-venv/bin/python ] || "$PY" -m venv build/peer-venv
+    build/peer-venv/bin/pip install -q --disable-pip-version-check -r bench/peer-requirements.txt
+    exec .venv/bin/python -m bench.peer "$@" ;;
+esac
 exec .venv/bin/python -m bench.run "$@"

@@ -51,7 +51,7 @@ def free_port():
 class Gunicorn:
     """`gunicorn wsgi:app -c gunicorn.conf.py` in a child process; its output goes to `log_path`."""
 
-    def __init__(self, env, log_path, workers=2, threads=None):
+    def __init__(self, env, log_path, workers=2, threads=None, worker_class=None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         # Every test server is reached from one address by many tests: the per-address limit has
@@ -62,6 +62,11 @@ class Gunicorn:
             self.env["WEB_CONCURRENCY"] = str(workers)
         if threads:
             self.env["GUNICORN_THREADS"] = str(threads)
+        # None: gunicorn.conf.py's default (gthread), or TEST_WORKER_CLASS, to run every real-gunicorn
+        # test under another worker class (TEST_WORKER_CLASS=gevent ./test.sh).
+        worker_class = worker_class or os.environ.get("TEST_WORKER_CLASS")
+        if worker_class:
+            self.env["GUNICORN_WORKER_CLASS"] = worker_class
         self.log_path = log_path
         self.proc = None
 
@@ -77,8 +82,11 @@ class Gunicorn:
             try:
                 requests.get(self.url + "/static/app.css", timeout=1)
                 return self
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):
+                # Timeout: the socket is the master's, and a worker still booting on a busy machine
+                # has not answered yet; keep waiting until the deadline.
                 time.sleep(0.1)
+        self.stop()  # not left running behind the failed test
         raise RuntimeError(f"gunicorn did not start: {self.output()}")
 
     def stop(self):

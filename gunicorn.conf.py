@@ -1,91 +1,41 @@
 """gunicorn settings for the chat app: `gunicorn wsgi:app` picks this file up from the working directory.
 
 A chat turn spends seconds to minutes waiting on the model, doing no work. gunicorn's default `sync`
-worker would hold one such turn per process, so 2 cores would serve a handful of users. The `gthread`
-worker gives each process a pool of threads; a waiting turn costs one mostly idle thread (the GIL is
-released while it waits on the socket). Threads rather than gevent: no monkey-patching, `requests` and
-the file locks behave as written, and the streaming reader threads are ordinary threads.
-
-`GUNICORN_WORKER_CLASS=gevent` selects gevent's worker instead: each connection and each streaming
-reader is a greenlet (a few KB) rather than a thread, with every blocking call (sockets, `time.sleep`,
-locks) monkey-patched by gunicorn when the worker starts. See docs/bench/results.md for the two side
-by side.
+worker would hold one such turn per process, so 2 cores would serve a handful of users. The default
+here is gevent's worker: each connection and each streaming reader is a greenlet (a few KB) rather
+than a thread, with every blocking call (sockets, `time.sleep`, locks) monkey-patched by gunicorn when
+the worker starts; Flask, `requests`, `redis` and the file locks are used as written. Measured against
+`gthread` in the same run (docs/bench/results.md), it finishes more of 1,000 waiting chats with less
+CPU and memory per turn. `GUNICORN_WORKER_CLASS=gthread` selects the thread pool instead (a waiting
+turn costs one mostly idle thread; the GIL is released while it waits on the socket); the tests run
+under both.
 
 Every value can be overridden with the usual GUNICORN_CMD_ARGS or the environment variables below.
 """
 
-import importlib.util
 import os
 import sys
 import time
 
 from dotenv import load_dotenv
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+# Only webapp/settings.py (standard library) is imported here, in gunicorn's master: webapp/__init__.py
+# imports nothing heavy, so a gevent worker still patches sockets and ssl before Flask, `requests` or
+# urllib3 are imported (in the worker, when it loads wsgi:app).
+from webapp.settings import SettingsError, describe, from_env, server_from_env
 
-
-def _standalone(name):
-    """webapp/<name>.py loaded on its own, without running webapp/__init__.py.
-
-    This file runs in gunicorn's master, before any worker forks. Importing `webapp.settings` the
-    usual way would import the whole package (Flask, requests, urllib3, which bind `ssl.SSLContext`
-    at import time), and the forked gevent worker would inherit them unpatched: gunicorn's gevent
-    worker monkey-patches only when it starts, so HTTPS to OpenRouter would then block the worker (or
-    recurse in `ssl`). settings.py and accesslog.py import only the standard library and gunicorn;
-    the worker imports the real package itself, after patching, when it loads `wsgi:app`."""
-    spec = importlib.util.spec_from_file_location(f"_chat_conf_{name}",
-                                                  os.path.join(HERE, "webapp", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-_settings = _standalone("settings")
-if "webapp" not in sys.modules:
-    # gunicorn imports `logger_class` by name in the master: give it accesslog.py without the package
-    # (post_fork removes it again, so the worker imports the real package after patching).
-    sys.modules["webapp.accesslog"] = _standalone("accesslog")
-SettingsError, describe, from_env, server_from_env = (
-    _settings.SettingsError, _settings.describe, _settings.from_env, _settings.server_from_env)
-
-WORKER_CLASSES = ("gthread", "gevent")
-
-
-def _worker_model(env):
-    """GUNICORN_WORKER_CLASS and GUNICORN_WORKER_CONNECTIONS, checked like webapp/settings.py's."""
-    chosen = env.get("GUNICORN_WORKER_CLASS", "").strip().lower() or "gthread"
-    if chosen not in WORKER_CLASSES:
-        raise SettingsError(f"GUNICORN_WORKER_CLASS must be 'gthread' or 'gevent', "
-                            f"got {env.get('GUNICORN_WORKER_CLASS')!r}")
-    if chosen == "gevent":
-        # Installed? (Not imported here: patching is the worker's job.) gunicorn 27's gevent worker
-        # also checks gevent's version with `packaging`.
-        for package in ("gevent", "packaging"):
-            if importlib.util.find_spec(package) is None:
-                raise SettingsError(f"GUNICORN_WORKER_CLASS=gevent needs the '{package}' package "
-                                    f"(pip install -r requirements.txt)")
-    raw = env.get("GUNICORN_WORKER_CONNECTIONS", "").strip()
-    connections = 1000
-    if raw:
-        try:
-            connections = int(raw)
-        except ValueError:
-            raise SettingsError(f"GUNICORN_WORKER_CONNECTIONS must be a whole number, got {raw!r}") from None
-        if connections < 1:
-            raise SettingsError(f"GUNICORN_WORKER_CONNECTIONS must be at least 1, got {connections}")
-    return chosen, connections
-
-# Check the app's settings and gunicorn's own once, in the master, so a bad value stops startup with
-# one clear line instead of a traceback (or every worker failing to boot with one).
 load_dotenv(os.path.join(os.getcwd(), ".env"))
 try:
     from_env()
-    server = server_from_env()  # BIND, WEB_CONCURRENCY, GUNICORN_THREADS, GUNICORN_GRACEFUL_TIMEOUT
-    worker_class, worker_connections = _worker_model(os.environ)
+    # BIND, WEB_CONCURRENCY, GUNICORN_THREADS, GUNICORN_WORKER_CLASS, GUNICORN_WORKER_CONNECTIONS,
+    # GUNICORN_GRACEFUL_TIMEOUT
+    server = server_from_env()
 except SettingsError as exc:
     sys.exit(f"Configuration error: {exc}")
 
 bind = server["bind"]
+worker_class = server["worker_class"]
+worker_connections = server["worker_connections"]
 # gthread: a pool of GUNICORN_THREADS threads per process; gevent: one greenlet per connection, at
 # most GUNICORN_WORKER_CONNECTIONS (default 1000) per process. gthread also caps its open connections
 # (waiting keep-alive ones included) at worker_connections.
@@ -126,14 +76,6 @@ def post_worker_init(worker):
     else:
         line = describe(app.config, worker.cfg.workers, worker.cfg.threads, app.instance_path)
     worker.log.info(line)
-
-
-def post_fork(server, worker):
-    """In the new worker, before it patches (gevent) and loads the app: forget the stand-alone
-    webapp.accesslog the master loaded, so `import webapp` brings in the whole package for real."""
-    module = sys.modules.get("webapp.accesslog")
-    if module is not None and module.__name__.startswith("_chat_conf_"):
-        del sys.modules["webapp.accesslog"]
 
 
 def worker_exit(server, worker):

@@ -33,7 +33,7 @@ def startup_lines(server, expected, timeout=10):
 
 
 def test_each_worker_logs_one_startup_line_without_the_key(app_env, tmp_path, fake):
-    with Gunicorn(app_env, tmp_path / "gunicorn.log", workers=2, threads=8) as server:
+    with Gunicorn(app_env, tmp_path / "gunicorn.log", workers=2, threads=8, worker_class="gthread") as server:
         lines = startup_lines(server, 2)
         output = server.output()
     assert len(lines) == 2, output
@@ -49,7 +49,7 @@ def test_each_worker_logs_one_startup_line_without_the_key(app_env, tmp_path, fa
 def test_the_startup_line_names_redis_without_its_password(app_env, tmp_path, fake):
     # Nothing connects to Redis at startup, so no server is needed to see the line.
     app_env.update(SESSION_TYPE="redis", REDIS_URL="redis://user:s3cret@127.0.0.1:6399/2")
-    with Gunicorn(app_env, tmp_path / "redis.log", workers=1, threads=4) as server:
+    with Gunicorn(app_env, tmp_path / "redis.log", workers=1, threads=4, worker_class="gthread") as server:
         lines = startup_lines(server, 1)
         output = server.output()
     assert len(lines) == 1, output

@@ -43,14 +43,26 @@ def test_a_good_base_url_is_accepted_without_its_trailing_slash(given, used):
 
 def test_gunicorn_defaults():
     assert server_from_env({}) == {"bind": "127.0.0.1:8000", "workers": os.cpu_count() or 2,
-                                   "threads": 512, "graceful_timeout": 120}
+                                   "threads": 512, "worker_class": "gevent", "worker_connections": 1000,
+                                   "graceful_timeout": 120, "concurrency": 1000}
+
+
+def test_the_worker_class_is_gevent_or_gthread():
+    gthread = server_from_env({"GUNICORN_WORKER_CLASS": " GThread "})
+    assert gthread["worker_class"] == "gthread" and gthread["concurrency"] == 512
+    with pytest.raises(SettingsError, match="GUNICORN_WORKER_CLASS must be 'gevent' or 'gthread'"):
+        server_from_env({"GUNICORN_WORKER_CLASS": "eventlet"})
+    with pytest.raises(SettingsError, match="GUNICORN_WORKER_CONNECTIONS must be a whole number"):
+        server_from_env({"GUNICORN_WORKER_CONNECTIONS": "many"})
 
 
 def test_gunicorn_values_are_read():
     env = {"BIND": " 0.0.0.0:9000 ", "WEB_CONCURRENCY": "3", "GUNICORN_THREADS": " 64",
-           "GUNICORN_GRACEFUL_TIMEOUT": "0"}
+           "GUNICORN_GRACEFUL_TIMEOUT": "0", "GUNICORN_WORKER_CLASS": "gthread",
+           "GUNICORN_WORKER_CONNECTIONS": "200"}
     assert server_from_env(env) == {"bind": "0.0.0.0:9000", "workers": 3, "threads": 64,
-                                    "graceful_timeout": 0}
+                                    "worker_class": "gthread", "worker_connections": 200,
+                                    "graceful_timeout": 0, "concurrency": 64}
 
 
 def test_server_from_env_reads_os_environ_by_default(monkeypatch):

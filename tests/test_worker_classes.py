@@ -115,6 +115,6 @@ def test_sigterm_lets_a_streamed_reply_finish_and_be_stored(fake, tmp_path, work
 def test_an_unknown_worker_class_stops_startup_with_one_clear_line(fake, tmp_path):
     with pytest.raises(RuntimeError) as caught:
         Gunicorn(app_env(fake, tmp_path), tmp_path / "bad.log", worker_class="eventlet").start()
-    assert "Configuration error: GUNICORN_WORKER_CLASS must be 'gthread' or 'gevent', got 'eventlet'" \
+    assert "Configuration error: GUNICORN_WORKER_CLASS must be 'gevent' or 'gthread', got 'eventlet'" \
         in str(caught.value)
     assert "Traceback" not in str(caught.value)

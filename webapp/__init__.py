@@ -1,114 +1,14 @@
-"""The chat app: `create_app()` wires settings, the session store, the OpenRouter client and the routes."""
+"""The chat app. `create_app()` builds it (see factory.py).
 
-import logging
-import os
-
-from cachelib.file import FileSystemCache
-from dotenv import load_dotenv
-from flask import Flask, render_template, request
-from werkzeug.exceptions import HTTPException, SecurityError
-from werkzeug.middleware.proxy_fix import ProxyFix
-
-from . import access, guards, limits, ops, sessions, settings
-from .catalogue import Catalogue
-from .openrouter import Client
-from .store import FileBackend, RedisBackend, Store, StoreError, redis_client
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-log = logging.getLogger(__name__)
+This file imports nothing heavy on purpose: gunicorn.conf.py imports `webapp.settings` in gunicorn's
+master, before a gevent worker monkey-patches the standard library, and importing Flask, `requests`
+or `ssl` there would leave the forked workers with unpatched sockets (HTTPS to OpenRouter would block
+a whole worker). The factory and everything it needs load when `create_app` is first called.
+"""
 
 
 def create_app(overrides=None, env=None):
     """Build the app. `env` replaces the environment (tests); without it `.env` is read first."""
-    if env is None:
-        load_dotenv(os.path.join(os.getcwd(), ".env"))
-        env = os.environ
-    app = Flask(__name__, instance_relative_config=True,
-                template_folder=os.path.join(ROOT, "templates"),
-                static_folder=os.path.join(ROOT, "static"))
-    app.config.update(settings.from_env(env))
-    app.config.update(overrides or {})
-    logging.basicConfig(level=logging.INFO)
+    from .factory import create_app as build
 
-    ttl = int(app.config["PERMANENT_SESSION_LIFETIME"].total_seconds())
-    redis = None
-    if app.config["SESSION_TYPE"] == "redis":
-        # One client, one pool, shared by sessions, conversations, locks and rate-limit counters;
-        # sized so every thread of a worker can hold a connection (gunicorn.conf.py's threads).
-        threads = settings.server_from_env(env)["threads"]
-        redis = redis_client(app.config["REDIS_URL"], max_connections=threads + 64)
-        backend = RedisBackend(redis)
-        app.session_interface = sessions.interface(app, redis_client=redis)
-    else:
-        path = settings.session_dir(app.config, app.instance_path)
-        os.makedirs(path, exist_ok=True)
-        # threshold=0: cachelib must never prune other people's conversations to make room.
-        cache = FileSystemCache(path, threshold=0, default_timeout=ttl)
-        backend = FileBackend(cache, os.path.join(path, "locks"))
-        app.session_interface = sessions.interface(app, cache=cache)
-    app.extensions["chat_store"] = Store(backend, ttl)
-    app.extensions["openrouter"] = Client.from_config(app.config)
-    if app.config["TRUSTED_PROXIES"]:
-        # Only behind that many proxies that set X-Forwarded-*; otherwise clients could forge
-        # their address (and escape the per-address limits).
-        hops = app.config["TRUSTED_PROXIES"]
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)
-
-    # The model list from OpenRouter's /models, fetched at most every few minutes per process.
-    app.extensions["catalogue"] = Catalogue(app.extensions["openrouter"].models)
-
-    from . import purge, views
-
-    guards.init_app(app)  # before the limiter: a refused request spends nobody's quota
-    limits.init_app(app, app.config["REDIS_URL"], redis)
-    for blueprint in views.blueprints:
-        app.register_blueprint(blueprint)
-    app.register_blueprint(access.bp)
-    app.register_blueprint(ops.bp)
-    purge.init_app(app)
-    register_error_pages(app, redis)
-    if not app.config["OPENROUTER_API_KEY"]:
-        app.logger.warning("OPENROUTER_API_KEY is not set: the chat page will say how to set it.")
-    if not app.config["ACCESS_PASSWORD"] and not settings.is_loopback_bind(app.config["BIND"]):
-        app.logger.warning("ACCESS_PASSWORD is not set and the app listens on %s: anyone who can reach "
-                           "it can spend this OpenRouter account's credits. Set ACCESS_PASSWORD.",
-                           app.config["BIND"])
-    return app
-
-
-def register_error_pages(app, redis=None):
-    @app.errorhandler(SecurityError)
-    def untrusted_host(exc):
-        # Raised before routing (the Host is not in TRUSTED_HOSTS): no URLs can be built, so no page.
-        return ("This server does not answer to that host name (see TRUSTED_HOSTS).\n", 400,
-                {"Content-Type": "text/plain; charset=utf-8"})
-
-    @app.errorhandler(HTTPException)
-    def http_error(exc):
-        if exc.code == 429:  # Flask-Limiter; it adds Retry-After to the response
-            return guards.refusal(429, "Too many messages", "Messages are arriving faster than this "
-                                  "chat allows. Wait a moment, then send again.")
-        if exc.code == 413 and request.endpoint == "transfer.import_conversation":
-            limit = app.config["MAX_CONTENT_LENGTH"]
-            return render_template("import.html", error=f"That file is too large to import (the limit "
-                                   f"is {limit:,} bytes). Nothing was stored."), 413
-        # A 413 is about the body itself: it cannot be read back into the form.
-        return guards.refusal(exc.code, exc.name, exc.description, keep_draft=exc.code != 413)
-
-    def store_error(exc):
-        app.logger.error("conversation store failed: %s", exc)
-        return guards.refusal(
-            503, "Storage unavailable", "The conversation store could not be reached, so nothing "
-            "was sent or saved. Try again in a moment.")
-
-    app.register_error_handler(StoreError, store_error)
-    if redis is not None:
-        import redis as redis_py  # sessions talk to Redis directly: its errors mean the same
-
-        app.register_error_handler(redis_py.RedisError, store_error)
-
-    @app.errorhandler(Exception)
-    def unexpected(exc):
-        app.logger.exception("unexpected error")
-        return guards.refusal(500, "Something went wrong", "The app hit an unexpected error. Your "
-                              "stored conversation is unchanged.")
+    return build(overrides, env)

@@ -186,19 +186,46 @@ def _bind(env):
     return raw
 
 
+WORKER_CLASSES = ("gevent", "gthread")
+
+
+def _worker_class(env):
+    chosen = env.get("GUNICORN_WORKER_CLASS", "").strip().lower() or "gevent"
+    if chosen not in WORKER_CLASSES:
+        raise SettingsError(f"GUNICORN_WORKER_CLASS must be 'gevent' or 'gthread', "
+                            f"got {env.get('GUNICORN_WORKER_CLASS')!r}")
+    if chosen == "gevent":
+        # Installed? (Not imported: patching is the worker's job.) gunicorn's gevent worker also
+        # checks gevent's version with `packaging`.
+        import importlib.util
+
+        for package in ("gevent", "packaging"):
+            if importlib.util.find_spec(package) is None:
+                raise SettingsError(f"GUNICORN_WORKER_CLASS=gevent needs the '{package}' package "
+                                    f"(pip install -r requirements.txt)")
+    return chosen
+
+
 def server_from_env(env=None):
     """gunicorn's settings that come from the environment, checked like the app's own.
 
-    Returns a dict with `bind`, `workers`, `threads` and `graceful_timeout` (gunicorn.conf.py's names).
+    Returns a dict with `bind`, `workers`, `threads`, `worker_class`, `worker_connections` and
+    `graceful_timeout` (gunicorn.conf.py's names), and `concurrency`: how many requests one worker
+    serves at once (connections for gevent, threads for gthread).
     """
     env = os.environ if env is None else env
-    return {
+    server = {
         "bind": _bind(env),
         "workers": _int(env, "WEB_CONCURRENCY", os.cpu_count() or 2),
         "threads": _int(env, "GUNICORN_THREADS", 512),
+        "worker_class": _worker_class(env),
+        "worker_connections": _int(env, "GUNICORN_WORKER_CONNECTIONS", 1000),
         # 0 is allowed: stop at once, abandoning replies still being written.
         "graceful_timeout": _int(env, "GUNICORN_GRACEFUL_TIMEOUT", 120, minimum=0),
     }
+    server["concurrency"] = (server["worker_connections"] if server["worker_class"] == "gevent"
+                             else server["threads"])
+    return server
 
 
 def session_dir(config, instance_path):

@@ -478,9 +478,10 @@ def start(store, client, cid, turn, items, owner=None, limit=None, request=None)
     """Run a begun turn, streamed, in a background thread that outlives the request; return its Relay."""
     model = (request or {}).get("model") or client.model
     relay = _register(store, cid, turn, True, model, owner, limit)
-    # Not a daemon: on a graceful shutdown the interpreter waits for replies still being written.
+    # Not a daemon, said outright (a thread started from a gevent greenlet would inherit daemon=True):
+    # on a graceful shutdown the interpreter waits for replies still being written.
     threading.Thread(target=_run, args=(store, client, cid, turn, items, relay, True, request),
-                     name=f"turn-{turn}").start()
+                     name=f"turn-{turn}", daemon=False).start()
     return relay
 
 

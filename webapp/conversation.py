@@ -111,10 +111,11 @@ def short_title(text, limit=60):
     return text if len(text) <= limit else text[:limit - 1].rstrip() + "\u2026"
 
 
-def messages(conv):
-    """What the page shows, in order: role, text, the note under a reply, and who wrote it when."""
+def messages(conv, start=0):
+    """What the page shows, in order (from message `start` on): role, text, the note under a reply,
+    and who wrote it when."""
     shown = []
-    for item, meta in zip(conv["items"], conv["meta"]):
+    for item, meta in zip(conv["items"][start:], conv["meta"][start:]):
         note = meta.get("note")
         shown.append({"role": item["role"], "text": item_text(item), "id": item.get("id"),
                       "status": item.get("status"), "note": note_text(note),

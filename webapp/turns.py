@@ -125,8 +125,8 @@ def begin(store, cid, text, stale_after, wait=0.0, replace=None, waiter=None, se
     reply, for a turn that takes the last turn's place (edit, regenerate); if that is no longer the
     last reply, raise `Stale` and change nothing. `text=None` resends the last message (regenerate).
 
-    `settings` (the conversation's model and options, from the form) are stored with it when they
-    changed. `plan(conv, history, text)` returns the request options for this turn, or None when it
+    `settings` (the model and options the form sets) are merged into the conversation's when they
+    change it. `plan(conv, history, text)` returns the request options for this turn, or None when it
     would not fit the model's context: then the text is kept as a failed turn and `TooLong` raised."""
     deadline = time.monotonic() + wait
     while True:
@@ -140,8 +140,9 @@ def begin(store, cid, text, stale_after, wait=0.0, replace=None, waiter=None, se
                     raise Stale()
                 if text is None:
                     text = conversation.item_text(conv["items"][-2])
-                if settings is not None and settings != conv.get("settings"):
-                    conv["settings"] = settings
+                merged = {**(conv.get("settings") or {}), **(settings or {})}
+                if merged != (conv.get("settings") or {}):
+                    conv["settings"] = merged
                     conv["rev"] = conv.get("rev", 0) + 1
                 history = conversation.sent_history(conv, replace=bool(replace))
                 request = plan(conv, history, text) if plan else {}

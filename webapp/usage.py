@@ -11,6 +11,7 @@ missing, null, negative, boolean, NaN or non-numeric field is "unknown", never a
 
 import math
 from decimal import ROUND_HALF_UP, Decimal
+from functools import lru_cache
 
 # The estimate (see `estimate_tokens`).
 CHARS_PER_TOKEN = 4       # ASCII text: about 4 characters per token (English prose, code)
@@ -140,6 +141,7 @@ def cost_of(usage, prices=None):
 
 # ---------------------------------------------------------------- formatting
 
+@lru_cache(maxsize=8192)  # every page shows each reply's cost again: the same few thousand values
 def format_usd(value):
     """A dollar amount that is never shown as zero when it is not: "$0.00042", not "$0.00".
 

@@ -8,10 +8,13 @@ list and its own conversation, never the others, and two tabs cannot overwrite e
 
 import hashlib
 import secrets
+import threading
 import time
+from collections import OrderedDict
 from datetime import datetime, timezone
 
-from flask import abort, current_app, render_template, request, session
+from flask import abort, current_app, get_template_attribute, render_template, request, session
+from markupsafe import Markup
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from .. import catalogue as models, conversation, render, sessions, turns, usage
@@ -87,6 +90,8 @@ def touch(cid, title=None):
     bid = browser(create=True)
     with store().update_conversations(bid) as entries:
         entry = next((e for e in entries if e["id"] == cid), None)
+        if entries and entries[0] is entry:
+            return  # already first: the list does not change (and is not rewritten)
         if entry is None:
             entry = {"id": cid, "title": conversation.short_title(title), "at": 0}
         else:
@@ -140,12 +145,13 @@ class BadInput(Exception):
 def read_message(conv):
     """The message from the form, checked: returns (text, replace). `replace` is the id of the reply
     an edit or a regenerate takes the place of (the form names it, so a stale page cannot replace a
-    turn it never showed); `text` is None for a regenerate (the last message is sent again)."""
+    turn it never showed); `text` is None for a regenerate (the last message is sent again).
+    `conv()` gives the conversation, read only for an edit or a regenerate."""
     text = request.form.get("message", "")
     regenerate = request.form.get("regenerate", "")
     replace = regenerate or request.form.get("edit", "")
     if replace:
-        last = conversation.last_reply_id(conv)
+        last = conversation.last_reply_id(conv())
         if regenerate and not last:
             raise BadInput(400, "There is no reply to regenerate yet.")
         if replace != last:
@@ -163,14 +169,16 @@ def read_message(conv):
     return text, replace or None
 
 
-def read_settings(conv, models_list):
-    """The conversation's model and options from the form, checked (a form without these fields
-    keeps what the conversation has). A model that is not offered is refused: nothing is sent."""
+def read_settings(models_list, conv=lambda: None):
+    """The settings the form sets, checked: only the fields it carries (the conversation keeps the
+    others; `turns.begin` merges them under its lock). A model that is not offered is refused:
+    nothing is sent. `conv()` gives the conversation, needed only while the model list is down."""
     form = request.form
-    settings = dict(conv.get("settings") or {})
+    settings = {}
     if "model" in form:
         wanted = form["model"].strip()
-        ids = {m["id"] for g in offered(models_list, conv) for m in g["models"]}
+        ids = {m["id"] for g in offered(models_list, conv() if models_list is None else None)
+               for m in g["models"]}
         if wanted not in ids:
             raise BadInput(400, "That model is not offered here. Pick one from the list; nothing "
                                 "was sent.")
@@ -266,13 +274,20 @@ class Send:
 
     def __init__(self, cid):
         self.cid = cid
-        self.conv = current(cid)
         self.models = model_list()
-        self.text, self.replace = read_message(self.conv)
-        self.settings = read_settings(self.conv, self.models)
+        # The conversation itself is read here only for an edit or regenerate (or while the model
+        # list is down): `turns.begin` reads it anyway, under its lock.
+        self._conv = None
+        self.text, self.replace = read_message(self.conversation)
+        self.settings = read_settings(self.models, self.conversation)
         self.plan = planner(self.models)
         self.waiter = new_id()
         self.options = None
+
+    def conversation(self):
+        if self._conv is None:
+            self._conv = current(self.cid)
+        return self._conv
 
     def begin(self, wait):
         browser(create=True)
@@ -338,6 +353,49 @@ def budget_of(conv, models_list, draft=""):
                         settings.get("max_output_tokens") or current_app.config["MAX_OUTPUT_TOKENS"])
 
 
+# Messages before a conversation's last turn never change once settled (an edit or a regenerate
+# replaces only the last turn): each process keeps their rendered HTML, so a page view renders the
+# last turn and the messages added since the last view, whatever the history's length. Per
+# conversation: (how many messages, dropped, renderer version, html); the least recently used go.
+_EARLIER = OrderedDict()
+_EARLIER_LOCK = threading.Lock()
+EARLIER_KEPT = 256  # conversations per process
+
+
+def _with_html(shown, metas, prices):
+    for m, meta in zip(shown, metas):
+        if m["role"] == "assistant":
+            m["html"] = render.stored(meta, m["text"])
+            m["usage"] = usage.turn_usage(meta, prices.get(meta.get("model")))
+            m["reasoning"] = meta.get("reasoning")
+        else:
+            m["html"] = render.plain(m["text"])
+    return shown
+
+
+def earlier_html(cid, conv, upto, dropped, prices):
+    """The rendered messages `[0, upto)` of conversation `cid`, from this process's cache, rendering
+    only those added since it was made."""
+    key = (render.VERSION, dropped)
+    with _EARLIER_LOCK:
+        count, made_with, html = _EARLIER.get(cid, (0, key, ""))
+        if cid in _EARLIER:
+            _EARLIER.move_to_end(cid)
+    if made_with != key or count > upto or cid is None:
+        count, html = 0, ""
+    if count < upto:
+        article = get_template_attribute("_message.html", "article")
+        shown = _with_html(conversation.messages(conv, count)[:upto - count], conv["meta"][count:upto], prices)
+        html += "".join(str(article(m, count + i + 1, dropped)) for i, m in enumerate(shown))
+        if cid is not None:
+            with _EARLIER_LOCK:
+                _EARLIER[cid] = (upto, key, html)
+                _EARLIER.move_to_end(cid)
+                while len(_EARLIER) > EARLIER_KEPT:
+                    _EARLIER.popitem(last=False)
+    return Markup(html)
+
+
 def render_chat(cid, conv, *, draft="", error=None, hint=None, notice=None, status=200,
                 editing=False, entries=None):
     """The chat page for conversation `cid` (None: a new, empty one)."""
@@ -350,19 +408,16 @@ def render_chat(cid, conv, *, draft="", error=None, hint=None, notice=None, stat
         else:
             error = error or failed["error"]
         editing = editing or failed.get("replace", False)
-    shown = conversation.messages(conv)
-    editing = editing and len(shown) >= 2 and not conv.get("pending")
-    if editing and not draft:
-        draft = shown[-2]["text"]
+    count = len(conv["items"])
+    first = max(0, count - 2)  # the last turn is rendered for this view: it has the Edit/Regenerate tools
     models_list = model_list()
     prices = prices_by_model(models_list)
-    for m, meta in zip(shown, conv["meta"]):
-        if m["role"] == "assistant":
-            m["html"] = render.stored(meta, m["text"])
-            m["usage"] = usage.turn_usage(meta, prices.get(meta.get("model")))
-            m["reasoning"] = meta.get("reasoning")
-        else:
-            m["html"] = render.plain(m["text"])
+    dropped = min(conv.get("dropped", 0), count)
+    earlier = earlier_html(cid, conv, first, dropped, prices)
+    shown = _with_html(conversation.messages(conv, first), conv["meta"][first:], prices)
+    editing = editing and count >= 2 and not conv.get("pending")
+    if editing and not draft:
+        draft = shown[-2]["text"]
     chosen = model_of(conv)
     model = models.find(models_list or [], chosen)
     settings = conv.get("settings") or {}
@@ -370,11 +425,12 @@ def render_chat(cid, conv, *, draft="", error=None, hint=None, notice=None, stat
     entry = next((e for e in entries if e["id"] == cid), None)
     title = (entry or {}).get("title") or conversation.title(conv)
     return render_template(
-        "chat.html", cid=cid, entries=entries, messages=shown, pending=conv.get("pending"),
+        "chat.html", cid=cid, entries=entries, earlier=earlier, first=first, messages=shown,
+        pending=conv.get("pending"),
         draft=draft, error=error, hint=hint, notice=notice,
         failed=bool(failed) and not failed.get("stopped"), context_full=bool(failed and failed.get("context")),
         editing=editing, last_reply=conversation.last_reply_id(conv), title=title,
-        dropped=min(conv.get("dropped", 0), len(shown)), totals=usage.totals(conv, prices),
+        dropped=dropped, totals=usage.totals(conv, prices),
         groups=offered(models_list, conv), chosen=chosen, model=model, settings=settings,
         supports=lambda param: bool(model) and models.supports(model, param),
         models_unavailable=models_list is None, budget=budget, efforts=EFFORTS,

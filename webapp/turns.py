@@ -48,6 +48,7 @@ def _settle_partial(conv, pending, item_id, text, note, stopped=False):
     else:
         conversation.fail_turn(conv, pending["text"], conversation.STOPPED_EARLY if stopped else note,
                                pending.get("replace", False), stopped=stopped)
+        conv["last_turn"] = pending["turn"]
 
 
 def _add(conv, pending, item_id, status, text, html=None, **meta):
@@ -58,6 +59,7 @@ def _add(conv, pending, item_id, status, text, html=None, **meta):
         # Regenerate/edit: the old last turn goes only now, once its replacement exists.
         del conv["items"][-2:], conv["meta"][-2:]
     conversation.add_turn(conv, pending["text"], item_id, status, text, **meta)
+    conv["last_turn"] = pending["turn"]  # a page that still shows it writing can pick up the ending
 
 
 def is_stale(pending, stale_after, now):

@@ -191,12 +191,18 @@ def resume(turn, cid=None):
     Only a reply of one of this browser's conversations: any other id is a 404, whatever it is."""
     cid = common.target(cid)  # this browser's (else 404), or its most recent
     relay = turns.LIVE.get(turn)
-    if not cid or not (relay and relay.cid == cid or _is_pending(cid, turn)):
+    if not cid or not (relay and relay.cid == cid or _is_pending(cid, turn) or _just_ended(cid, turn)):
         return {"error": "No such reply is being written in this conversation."}, 404
     snapshots = _Snapshots()
     # A relay replays from the first delta, so the listener ends up with the whole text either way.
     events = relay.listen(snapshots.wait) if relay else _follow_store(common.store(), cid, turn)
     return _stream_response(events, cid, snapshots)
+
+
+def _just_ended(cid, turn):
+    # A page that rendered the turn as still being written asks for it just after it ended: answer
+    # with its ending (from the store) rather than a 404.
+    return common.store().load(cid).get("last_turn") == turn
 
 
 def _is_pending(cid, turn):

@@ -619,7 +619,8 @@ def report(q, started, over, gets, convs, burst_results, quiet, weight, crowd, n
              "straight upstream before, between and after the app's rounds (the fastest run is the ideal) "
              "and each class's best round counted, its other rounds listed. A full page load is part of "
              "every JS-off turn. "
-             "Rows without a class apply to the default (gthread).", "",
+             "Rows with one value were measured under gthread (what they measure does not depend on "
+             "the worker class; the default is gevent).", "",
              f"Machine noise: load average {noise['load_before']} before the run, {noise['load_after']} "
              f"after (other test suites share these 2 cores); the direct runs of one burst differed by up to "
              f"{noise['direct_spread'] * 100:.0f} %, and the CPU rows below show how much other processes took "

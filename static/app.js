@@ -176,6 +176,8 @@
 
   // The first reply of a new conversation: from now on this page is that conversation's page.
   function adopt(id, url, view) {
+    const settings = form.querySelector(".settings");
+    if (settings) settings.open = false; // set for this conversation: fold them, as its page does
     form.dataset.conversation = id;
     form.action = url;
     history.replaceState(null, "", url);

@@ -197,3 +197,14 @@ def test_ping_says_whether_the_file_store_is_writable(tmp_path):
         assert "not writable" in str(exc)
     else:
         raise AssertionError("ping passed on a store whose lock directory is gone")
+
+
+def test_a_listener_that_fell_behind_gets_adjacent_deltas_as_one():
+    assert turns.coalesced([("delta", "a"), ("delta", "b"), ("alive", None), ("delta", "c"),
+                            ("delta", "d"), ("done", {})]) == [
+        ("delta", "ab"), ("alive", None), ("delta", "cd"), ("done", {})]
+    relay = turns.Relay(None, "c", "t")
+    for piece in ("one ", "two ", "three"):
+        relay.publish("delta", piece)
+    relay.publish("done", {"text": "one two three"}, final=True)
+    assert list(relay.listen()) == [("delta", "one two three"), ("done", {"text": "one two three"})]

@@ -260,7 +260,7 @@ class Relay:
                     self._cond.wait(tick() if callable(tick) else tick)
                 new, finished = self.events[seen:], self.finished
             seen += len(new)
-            yield from new
+            yield from coalesced(new)
             if finished and seen == len(self.events):
                 return
             if not new:
@@ -297,6 +297,18 @@ class Relay:
         pending = self.store.load_pending(self.cid)
         if not pending or pending["turn"] != self.turn or pending.get("stop"):
             self.stop()
+
+
+def coalesced(events):
+    """Adjacent deltas as one: a listener that fell behind (a busy process, a reload replaying the
+    reply) sends the same text in fewer, larger events instead of one write per token."""
+    merged = []
+    for kind, data in events:
+        if kind == "delta" and merged and merged[-1][0] == "delta":
+            merged[-1] = ("delta", merged[-1][1] + data)
+        else:
+            merged.append((kind, data))
+    return merged
 
 
 LIVE = {}  # turn id -> Relay, for turns running in this process

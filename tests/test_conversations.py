@@ -18,6 +18,7 @@ import pytest
 from tests.conftest import alert, messages, textarea
 from tests.fake_openrouter import MODELS, TINY_MODEL, error, raw, reply
 from tests.serving import Browser, csrf_token_in
+from tests.sse import sse_events
 
 CID_URL = re.compile(r"^/c/([A-Za-z0-9_-]+)(#.*)?$")
 CONTEXT_ERROR = ("This endpoint's maximum context length is 200000 tokens. However, you requested about "
@@ -124,18 +125,6 @@ def with_tiny(fake):
     fake.models = {"data": MODELS["data"] + [TINY_MODEL]}
 
 
-def sse_events(body):
-    events = []
-    for block in body.split("\n\n"):
-        kind, data = None, None
-        for line in block.split("\n"):
-            if line.startswith("event: "):
-                kind = line[7:]
-            elif line.startswith("data: "):
-                data = json.loads(line[6:])
-        if kind:
-            events.append((kind, data))
-    return events
 
 
 # --- a URL per conversation, and the list of them -------------------------------------------------------

@@ -5,7 +5,6 @@ waiting place per conversation and the caps on running turns.
 The Flask test client covers what one process decides; a real gunicorn covers what depends on
 processes, threads and connections (ownership across workers, floods, orphaned streams)."""
 
-import json
 import logging
 import os
 import re
@@ -20,7 +19,8 @@ from requests.adapters import HTTPAdapter
 from tests.conftest import alert, messages, textarea
 from tests.fake_openrouter import hang, reply
 from tests.serving import Browser, Gunicorn, csrf_token_in
-from tests.test_streaming import events, start_turn, until, wait_for
+from tests.sse import events, sse_events, until, wait_for
+from tests.test_streaming import start_turn
 from webapp import create_app
 from webapp.limits import limiter
 from webapp.settings import from_env
@@ -59,19 +59,6 @@ def set_cookies(response):
     return response.headers.getlist("Set-Cookie")
 
 
-def sse(body):
-    """(kind, data) pairs of a whole SSE body read through the test client."""
-    found = []
-    for block in body.split("\n\n"):
-        kind, data = "message", []
-        for line in block.split("\n"):
-            if line.startswith("event: "):
-                kind = line[7:]
-            elif line.startswith("data: "):
-                data.append(line[6:])
-        if data:
-            found.append((kind, json.loads("\n".join(data))))
-    return found
 
 
 def composer_action(html):
@@ -175,7 +162,7 @@ def test_with_the_token_every_state_change_works(make_app, fake):
     assert client.post("/edit/cancel").status_code == 303
     streamed = client.post("/turns", data={"message": "streamed"}, headers={"Accept": "text/event-stream"})
     assert streamed.status_code == 200
-    assert [k for k, _ in sse(html_of(streamed))][-1] == "done"
+    assert [k for k, _ in sse_events(html_of(streamed))][-1] == "done"
     assert len(fake.requests) == 2
     new = client.post("/new")
     assert new.status_code == 303
@@ -374,7 +361,7 @@ def test_no_page_has_inline_script_or_style_even_with_an_aligned_table(make_app,
     assert_no_inline_script_or_style(html_of(client.get("/?edit=1")))
     # The streamed reply's HTML obeys the same policy.
     fake.queue(reply(TABLE))
-    streamed = sse(html_of(client.post("/turns", data={"message": "again"})))
+    streamed = sse_events(html_of(client.post("/turns", data={"message": "again"})))
     done = [d for k, d in streamed if k == "done"][0]
     snapshots = [d for k, d in streamed if k == "html"]
     for fragment in [done["html"], *snapshots]:

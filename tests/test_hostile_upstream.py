@@ -14,9 +14,9 @@ from html import unescape
 from pathlib import Path
 
 import pytest
-import requests
 
 from tests.serving import Browser
+from tests.sse import sse_events
 from tests.conftest import alert, messages, textarea
 from tests.fake_openrouter import error, raw, reply, stream_error
 from webapp import openrouter
@@ -44,19 +44,6 @@ def error_only(message):
     return json.dumps({"error": {"code": 200, "message": message}})
 
 
-def sse_events(body):
-    """(kind, data) pairs of an SSE body (comments skipped)."""
-    found = []
-    for block in body.split("\n\n"):
-        kind, data = "message", []
-        for line in block.split("\n"):
-            if line.startswith("event: "):
-                kind = line[7:]
-            elif line.startswith("data: "):
-                data.append(line[6:])
-        if data:
-            found.append((kind, json.loads("\n".join(data))))
-    return found
 
 
 def notes(html):

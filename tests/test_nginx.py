@@ -5,7 +5,6 @@ Each nginx runs the documented file with only its ports, paths and (shorter) tim
 wrapped in the few main-context lines a throwaway nginx needs (foreground, files in a tmp dir)."""
 
 import http.server
-import json
 import os
 import re
 import socket
@@ -20,6 +19,7 @@ import requests
 from tests.conftest import messages
 from tests.fake_openrouter import reply
 from tests.serving import ROOT, Gunicorn, free_port, require_program
+from tests.sse import events, until
 
 pytestmark = pytest.mark.nginx
 
@@ -212,27 +212,8 @@ def start_turn(browser, text):
     return response
 
 
-def events(response):
-    """(kind, data) pairs from an SSE response as they arrive (as tests/test_streaming.py reads them)."""
-    kind, data = "message", []
-    for line in response.iter_lines(chunk_size=1, decode_unicode=True):
-        if line.startswith("event: "):
-            kind = line[7:]
-        elif line.startswith("data: "):
-            data.append(line[6:])
-        elif line == "" and data:
-            yield kind, json.loads("\n".join(data))
-            kind, data = "message", []
 
 
-def until(kind, stream):
-    """Read events up to and including the first of `kind`; return (its data, all seen)."""
-    seen = []
-    for k, data in stream:
-        seen.append((k, data))
-        if k == kind:
-            return data, seen
-    raise AssertionError(f"stream ended without {kind}: {seen}")
 
 
 # --- streaming ------------------------------------------------------------------------------------

@@ -1,49 +1,28 @@
 """Running it for a team: health checks, the store going away and coming back, the total turn deadline,
 a worker killed mid-turn, a graceful reload mid-reply, and one log line per turn."""
 
-import json
 import os
 import re
 import shutil
 import signal
-import subprocess
 import threading
 import time
 
 import pytest
-import redis
 import requests
 
 from tests.conftest import alert, messages, textarea
 from tests.fake_openrouter import error, hang, reply
-from tests.serving import Browser, Gunicorn, free_port, require_program
-from tests.test_streaming import events, start_turn, until
+from tests.serving import Browser, Gunicorn, require_program
+from tests.sse import events, sse_events, until, wait_for
+from tests.test_redis import RedisServer
+from tests.test_streaming import start_turn
 
 TIMEOUT_MESSAGE = "The model took too long to answer."
 
 
-def sse(body):
-    """(kind, data) pairs of a whole SSE body read through the test client."""
-    found = []
-    for block in body.split("\n\n"):
-        kind, data = "message", []
-        for line in block.split("\n"):
-            if line.startswith("event: "):
-                kind = line[7:]
-            elif line.startswith("data: "):
-                data.append(line[6:])
-        if data:
-            found.append((kind, json.loads("\n".join(data))))
-    return found
 
 
-def poll(predicate, timeout, every=0.25):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(every)
-    return False
 
 
 def fresh_get(server, path, browser=None, timeout=10):
@@ -72,33 +51,6 @@ def test_healthz_and_readyz_answer_with_the_file_store(make_app, fake, tmp_path)
     assert fake.requests == []  # a probe never costs a model call
 
 
-class RedisServer:
-    """A redis-server of this test's own, with AOF on, that it can stop and start on the same port."""
-
-    def __init__(self, binary, directory):
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.args = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                     "--appendonly", "yes", "--appendfsync", "always", "--dir", str(directory)]
-        self.proc = None
-
-    def start(self):
-        self.proc = subprocess.Popen(self.args, stdout=subprocess.DEVNULL)
-        probe = redis.Redis.from_url(self.url, socket_timeout=0.5)
-        assert poll(lambda: self._answers(probe), 10, 0.05), "redis-server did not start"
-        return self
-
-    @staticmethod
-    def _answers(probe):
-        try:
-            return probe.ping()
-        except redis.ConnectionError:
-            return False
-
-    def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
 
 
 @pytest.fixture
@@ -145,7 +97,7 @@ def test_with_redis_readyz_and_pages_follow_the_store_down_and_back(redis_served
     assert len(fake.requests) == 1  # nothing was sent to the model without a store
 
     store.start()  # same port, same AOF: no app restart
-    assert poll(lambda: fresh_get(server, "/readyz").status_code == 200, 10)
+    assert wait_for(lambda: fresh_get(server, "/readyz").status_code == 200, 10)
     assert messages(fresh_get(server, "/", browser).text) == BEFORE_OUTAGE
     fresh = Browser()
     fresh.post(server.url + "/", data={"message": "after the outage"}, timeout=30)
@@ -175,7 +127,7 @@ def test_a_streamed_turn_that_only_sends_keep_alives_ends_at_its_deadline(make_a
     elapsed = time.monotonic() - began
     assert response.status_code == 200
     assert body.count(": keep-alive") >= 3  # the read timeout alone would never have ended it
-    kind, data = sse(body)[-1]
+    kind, data = sse_events(body)[-1]
     assert kind == "error" and data["message"].startswith(TIMEOUT_MESSAGE)
     assert 1.8 <= elapsed < 6, elapsed
     page = client.get("/").get_data(as_text=True)
@@ -225,7 +177,7 @@ def new_worker_up(server, old):
             return fresh_get(server, "/healthz", timeout=2).status_code == 200
         except requests.RequestException:
             return False
-    return poll(check, 20, 0.1)
+    return wait_for(check, 20, 0.1)
 
 
 def test_a_worker_killed_mid_turn_is_replaced_and_the_message_comes_back(server, fake):
@@ -260,7 +212,7 @@ def test_a_worker_killed_mid_turn_is_replaced_and_the_message_comes_back(server,
     def recovered():
         return textarea(fresh_get(server, "/", browser).text) == "the interrupted one"
 
-    assert poll(recovered, 40, 0.5), "the interrupted message never came back"
+    assert wait_for(recovered, 40, 0.5), "the interrupted message never came back"
     assert time.monotonic() - killed < 35
     page = fresh_get(server, "/", browser).text
     assert messages(page) == before and "interrupted" in alert(page)
@@ -288,7 +240,7 @@ def test_a_graceful_reload_lets_a_streamed_reply_finish_and_be_stored(server, fa
         done, _ = until("done", stream)
         assert not done.get("stopped") and done["text"] == text
     assert new_worker_up(server, old)
-    assert poll(lambda: messages(fresh_get(server, "/", browser).text)[-1:] == [("assistant", text.strip())], 10)
+    assert wait_for(lambda: messages(fresh_get(server, "/", browser).text)[-1:] == [("assistant", text.strip())], 10)
     assert messages(fresh_get(server, "/", browser).text) == [("user", "a long one"), ("assistant", text.strip())]
 
 
@@ -317,7 +269,7 @@ TURN_LINE = re.compile(
 
 
 def turn_lines(server, start, count):
-    assert poll(lambda: len(TURN_LINE.findall(server.output()[start:])) >= count, 5, 0.1)
+    assert wait_for(lambda: len(TURN_LINE.findall(server.output()[start:])) >= count, 5, 0.1)
     output = server.output()[start:]
     lines = [m.groupdict() for m in TURN_LINE.finditer(output)]
     assert len(lines) == count, output

@@ -98,8 +98,9 @@ class RedisServer:
                 time.sleep(0.05)
 
     def stop(self):
-        self.proc.terminate()  # redis writes its AOF out and exits
-        self.proc.wait(10)
+        if self.proc and self.proc.poll() is None:  # a test may stop it before its fixture does
+            self.proc.terminate()  # redis writes its AOF out and exits
+            self.proc.wait(10)
 
     def signal(self, sig):
         self.proc.send_signal(sig)

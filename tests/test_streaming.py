@@ -1,30 +1,16 @@
 """Streamed turns (the JS path) under a real gunicorn: deltas as they come, nothing lost, Stop, queueing."""
 
-import json
 import threading
 import time
 
 import pytest
-import requests
 
 from tests.conftest import alert, messages, textarea
 from tests.fake_openrouter import FakeOpenRouter, hang, reply, stream_error
 from tests.serving import Browser, Gunicorn
+from tests.sse import events, until, wait_for
 
 
-def events(response):
-    """(kind, data) pairs from an SSE response as they arrive; comment lines come as ("comment", text)."""
-    kind, data = "message", []
-    for line in response.iter_lines(chunk_size=1, decode_unicode=True):
-        if line.startswith(":"):
-            yield "comment", line[1:].strip()
-        elif line.startswith("event: "):
-            kind = line[7:]
-        elif line.startswith("data: "):
-            data.append(line[6:])
-        elif line == "" and data:
-            yield kind, json.loads("\n".join(data))
-            kind, data = "message", []
 
 
 def start_turn(browser, server, text, **fields):
@@ -36,23 +22,8 @@ def start_turn(browser, server, text, **fields):
     return response
 
 
-def until(kind, stream):
-    """Read events up to and including the first of `kind`; return (that event's data, all seen)."""
-    seen = []
-    for k, data in stream:
-        seen.append((k, data))
-        if k == kind:
-            return data, seen
-    raise AssertionError(f"stream ended without {kind}: {seen}")
 
 
-def wait_for(predicate, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def shown(browser, server):

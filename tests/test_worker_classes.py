@@ -12,7 +12,8 @@ import pytest
 from tests.conftest import alert, messages, textarea
 from tests.fake_openrouter import hang, reply
 from tests.serving import Browser, Gunicorn
-from tests.test_streaming import events, start_turn, until
+from tests.sse import events, until, wait_for
+from tests.test_streaming import start_turn
 
 WORKER_CLASSES = ["gthread", "gevent"]
 # gevent's warning when the master imported ssl users (requests, urllib3) before the worker patched.
@@ -35,13 +36,6 @@ def server(request, fake_server, tmp_path_factory):
         yield running
 
 
-def wait_for(predicate, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def test_the_worker_starts_with_the_chosen_class(server):

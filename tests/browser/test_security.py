@@ -244,7 +244,7 @@ def test_a_planted_anonymous_session_id_is_replaced_at_the_first_send(browser, c
     theirs.goto(server.url + "/")  # a real session id, holding only a CSRF token
     planted = sid(their_context)
     plant(context, attacker, f"session={planted}; path=/")
-    victim = converse(context, server, "the victim's first words")
+    converse(context, server, "the victim's first words")
     assert sid(context) != planted
     theirs.reload()
     expect(theirs.locator(USER)).to_have_count(0)

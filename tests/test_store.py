@@ -50,10 +50,10 @@ def test_the_file_store_never_prunes_other_conversations(tmp_path):
 
 def test_a_second_turn_waits_for_the_first_then_is_refused(tmp_path):
     store = file_store(tmp_path)
-    turns.begin(store, "c", "first", stale_after=60)
+    turns.begin(store, "c", "first")
     started = time.monotonic()
     try:
-        turns.begin(store, "c", "second", stale_after=60, wait=0.3, waiter="w")
+        turns.begin(store, "c", "second", wait=0.3, waiter="w")
     except turns.Busy:
         pass
     else:
@@ -63,25 +63,25 @@ def test_a_second_turn_waits_for_the_first_then_is_refused(tmp_path):
 
 def test_a_dead_pending_turn_is_recovered_with_the_users_text_kept(tmp_path):
     store = file_store(tmp_path)
-    turns.begin(store, "c", "orphaned question", stale_after=60)
+    turns.begin(store, "c", "orphaned question")
     with store.update("c") as conv:
         conv["pending"]["beat"] -= 120  # its worker died two minutes ago
-    conv = turns.current(store, "c", stale_after=60)
+    conv = turns.current(store, "c")
     assert conv["pending"] is None
     assert conv["failed"]["text"] == "orphaned question"
-    turn, items, _, _ = turns.begin(store, "c", "orphaned question", stale_after=60)
+    turn, items, _, _ = turns.begin(store, "c", "orphaned question")
     assert [i["role"] for i in items] == ["user"]
 
 
 def test_a_crash_after_the_reply_was_stored_does_not_repeat_the_turn(tmp_path):
     store = file_store(tmp_path)
-    turn, _, _, _ = turns.begin(store, "c", "question", stale_after=60)
+    turn, _, _, _ = turns.begin(store, "c", "question")
     conv = store.load("c")
     conversation.add_turn(conv, "question", "msg_a", "completed", "answer")
     store._save_history("c", conv)  # the worker died before it cleared the pending marker
     with store.update("c") as conv:
         conv["pending"]["beat"] -= 120
-    conv = turns.current(store, "c", stale_after=60)
+    conv = turns.current(store, "c")
     assert conv["pending"] is None and conv["failed"] is None
     assert [conversation.item_text(i) for i in conv["items"]] == ["question", "answer"]
 
@@ -92,7 +92,7 @@ def test_progress_saves_leave_the_history_record_alone(tmp_path):
         conversation.add_turn(conv, "q", "msg_a", "completed", "a")
     history_file = store.backend.cache._get_filename("conv:c")
     before = os.stat(history_file).st_mtime_ns
-    turns.begin(store, "c", "next", stale_after=60)
+    turns.begin(store, "c", "next")
     with store.update("c") as conv:
         conv["pending"]["partial"] = "some words"
     assert os.stat(history_file).st_mtime_ns == before
@@ -101,10 +101,10 @@ def test_progress_saves_leave_the_history_record_alone(tmp_path):
 
 def test_any_turn_whose_worker_died_is_recovered_within_seconds_not_the_read_timeout(tmp_path):
     store = file_store(tmp_path)
-    turns.begin(store, "c", "streamed question", stale_after=330)
+    turns.begin(store, "c", "streamed question")
     with store.update("c") as conv:
         conv["pending"].update(beat=conv["pending"]["beat"] - 45, item_id="msg_p", partial="half an")
-    conv = turns.current(store, "c", stale_after=330)
+    conv = turns.current(store, "c")
     assert conv["pending"] is None
     assert conversation.messages(conv)[-1]["text"] == "half an"
     assert conv["items"][-1]["status"] == "incomplete"
@@ -129,7 +129,7 @@ def test_a_store_failure_mid_turn_still_ends_the_stream_with_a_message(tmp_path,
     backend = BrokenAfterBegin(FileSystemCache(str(tmp_path), threshold=0), str(tmp_path / "locks"))
     store = Store(backend, 3600)
     client = Client(fake.api_key, fake.base_url, "openai/o4-mini", 100)
-    turn, items, _, _ = turns.begin(store, "c", "hello", stale_after=60)
+    turn, items, _, _ = turns.begin(store, "c", "hello")
     backend.armed = True
     relay = turns.start(store, client, "c", turn, items)
     events = list(relay.listen(tick=1.0))
@@ -141,7 +141,7 @@ def test_a_store_failure_mid_turn_still_ends_the_stream_with_a_message(tmp_path,
 def test_a_stop_no_worker_answers_is_settled_from_the_saved_progress_with_a_sentence(tmp_path):
     """The turn's worker is gone or stuck: the Stop itself settles it, within its short wait."""
     store = file_store(tmp_path)
-    turn, _, _, _ = turns.begin(store, "c", "question", stale_after=60)
+    turn, _, _, _ = turns.begin(store, "c", "question")
     started = time.monotonic()
     turns.stop(store, "c", turn)
     assert time.monotonic() - started < 2
@@ -149,7 +149,7 @@ def test_a_stop_no_worker_answers_is_settled_from_the_saved_progress_with_a_sent
     assert conv["pending"] is None
     assert conv["failed"] == {"text": "question", "error": "Stopped before the model answered.",
                               "replace": False, "stopped": True}
-    turn, _, _, _ = turns.begin(store, "c", "again", stale_after=60)
+    turn, _, _, _ = turns.begin(store, "c", "again")
     with store.update("c") as conv:
         conv["pending"].update(item_id="msg_p", partial="some words")
     turns.stop(store, "c", turn)

@@ -62,27 +62,27 @@ def _add(conv, pending, item_id, status, text, html=None, **meta):
     conv["last_turn"] = pending["turn"]  # a page that still shows it writing can pick up the ending
 
 
-def is_stale(pending, stale_after, now):
+def is_stale(pending, now):
     # Every running turn's worker saves a heartbeat every HEARTBEAT seconds, even while the model is
     # silent, so a worker's death shows after STALE seconds, not after the read timeout.
-    return now - pending["beat"] > min(stale_after, STALE)
+    return now - pending["beat"] > STALE
 
 
-def _recover_stale(conv, stale_after, now):
+def _recover_stale(conv, now):
     pending = conv.get("pending")
-    if pending and is_stale(pending, stale_after, now):
+    if pending and is_stale(pending, now):
         if conv.get("rev", 0) != pending.get("rev"):
             conv["pending"] = None  # its reply was stored; only clearing the marker was lost
             return
         _settle_partial(conv, pending, pending.get("item_id"), pending.get("partial", ""), INTERRUPTED)
 
 
-def current(store, cid, stale_after):
+def current(store, cid):
     """The conversation to show; a dead pending turn is settled first so the page never hangs."""
     conv = store.load(cid)
-    if conv.get("pending") and is_stale(conv["pending"], stale_after, time.time()):
+    if conv.get("pending") and is_stale(conv["pending"], time.time()):
         with store.update(cid) as conv:
-            _recover_stale(conv, stale_after, time.time())
+            _recover_stale(conv, time.time())
     return conv
 
 
@@ -116,7 +116,7 @@ class Begun(NamedTuple):
 WAITER_TTL = 10.0  # a waiting send's claim lapses this long after it last looked (its client left)
 
 
-def begin(store, cid, text, stale_after, wait=0.0, replace=None, waiter=None, settings=None,
+def begin(store, cid, text, wait=0.0, replace=None, waiter=None, settings=None,
           plan=None):
     """Mark a new turn pending and return a `Begun`.
 
@@ -135,7 +135,7 @@ def begin(store, cid, text, stale_after, wait=0.0, replace=None, waiter=None, se
         too_long = False
         with store.update(cid) as conv:
             now = time.time()
-            _recover_stale(conv, stale_after, now)
+            _recover_stale(conv, now)
             pending = conv["pending"]
             if not pending:
                 if replace and replace != conversation.last_reply_id(conv):

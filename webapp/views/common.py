@@ -18,7 +18,7 @@ from markupsafe import Markup
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from .. import catalogue as models, conversation, render, sessions, turns, usage
-from ..openrouter import UpstreamError
+from ..openrouter import REASONING_EFFORTS as EFFORTS, UpstreamError
 
 QUEUE_WAIT = 30.0  # seconds a send waits for the reply before it in the same conversation
 BUSY = ("A reply is still being written in this conversation. Your message is kept: send it again "
@@ -31,7 +31,6 @@ TOO_MANY = ("You already have as many replies being written as one browser may. 
 STALE = ("The conversation changed since you pressed Edit or Regenerate (another tab or window sent "
          "a message), so nothing was replaced. Your text is kept in the box: send it as a new "
          "message, or press Edit again.")
-EFFORTS = ("minimal", "low", "medium", "high")
 
 
 def store():
@@ -42,9 +41,10 @@ def client():
     return current_app.extensions["openrouter"]
 
 
-def stale_after():
-    # A turn whose worker has been silent longer than any upstream read could take is dead.
-    return current_app.config["OPENROUTER_READ_TIMEOUT"] + 30
+def queue_limit():
+    """How long a streamed send may wait for the reply before it: as long as that reply may go
+    silent (a reasoning model thinks for minutes), and a little more."""
+    return max(QUEUE_WAIT, current_app.config["OPENROUTER_READ_TIMEOUT"] + 30)
 
 
 # --- whose conversations ------------------------------------------------------------------------------
@@ -108,7 +108,7 @@ def owner():
 
 def current(cid):
     """The conversation to show; a dead pending turn is settled first so the page never hangs."""
-    return turns.current(store(), cid, stale_after()) if cid else conversation.new()
+    return turns.current(store(), cid) if cid else conversation.new()
 
 
 # --- the models on offer --------------------------------------------------------------------------------
@@ -301,7 +301,7 @@ class Send:
             raise Cancelled()  # stopped while it waited
         if self.options and not any(e["id"] == self.cid for e in listed()):
             raise Deleted()  # deleted while this send waited: never bring it back unlisted
-        return turns.begin(store(), self.cid, self.text, stale_after(), wait, self.replace, self.waiter,
+        return turns.begin(store(), self.cid, self.text, wait, self.replace, self.waiter,
                            self.settings, self.plan)
 
     def release(self):

@@ -133,7 +133,7 @@ def _start_when_free(sending, begun, snapshots):
     (this send holds the conversation's one waiting place until it starts, gives up or its client
     leaves)."""
     try:
-        deadline = time.monotonic() + max(common.QUEUE_WAIT, common.stale_after())
+        deadline = time.monotonic() + common.queue_limit()
         while begun is None:
             yield "queued", {"message": "Waiting for the reply before this one to finish…",
                              "waiter": sending.waiter}
@@ -217,8 +217,8 @@ def _follow_store(store, cid, turn, every=0.3):
     sent = ""
     while True:
         pending = store.load_pending(cid)
-        if pending and pending["turn"] == turn and turns.is_stale(pending, common.stale_after(), time.time()):
-            turns.current(store, cid, common.stale_after())  # settles it, its text kept
+        if pending and pending["turn"] == turn and turns.is_stale(pending, time.time()):
+            turns.current(store, cid)  # settles it, its text kept
             pending = store.load_pending(cid)
         if not pending or pending["turn"] != turn:
             conv = store.load(cid)

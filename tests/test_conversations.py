@@ -101,7 +101,7 @@ def store_of(app):
 
 
 def stored(app, cid):
-    return store_of(app).backend.get("conv:" + cid)
+    return store_of(app).history(cid)
 
 
 def record_store(app, monkeypatch):

@@ -99,6 +99,67 @@ def test_progress_saves_leave_the_history_record_alone(tmp_path):
     assert store.load("c")["pending"]["partial"] == "some words"
 
 
+def _count_decodes(store, monkeypatch):
+    decoded = []
+    original = store.backend.decode
+    monkeypatch.setattr(store.backend, "decode", lambda blob: decoded.append(len(blob)) or original(blob))
+    return decoded
+
+
+def test_an_unchanged_history_is_decoded_once_per_process(tmp_path, monkeypatch):
+    store = file_store(tmp_path)
+    with store.update("c") as conv:
+        conversation.add_turn(conv, "q", "msg_a", "completed", "a")
+    decoded = _count_decodes(store, monkeypatch)
+    for _ in range(3):
+        assert [conversation.item_text(i) for i in store.load("c")["items"]] == ["q", "a"]
+    assert decoded == []  # the process wrote it, so it knew it already
+    reader = file_store(tmp_path)  # another worker
+    decoded = _count_decodes(reader, monkeypatch)
+    for _ in range(3):
+        reader.load("c")
+    assert len(decoded) == 1
+
+
+def test_another_workers_write_is_always_seen(tmp_path):
+    mine, theirs = file_store(tmp_path), file_store(tmp_path)
+    for i in range(20):
+        with theirs.update("c") as conv:
+            conversation.add_turn(conv, f"q{i}", f"msg_{i}", "completed", "same")
+        with mine.update("c") as conv:  # read from the cache when unchanged, else decoded anew
+            assert len(conv["items"]) == 4 * i + 2
+            conversation.add_turn(conv, f"r{i}", f"msg_r{i}", "completed", "same")
+    assert len(theirs.load("c")["items"]) == 80
+
+
+def test_changing_a_loaded_history_without_saving_changes_nothing_stored(tmp_path):
+    store = file_store(tmp_path)
+    with store.update("c") as conv:
+        conversation.add_turn(conv, "q", "msg_a", "completed", "a")
+    conv = store.load("c")
+    conversation.add_turn(conv, "never saved", "msg_b", "completed", "b")
+    conv["title"] = "never saved"
+    del conv["meta"][0]
+    try:
+        with store.update("c") as conv:
+            conversation.add_turn(conv, "failed", "msg_c", "completed", "c")
+            raise RuntimeError("the turn failed before it was saved")
+    except RuntimeError:
+        pass
+    again = store.load("c")
+    assert [conversation.item_text(i) for i in again["items"]] == ["q", "a"]
+    assert len(again["meta"]) == 2 and "title" not in again
+
+
+def test_a_deleted_history_is_gone_in_every_process(tmp_path):
+    mine, theirs = file_store(tmp_path), file_store(tmp_path)
+    with mine.update("c") as conv:
+        conversation.add_turn(conv, "q", "msg_a", "completed", "a")
+    assert theirs.history("c")["items"]
+    mine.delete("c")
+    assert theirs.history("c") is None and mine.history("c") is None
+
+
 def test_any_turn_whose_worker_died_is_recovered_within_seconds_not_the_read_timeout(tmp_path):
     store = file_store(tmp_path)
     turns.begin(store, "c", "streamed question")

@@ -12,9 +12,12 @@ Only this module knows the backends; errors come out as `StoreError`.
 import fcntl
 import json
 import os
+import pickle
 import secrets
 import tempfile
+import threading
 import time
+from collections import OrderedDict
 from contextlib import contextmanager
 
 from . import conversation
@@ -42,6 +45,21 @@ class FileBackend:
 
     def delete(self, key):
         self.cache.delete(key)
+
+    # Histories are stored encoded (bytes, which cachelib stores as they are), so a reader can tell
+    # an unchanged history by comparing bytes instead of decoding it again (see Store.history).
+    get_blob = get
+
+    def set_blob(self, key, blob, ttl):
+        self.set(key, blob, ttl)
+
+    @staticmethod
+    def encode(value):
+        return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+
+    @staticmethod
+    def decode(blob):
+        return pickle.loads(blob)
 
     def lock_path(self, key):
         """The lock file of `key`: the first 32 hex digits of its cache file's name (both are the key's
@@ -127,20 +145,34 @@ class RedisBackend:
         self.errors = (redis.RedisError,)
 
     def get(self, key):
-        try:
-            raw = self.client.get(key)
-        except self.errors as exc:
-            raise StoreError(str(exc)) from None
-        try:
-            return json.loads(raw) if raw is not None else None
-        except ValueError:
-            raise StoreError(f"{key} does not hold valid JSON") from None
+        raw = self.get_blob(key)
+        return self.decode(raw, key) if raw is not None else None
 
     def set(self, key, value, ttl):
+        self.set_blob(key, self.encode(value), ttl)
+
+    def get_blob(self, key):
         try:
-            self.client.set(key, json.dumps(value, separators=(",", ":")), ex=ttl)
+            return self.client.get(key)
         except self.errors as exc:
             raise StoreError(str(exc)) from None
+
+    def set_blob(self, key, blob, ttl):
+        try:
+            self.client.set(key, blob, ex=ttl)
+        except self.errors as exc:
+            raise StoreError(str(exc)) from None
+
+    @staticmethod
+    def encode(value):
+        return json.dumps(value, separators=(",", ":")).encode()
+
+    @staticmethod
+    def decode(blob, key="a history"):
+        try:
+            return json.loads(blob)
+        except ValueError:
+            raise StoreError(f"{key} does not hold valid JSON") from None
 
     def delete(self, key):
         try:
@@ -205,20 +237,63 @@ class Store:
     prefix, pending_prefix = "conv:", "turn:"
     index_prefix = "browser:"  # a browser's list of its conversations
     stop_key = "signal:stop"  # changes whenever a Stop is flagged for another worker to act on
+    # Decoded histories kept per process, at most this many encoded bytes in all (see `history`).
+    decoded_bytes = 8 << 20
 
     def __init__(self, backend, ttl, lock_timeout=10.0):
         self.backend = backend
         self.ttl = ttl
         self.lock_timeout = lock_timeout
+        self._decoded = OrderedDict()  # cid -> (encoded bytes, decoded record), least recent first
+        self._decoded_size = 0
+        self._decoded_lock = threading.Lock()
 
     def ping(self):
         """Raise StoreError unless the store answers (files: writable; Redis: PING)."""
         self.backend.ping()
 
     def load(self, cid):
-        conv = self.backend.get(self.prefix + cid) or conversation.new()
+        conv = self.history(cid) or conversation.new()
         conv["pending"] = self.load_pending(cid)
         return conv
+
+    def history(self, cid):
+        """The stored history of `cid` (items, meta, failed, settings…), or None.
+
+        Decoding a long history is the dearest part of a turn (every turn reads it two or three
+        times), so each process keeps the last decoded copy of recently used ones beside the exact
+        bytes it came from: when the stored bytes are the same, the copy is reused. Comparing bytes
+        (not a timestamp or a counter) means another worker's or host's write is always seen. The
+        caller gets its own top-level dict and lists (histories only ever change by appending,
+        removing or replacing whole items, never by editing one in place)."""
+        blob = self.backend.get_blob(self.prefix + cid)
+        if blob is None:
+            return None
+        if not isinstance(blob, (bytes, str)):
+            return blob  # stored decoded, before histories were stored as bytes
+        with self._decoded_lock:
+            known = self._decoded.get(cid)
+            if known is not None and known[0] == blob:
+                self._decoded.move_to_end(cid)
+                return _copy(known[1])
+        record = self.backend.decode(blob)
+        self._remember(cid, blob, record)
+        return _copy(record)
+
+    def _remember(self, cid, blob, record):
+        if len(blob) > self.decoded_bytes // 8:
+            return
+        with self._decoded_lock:
+            self._forget(cid)
+            self._decoded[cid] = (blob, _copy(record))
+            self._decoded_size += len(blob)
+            while self._decoded_size > self.decoded_bytes:
+                self._forget(next(iter(self._decoded)))
+
+    def _forget(self, cid):
+        known = self._decoded.pop(cid, None)
+        if known is not None:
+            self._decoded_size -= len(known[0])
 
     def load_pending(self, cid):
         """Only the turn under way (small), without the history."""
@@ -234,7 +309,9 @@ class Store:
 
     def _save_history(self, cid, conv):
         record = {k: v for k, v in conv.items() if k != "pending"}
-        self.backend.set(self.prefix + cid, record, self.ttl)
+        blob = self.backend.encode(record)
+        self.backend.set_blob(self.prefix + cid, blob, self.ttl)
+        self._remember(cid, blob, record)
 
     def _save_pending(self, cid, pending):
         if pending is None:
@@ -250,6 +327,8 @@ class Store:
         with self.backend.lock(self.prefix + cid, self.lock_timeout):
             self.backend.delete(self.prefix + cid)
             self.backend.delete(self.pending_prefix + cid)
+        with self._decoded_lock:
+            self._forget(cid)
 
     @contextmanager
     def update_pending(self, cid, lock_timeout=None):
@@ -295,3 +374,8 @@ class Store:
                 self._save_history(cid, conv)
             if conv["pending"] != pending:
                 self._save_pending(cid, conv["pending"])
+
+
+def _copy(record):
+    """A history the caller may change: its own dict and item/meta lists (the items are shared)."""
+    return {**record, "items": list(record.get("items", ())), "meta": list(record.get("meta", ()))}

@@ -68,3 +68,20 @@ def test_the_shipped_code_stylesheet_is_the_generated_one():
     path = os.path.join(os.path.dirname(__file__), "..", "static", "code.css")
     with open(path) as f:
         assert f.read() == render.code_css()
+
+
+def test_streaming_renders_are_spaced_by_how_many_replies_stream_at_once(monkeypatch):
+    from webapp.views import streaming
+
+    monkeypatch.setattr(streaming.time, "monotonic", lambda: 100.01)  # each render "takes" 10 ms
+    intervals = {}
+    for live in (1, 50):
+        snapshots = streaming._Snapshots(live=lambda live=live: live)
+        snapshots.add("**bold** text")
+        assert "<strong>bold</strong>" in snapshots.due(100.0)
+        intervals[live] = snapshots.interval
+        snapshots.add(" more")
+        assert snapshots.due(100.0 + snapshots.interval - 0.01) is None  # not due yet
+        assert "more" in snapshots.due(100.0 + snapshots.interval + 0.001)
+    assert intervals[1] == pytest.approx(streaming.HTML_EVERY)  # 10 × 10 ms is less than the floor
+    assert intervals[50] == pytest.approx(10 * 50 * 0.01)

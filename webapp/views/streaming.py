@@ -27,11 +27,14 @@ def sse(kind, data=None):
 
 class _Snapshots:
     """The markdown of a streaming reply, rendered by the server's one sanitising renderer every few
-    hundred milliseconds, so the page shows formatting as it arrives. Rendering a long reply costs
-    more; it is spaced out so it never takes more than a tenth of the stream's time."""
+    hundred milliseconds, so the page shows formatting as it arrives. Rendering costs more for a
+    longer reply and is repeated for every reply streaming in this process at once, so renders are
+    spaced to take at most a tenth of one core in all: with `live()` replies streaming, each waits
+    at least 10 × live × its last render time (the deltas themselves are never held back)."""
 
-    def __init__(self):
+    def __init__(self, live=lambda: len(turns.LIVE)):
         self.text, self.dirty, self.last, self.interval = "", False, 0.0, HTML_EVERY
+        self.live = live
 
     def add(self, delta):
         self.text += delta
@@ -46,7 +49,7 @@ class _Snapshots:
             return None
         html = str(render.markdown(self.text))
         self.last, self.dirty = now, False
-        self.interval = max(HTML_EVERY, 10 * (time.monotonic() - now))
+        self.interval = max(HTML_EVERY, 10 * max(1, self.live()) * (time.monotonic() - now))
         return html
 
 

@@ -169,7 +169,8 @@ async def nojs_turn(port, session, text):
 
 
 async def streamed_turn(port, session, text):
-    """JS on: POST /turns and read the SSE to its `done` event; every delta's lag and count."""
+    """JS on: POST /turns and read the SSE to its `done` event; every delta's lag and count (by the
+    upstream's deltas in the text, however many events carried them)."""
     conn = await Conn.open(port)
     lags = []
     try:
@@ -181,7 +182,7 @@ async def streamed_turn(port, session, text):
             raise HTTPError(f"POST /turns answered {status}")
         async for kind, data, now in sse(conn, headers):
             if kind == "delta":
-                lags.append(_lag(json.loads(data), now))
+                lags.extend(_lags(json.loads(data), now))
             elif kind == "error":
                 raise HTTPError(f"stream error: {data[:200]}")
             elif kind == "done":
@@ -209,7 +210,7 @@ async def direct_turn(port, path, body, api_key):
                 continue
             event = json.loads(data)
             if event["type"] == "response.output_text.delta":
-                lags.append(_lag(event["delta"], now))
+                lags.extend(_lags(event["delta"], now))
             elif event["type"] in ("response.completed", "response.failed", "response.incomplete"):
                 return {"lags": lags}
         raise HTTPError("upstream stream ended without response.completed")
@@ -217,13 +218,14 @@ async def direct_turn(port, path, body, api_key):
         conn.close()
 
 
-def _lag(delta, now):
-    """Seconds since the upstream sent this delta (the `ticks` upstream's deltas are its send times);
-    None for any other text."""
+def _lags(delta, now):
+    """Seconds since the upstream sent each delta in this text: the `ticks` upstream's deltas are its
+    send times, and the app may send several adjacent deltas as one event when its listener fell
+    behind, so one event can carry several. [None] for any other text (counted, not timed)."""
     try:
-        return now - float(delta.split()[0])
-    except (ValueError, IndexError):
-        return None
+        return [now - float(tick) for tick in delta.split()] or [None]
+    except ValueError:
+        return [None]
 
 
 async def gradio_turn(port, text):

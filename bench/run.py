@@ -388,7 +388,7 @@ def stream_latencies(url, turns=5):
             if line.startswith("event: "):
                 kind = line[7:]
             elif line.startswith("data: ") and kind == "delta":
-                lags.append(now - float(json.loads(line[6:]).split()[0]))
+                lags.extend(load._lags(json.loads(line[6:]), now))
             elif line.startswith("data: ") and kind in ("done", "error"):
                 break
         response.close()

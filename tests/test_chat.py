@@ -307,6 +307,22 @@ def test_an_anonymous_visit_is_stored_briefly_and_a_conversation_for_the_full_li
     assert all(e > 29 * 86400 for e in expiries())  # session and conversation: the full 30 days
 
 
+def test_a_first_send_stores_the_new_session_once_and_pages_after_it_store_none(client, fake, monkeypatch):
+    """The new id is stored at once (a reply may take minutes); nothing after that rewrites it the same."""
+    cache = client.application.session_interface.cache
+    writes = []
+    original = cache.set
+    monkeypatch.setattr(cache, "set", lambda key, *a, **k: writes.append(key) or original(key, *a, **k))
+    page(client)  # an anonymous session: stored, for its CSRF token
+    writes.clear()
+    send(client, "hello")
+    page(client)
+    page(client)
+    assert len([key for key in writes if key.startswith("session:")]) == 1
+    stored = cache.get(writes[0])
+    assert "browser" in str(stored) and "day" in str(stored)  # kept alive without another write
+
+
 def test_a_reply_is_rendered_once_when_it_settles_and_pages_reuse_it(client, fake, monkeypatch):
     """Render once: the page assembles stored fragments instead of running markdown on every view."""
     from webapp import render

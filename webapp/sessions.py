@@ -9,8 +9,15 @@
   (another port) planted one with a longer path, and the browser sends it first.
 """
 
+from datetime import date
+
 from flask_session.cachelib import CacheLibSessionInterface
 from flask_session.redis import RedisSessionInterface
+
+
+def today():
+    """The day an active session was last marked on (see chat.keep_session_alive)."""
+    return date.today().toordinal()
 
 
 def established(session):
@@ -23,9 +30,14 @@ class _ShortLivedWhileAnonymous:
     store_errors = ()  # the store's own errors while opening a session (set by `interface`)
 
     def _upsert_session(self, session_lifetime, session, store_id):
+        # A new id is stored at once (`rotate`); the end of that request would store the same again.
+        stored = (store_id, dict(session))
+        if getattr(session, "stored", None) == stored:
+            return
         if not established(session):
             session_lifetime = self.anonymous_lifetime
         super()._upsert_session(session_lifetime, session, store_id)
+        session.stored = stored
 
     def open_session(self, app, request):
         # Flask opens the session before any view or error handler runs: a store that is down here

@@ -6,11 +6,9 @@ its own page, `/c/<id>`, and the form posts back to it, so two tabs on two conve
 to their own. `POST /` sends to the most recent conversation (for clients without a page).
 """
 
-from datetime import date
-
 from flask import Blueprint, current_app, redirect, request, session, url_for
 
-from .. import turns
+from .. import sessions, turns
 from ..limits import per_session_and_address
 from . import common
 from .common import BadInput
@@ -24,7 +22,7 @@ bp.add_app_template_filter(common.clock, "clock")
 def keep_session_alive():
     """Sessions are saved only when they change (no file write on every request); touching them once
     a day keeps an active browser's session from expiring under it."""
-    today = date.today().toordinal()
+    today = sessions.today()
     if ("browser" in session or "cid" in session) and session.get("day") != today:
         session["day"] = today
 

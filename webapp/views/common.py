@@ -62,6 +62,7 @@ def browser(create=False):
             entries.append({"id": cid, "title": title, "at": time.time()})
     if bid is None and create:
         bid = session["browser"] = secrets.token_urlsafe(18)
+        session["day"] = sessions.today()  # as keep_session_alive would on the next page
         sessions.rotate(current_app, session)
     return bid
 

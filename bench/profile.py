@@ -367,7 +367,7 @@ def collapsed_top(path, limit=25):
     samples = 0
     for line in open(path):
         stack, _, count = line.rstrip("\n").rpartition(" ")
-        if not stack:
+        if not stack or not count.isdigit():  # py-spy's own notes, a line cut short
             continue
         count = int(count)
         samples += count

@@ -216,7 +216,7 @@ def test_options_group_by_provider_and_sort_by_name():
     assert o4 == {"id": "openai/o4-mini", "name": "OpenAI: o4-mini", "context_length": 200000,
                   "prompt_price": 1.1e-6, "completion_price": 4.4e-6,
                   "label": "OpenAI: o4-mini \u00b7 200K context \u00b7 $1.10/$4.40 per M tokens",
-                  "params": ["max_tokens", "reasoning"]}
+                  "params": ["max_tokens", "reasoning"], "page_params": "max_tokens reasoning"}
 
 
 def test_labels():
@@ -241,7 +241,7 @@ def test_a_default_missing_from_the_list_is_a_bare_entry():
         entries = {m["id"]: m for g in groups for m in g["models"]}
         assert entries["acme/private"] == {"id": "acme/private", "name": "acme/private", "context_length": None,
                                            "prompt_price": None, "completion_price": None,
-                                           "label": "acme/private", "params": []}
+                                           "label": "acme/private", "params": [], "page_params": ""}
         assert ("openai/o4-mini" in entries) is bool(models)
 
 

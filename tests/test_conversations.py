@@ -363,6 +363,32 @@ def test_the_model_picker_is_in_the_chat_form_filled_from_models_grouped_with_co
     assert fake.model_fetches == 1  # cached
 
 
+def test_a_catalogue_of_hundreds_of_models_is_worked_out_once_per_fetch(make_app, fake, monkeypatch):
+    """OpenRouter lists hundreds of models: grouping, labelling and rendering them must not happen on
+    every page and every send, and each option carries only what the page uses."""
+    from webapp import catalogue
+
+    many = [{"id": f"acme{i % 9}/model-{i}", "name": f"Acme: Model {i}", "context_length": 131072,
+             "pricing": {"prompt": "0.0000003", "completion": "0.0000012"},
+             "supported_parameters": ["frequency_penalty", "max_tokens", "seed", "stop", "temperature",
+                                      "tool_choice", "tools", "top_k", "top_p"]} for i in range(300)]
+    fake.models = {"data": MODELS["data"] + many}
+    worked_out = []
+    original = catalogue.options
+    monkeypatch.setattr(catalogue, "options", lambda *a, **k: worked_out.append(1) or original(*a, **k))
+    client = make_app().test_client()
+    html = get(client, "/")
+    assert len(model_options(html)) == 302 and selected_model(html) == "openai/o4-mini"
+    start(client, "hi", model="acme3/model-12")
+    html = get(client, "/")
+    assert selected_model(html) == "acme3/model-12"  # the conversation's own, and only it
+    assert selected_model(get(client, "/new")) == "openai/o4-mini"
+    assert len(worked_out) == 1
+    option = re.search(r'<option value="acme3/model-12"[^>]*>', html).group(0)
+    assert 'data-params="max_tokens temperature"' in option  # not tools, seed, top_k…
+    assert len(html.encode()) < 300 * 250  # about 200 bytes an option
+
+
 def test_a_conversation_keeps_its_model_and_new_ones_start_on_the_default(client, fake):
     cid = start(client, "use the small one", model="openai/gpt-4o-mini")
     assert fake.requests[-1]["body"]["model"] == "openai/gpt-4o-mini"

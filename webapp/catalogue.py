@@ -177,19 +177,25 @@ def label(model):
     return " \u00b7 ".join(parts)
 
 
+# The parameters the page shows a field for (templates/chat.html `data-param`): an option lists only
+# these, not the dozen or more a model supports.
+PAGE_PARAMS = ("max_tokens", "temperature", "reasoning")
+
+
 def _entry(model):
     prompt, completion = pricing(model)
     params = model.get("supported_parameters")
+    params = [p for p in params if isinstance(p, str)] if isinstance(params, list) else []
     return {"id": model["id"], "name": model.get("name") if isinstance(model.get("name"), str)
             and model["name"].strip() else model["id"],
             "context_length": context_length(model), "prompt_price": prompt,
-            "completion_price": completion, "label": label(model),
-            "params": [p for p in params if isinstance(p, str)] if isinstance(params, list) else []}
+            "completion_price": completion, "label": label(model), "params": params,
+            "page_params": " ".join(p for p in params if p in PAGE_PARAMS)}
 
 
 def _bare(model_id):
     return {"id": model_id, "name": model_id, "context_length": None, "prompt_price": None,
-            "completion_price": None, "label": model_id, "params": []}
+            "completion_price": None, "label": model_id, "params": [], "page_params": ""}
 
 
 def provider(model_id):

@@ -14,7 +14,7 @@ from collections import OrderedDict
 from datetime import datetime, timezone
 
 from flask import abort, current_app, get_template_attribute, render_template, request, session
-from markupsafe import Markup
+from markupsafe import Markup, escape
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from .. import catalogue as models, conversation, render, sessions, turns, usage
@@ -119,16 +119,45 @@ def model_list():
     return current_app.extensions["catalogue"].get()
 
 
-def offered(models_list, conv=None):
-    """The model picker's groups: the catalogue narrowed by ALLOWED_MODELS, the default always in it,
-    and, while the list is unavailable, the conversation's own model (it was offered when chosen)."""
+class Offer:
+    """What pages and sends need from one fetch of the catalogue, worked out once per fetch (the
+    real catalogue has hundreds of models; per request this was most of a page's time): the
+    picker's groups, the ids on offer, prices by model, and the picker's rendered options."""
+
+    def __init__(self, models_list, allowed, default):
+        self.source = models_list  # kept, so its id() stays unique while this is cached
+        self.groups = models.options(models_list or [], allowed, default)
+        self.ids = frozenset(m["id"] for g in self.groups for m in g["models"])
+        self.prices = {m["id"]: models.pricing(m) for m in models_list or []}
+        self.by_id = {m["id"]: m for m in models_list or [] if isinstance(m, dict)}
+        self._html = None
+
+    def options_html(self, chosen):
+        """The picker's <optgroup>s with `chosen` selected (rendered once, then only marked)."""
+        if self._html is None:
+            self._html = render_template("_models.html", groups=self.groups)
+        option = f'<option value="{escape(chosen)}"'
+        return Markup(self._html.replace(option, option + " selected", 1))
+
+
+def offer(models_list):
+    """The `Offer` for this catalogue list (the same list object until the next fetch)."""
     config = current_app.config
-    groups = models.options(models_list or [], config["ALLOWED_MODELS"], config["OPENROUTER_MODEL"])
-    chosen = model_of(conv)
-    if models_list is None and not any(m["id"] == chosen for g in groups for m in g["models"]):
-        groups.append({"label": "This conversation", "models": [{"id": chosen, "label": chosen,
-                                                                   "params": []}]})
-    return groups
+    key = (id(models_list), tuple(config["ALLOWED_MODELS"] or ()) if config["ALLOWED_MODELS"] is not None
+           else None, config["OPENROUTER_MODEL"])
+    cached = current_app.extensions.get("offer")
+    if cached is None or cached[0] != key or cached[1].source is not models_list:
+        cached = (key, Offer(models_list, config["ALLOWED_MODELS"], config["OPENROUTER_MODEL"]))
+        current_app.extensions["offer"] = cached
+    return cached[1]
+
+
+def offered(models_list, conv=None):
+    """The ids of the models on offer: the catalogue narrowed by ALLOWED_MODELS, the default always
+    in it, and, while the list is unavailable, the conversation's own model (it was offered when
+    chosen)."""
+    ids = offer(models_list).ids
+    return ids | {model_of(conv)} if models_list is None else ids
 
 
 def model_of(conv):
@@ -178,9 +207,7 @@ def read_settings(models_list, conv=lambda: None):
     settings = {}
     if "model" in form:
         wanted = form["model"].strip()
-        ids = {m["id"] for g in offered(models_list, conv() if models_list is None else None)
-               for m in g["models"]}
-        if wanted not in ids:
+        if wanted not in offered(models_list, conv() if models_list is None else None):
             raise BadInput(400, "That model is not offered here. Pick one from the list; nothing "
                                 "was sent.")
         settings["model"] = wanted
@@ -221,11 +248,12 @@ def planner(models_list):
     instructions and the options the model supports, each only when set), with `max_output_tokens`
     capped to what the model's context leaves; None when the turn would not fit at all."""
     default_max = current_app.config["MAX_OUTPUT_TOKENS"]
+    by_id = offer(models_list).by_id
 
     def plan(conv, history, text):
         settings = conv.get("settings") or {}
         model_id = model_of(conv)
-        model = models.find(models_list or [], model_id)
+        model = by_id.get(model_id)
         instructions = settings.get("instructions") or ""
         wanted = settings.get("max_output_tokens") or default_max
         budget = usage.budget(models.context_length(model) if model else None, history, instructions,
@@ -342,13 +370,13 @@ def clock(epoch):
 
 
 def prices_by_model(models_list):
-    return {m["id"]: models.pricing(m) for m in models_list or []}
+    return offer(models_list).prices
 
 
 def budget_of(conv, models_list, draft=""):
     """How full the conversation's model context is (for the meter), with `draft` as the next message."""
     settings = conv.get("settings") or {}
-    model = models.find(models_list or [], model_of(conv))
+    model = offer(models_list).by_id.get(model_of(conv))
     return usage.budget(models.context_length(model) if model else None,
                         conversation.sent_history(conv), settings.get("instructions") or "", draft or "",
                         settings.get("max_output_tokens") or current_app.config["MAX_OUTPUT_TOKENS"])
@@ -420,7 +448,8 @@ def render_chat(cid, conv, *, draft="", error=None, hint=None, notice=None, stat
     if editing and not draft:
         draft = shown[-2]["text"]
     chosen = model_of(conv)
-    model = models.find(models_list or [], chosen)
+    on_offer = offer(models_list)
+    model = on_offer.by_id.get(chosen)
     settings = conv.get("settings") or {}
     budget = budget_of(conv, models_list, draft)
     entry = next((e for e in entries if e["id"] == cid), None)
@@ -432,7 +461,9 @@ def render_chat(cid, conv, *, draft="", error=None, hint=None, notice=None, stat
         failed=bool(failed) and not failed.get("stopped"), context_full=bool(failed and failed.get("context")),
         editing=editing, last_reply=conversation.last_reply_id(conv), title=title,
         dropped=dropped, totals=usage.totals(conv, prices),
-        groups=offered(models_list, conv), chosen=chosen, model=model, settings=settings,
+        model_options=on_offer.options_html(chosen), chosen=chosen, model=model, settings=settings,
+        # While the list is down, the conversation's own model stays pickable (it was offered).
+        own_model=chosen if models_list is None and chosen not in on_offer.ids else None,
         supports=lambda param: bool(model) and models.supports(model, param),
         models_unavailable=models_list is None, budget=budget, efforts=EFFORTS,
         missing_key=not current_app.config["OPENROUTER_API_KEY"],

@@ -59,8 +59,7 @@ def import_conversation():
                                    config["MAX_CONTENT_LENGTH"], max_chars=config["MAX_MESSAGE_CHARS"])
     except exchange.ImportProblem as problem:
         return render_template("import.html", error=f"That file cannot be imported: {problem}"), 400
-    offered = {m["id"] for g in common.offered(common.model_list()) for m in g["models"]}
-    if conv["settings"].get("model") not in offered:
+    if conv["settings"].get("model") not in common.offered(common.model_list()):
         conv["settings"]["model"] = None  # not offered here: the default model answers it
     for item, meta in zip(conv["items"], conv["meta"]):
         if item["role"] == "assistant":  # rendered once, now, like every reply that settles here

@@ -323,13 +323,18 @@ class Send:
         self.options = turn_options()
         self.cid = self.cid or new_id()
         touch(self.cid, self.text)
-        return self.again(wait)
+        # Just listed, and its waiter id not yet given out: nothing to check before the first try.
+        return self._try(wait)
 
     def again(self, wait=0):
-        if self.options and turns.waiter_cancelled(store(), self.waiter):
+        """Try again after `turns.Busy` (the conversation's reply before this one still runs)."""
+        if turns.waiter_cancelled(store(), self.waiter):
             raise Cancelled()  # stopped while it waited
-        if self.options and not any(e["id"] == self.cid for e in listed()):
+        if not any(e["id"] == self.cid for e in listed()):
             raise Deleted()  # deleted while this send waited: never bring it back unlisted
+        return self._try(wait)
+
+    def _try(self, wait):
         return turns.begin(store(), self.cid, self.text, wait, self.replace, self.waiter,
                            self.settings, self.plan)
 

@@ -445,6 +445,57 @@ def page_weight(server, turns=20):
     return {"html": len(html.encode()), "total": total}
 
 
+# --- a catalogue the size of OpenRouter's ---------------------------------------------------------------
+
+PARAMS = ["frequency_penalty", "include_reasoning", "logit_bias", "logprobs", "max_tokens", "min_p",
+          "presence_penalty", "reasoning", "repetition_penalty", "response_format", "seed", "stop",
+          "structured_outputs", "temperature", "tool_choice", "tools", "top_k", "top_logprobs", "top_p"]
+
+
+def big_catalogue(n=330):
+    """A /models list shaped like OpenRouter's (about 330 models from about 50 providers, each with
+    its name, context length, prices and 8 to 19 supported parameters), plus the fake's own."""
+    from tests.fake_openrouter import MODELS
+
+    models = list(MODELS["data"])
+    for i in range(n):
+        provider = f"provider{i % 50}"
+        models.append({"id": f"{provider}/model-{i}-instruct", "name": f"Provider {i % 50}: Model {i} Instruct",
+                       "context_length": (32_768, 131_072, 200_000, 1_048_576)[i % 4],
+                       "pricing": {"prompt": f"{(i % 30 + 1) / 1e7:.7f}", "completion": f"{(i % 30 + 1) * 4 / 1e7:.7f}"},
+                       "supported_parameters": PARAMS[: 8 + i % 12]})
+    return {"data": models}
+
+
+def catalogue_page(fake, workdir, turns=20, gets=40):
+    """The same 20-turn page with the fake's few models and with a catalogue of OpenRouter's size: the
+    page's bytes and the GET's median, the two apps alternating (the default worker class)."""
+    with FakeOpenRouter(api_key=API_KEY).start() as big:
+        big.models = big_catalogue()
+        results = {}
+        with contextlib.ExitStack() as stack:
+            servers, pages = {}, {}
+            for name, upstream in (("few", fake), ("many", big)):
+                path = os.path.join(workdir, f"catalogue-{name}")
+                os.makedirs(path, exist_ok=True)
+                servers[name] = stack.enter_context(Gunicorn(app_env(upstream.base_url, path),
+                                                             os.path.join(path, "log"), worker_class=CLASSES[1]))
+                browser, page = Browser(), "/c/new"
+                for i in range(turns):
+                    _, html, page = nojs(browser, servers[name].url, page,
+                                         {"message": f"Question {i}: how do I write a loop in Python?"})
+                pages[name] = (browser, page, len(html.encode()))
+            times = {name: [] for name in servers}
+            for _ in range(gets):
+                for name, server in servers.items():
+                    browser, page, _ = pages[name]
+                    times[name].append(timed_get(browser, server.url + page))
+            for name in servers:
+                results[name] = {"html": pages[name][2], "get_ms": median(times[name]) * 1000,
+                                 "models": len((fake if name == "few" else big).models["data"])}
+    return results
+
+
 # --- a crowded store ----------------------------------------------------------------------------------
 
 def crowded(fake, workdir, others=10_000, samples=60):
@@ -534,7 +585,7 @@ def charts(out, over, burst_results, burst_lags):
     plt.close(fig)
 
 
-def report(q, started, over, gets, convs, burst_results, quiet, weight, crowd, noise):
+def report(q, started, over, gets, convs, burst_results, quiet, weight, crowd, noise, catalogue):
     sizes = sorted(over[CLASSES[0]])
     mid = 50 if 50 in sizes else sizes[len(sizes) // 2]
     small, large = sizes[0], sizes[-1]
@@ -605,6 +656,12 @@ def report(q, started, over, gets, convs, burst_results, quiet, weight, crowd, n
     rows.append(("page weight, 20 turns (HTML+CSS+JS)", "≤ 60 KB",
                  {CLASSES[0]: (f"{weight['total'] / 1024:.1f} KB (HTML {weight['html'] / 1024:.1f} KB)",
                                weight["total"] <= 60 * 1024), CLASSES[1]: ("", None)}))
+    few, many = catalogue["few"], catalogue["many"]
+    rows.append((f"the same page with a catalogue of OpenRouter's size ({many['models']} models) vs the fake's "
+                 f"{few['models']}: HTML, GET median", "",
+                 {CLASSES[0]: ("", None),
+                  CLASSES[1]: (f"{many['html'] / 1024:.1f} vs {few['html'] / 1024:.1f} KB, {many['get_ms']:.1f} vs "
+                               f"{few['get_ms']:.1f} ms", None)}))
     rows.append((f"turn time with {crowd['others']:,} other browsers in the store vs none", "≤ 1.2×",
                  {CLASSES[0]: (f"{crowd['ratio']:.2f}× ({crowd['crowded_ms']:.1f} vs {crowd['alone_ms']:.1f} ms)",
                                crowd["ratio"] <= 1.2), CLASSES[1]: ("", None)}))
@@ -665,6 +722,8 @@ def main():
             convs = many_conversations(servers, others=100, samples=8 if q else 40)
             step("page weight")
             weight = page_weight(servers[CLASSES[0]])
+        step("a catalogue of OpenRouter's size")
+        catalogue = catalogue_page(fake, workdir, gets=10 if q else 40)
         step("crowded store")
         crowd = crowded(fake, workdir, others=1000 if q else 10_000, samples=10 if q else 60)
     burst_results, burst_lags = {}, {}
@@ -682,13 +741,14 @@ def main():
                for r in burst_results.values()]
     noise["direct_spread"] = max(spreads) if spreads else 0.0
     charts(out, over, burst_results, burst_lags)
-    lines = report(q, started, over, gets, convs, burst_results, quiet, weight, crowd, noise)
+    lines = report(q, started, over, gets, convs, burst_results, quiet, weight, crowd, noise, catalogue)
     with open(os.path.join(out, "results.md"), "w") as f:
         f.write("\n".join(lines))
     with open(os.path.join(out, "results.json"), "w") as f:
         json.dump({"overhead": over, "get": gets, "conversations": convs,
                    "bursts": {f"{k}-{n}": v for (k, n), v in burst_results.items()},
-                   "quiet_deltas": quiet, "page": weight, "crowded": crowd, "noise": noise}, f, indent=1)
+                   "quiet_deltas": quiet, "page": weight, "catalogue": catalogue, "crowded": crowd,
+                   "noise": noise}, f, indent=1)
     print("\n".join(lines))
     print(f"\nWritten to {os.path.relpath(out, ROOT)}/", flush=True)
     if any(r[c]["errors"] for r in burst_results.values() for c in CLASSES):

@@ -5,6 +5,7 @@ import os
 import threading
 import time
 
+import pytest
 from cachelib.file import FileSystemCache
 
 from webapp import conversation, turns
@@ -269,3 +270,20 @@ def test_a_listener_that_fell_behind_gets_adjacent_deltas_as_one():
         relay.publish("delta", piece)
     relay.publish("done", {"text": "one two three"}, final=True)
     assert list(relay.listen()) == [("delta", "one two three"), ("done", {"text": "one two three"})]
+
+
+def test_progress_saves_are_spaced_out_when_many_replies_stream_at_once(tmp_path, monkeypatch):
+    """Each save is a locked store write: with hundreds of replies streaming in one process, each is
+    saved less often (never less than a heartbeat), so the process makes about 100 saves a second."""
+    assert turns.flush_interval(1) == turns.flush_interval(50) == turns.FLUSH_EVERY
+    assert turns.flush_interval(300) == pytest.approx(3.0)
+    assert turns.flush_interval(5000) == turns.HEARTBEAT
+    store = file_store(tmp_path)
+    saves = []
+    monkeypatch.setattr(turns, "_flush", lambda *args: saves.append(args) or "running")
+    relay = turns.Relay(store, "c", "t")
+    start = relay.saved[0]
+    for step in range(1, 31):  # 3 s of the saver's rounds, a delta in each
+        relay.state.text += "word "
+        relay.save_progress(start + step * 0.1, turns.flush_interval(300))
+    assert len(saves) == 1  # at 3 s, not every 0.5 s

@@ -27,7 +27,8 @@ INTERRUPTED = "The reply was interrupted before it finished (the server restarte
 STORE_FAILED = ("The reply could not be saved (the conversation store is unavailable). "
                 "Reload in a moment: your message is recovered when the store is back.")
 TICK = 0.1  # seconds between the progress saver's rounds (it also looks for Stops from other workers)
-FLUSH_EVERY = 0.5  # seconds between saves of a streaming reply's progress
+FLUSH_EVERY = 0.5  # seconds between saves of a streaming reply's progress (while few stream at once)
+SAVES_PER_SECOND = 100  # at most this many progress saves a second per process, unless heartbeats need more
 HEARTBEAT = 5.0  # seconds between "still alive" saves of a running turn while nothing new arrived
 STALE = 30.0  # a running turn with no heartbeat for this long lost its worker
 STOP_WAIT = 0.35  # seconds a Stop waits for the turn's own thread before settling it itself
@@ -281,12 +282,12 @@ class Relay:
             self.expired = True
             self.state.cancel()
 
-    def save_progress(self, now):
-        """Save the text so far when it changed (at most every FLUSH_EVERY seconds), else a heartbeat
+    def save_progress(self, now, every=FLUSH_EVERY):
+        """Save the text so far when it changed (at most every `every` seconds), else a heartbeat
         every HEARTBEAT seconds, so other workers can follow the reply and see this one is alive."""
         when, text = self.saved
         changed = self.streaming and self.state.text != text
-        if self.finished or now - when < (FLUSH_EVERY if changed else HEARTBEAT):
+        if self.finished or now - when < (every if changed else HEARTBEAT):
             return
         self.saved = (now, self.state.text if self.streaming else "")
         if _flush(self.store, self.cid, self.turn, self.state, self.streaming) != "running":
@@ -431,6 +432,13 @@ def stopped_outcome(kept, text):
                     "stopped": True, "kept": kept}
 
 
+def flush_interval(live):
+    """Seconds between progress saves of each of `live` streaming replies: FLUSH_EVERY while few
+    stream, spaced so the process makes at most SAVES_PER_SECOND (each is a locked store write), and
+    never longer than a heartbeat. A crash loses at most that much of a reply's words."""
+    return min(HEARTBEAT, max(FLUSH_EVERY, live / SAVES_PER_SECOND))
+
+
 def _save_progress_forever():
     """One thread per process saves the progress and heartbeat of every turn running here, and looks
     for Stops from other workers. Saving from a timer, not from the reading loop, means a reply that
@@ -452,10 +460,11 @@ def _save_progress_forever():
                     relay.stop_if_asked()
         except Exception:
             log.warning("could not check for stopped turns", exc_info=True)
+        every = flush_interval(len(relays))
         for relay in relays:
             relay.expire_if_late(now)
             try:
-                relay.save_progress(now)
+                relay.save_progress(now, every)
             except Exception:  # a store hiccup: the next round tries again
                 log.warning("could not save the progress of turn %s", relay.turn, exc_info=True)
 

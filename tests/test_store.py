@@ -287,3 +287,21 @@ def test_progress_saves_are_spaced_out_when_many_replies_stream_at_once(tmp_path
         relay.state.text += "word "
         relay.save_progress(start + step * 0.1, turns.flush_interval(300))
     assert len(saves) == 1  # at 3 s, not every 0.5 s
+
+
+def test_a_turn_beginning_on_an_old_history_restarts_its_lifetime(tmp_path, monkeypatch):
+    """A history expires SESSION_LIFETIME_DAYS after its last write: one left alone almost that long
+    must not expire under the turn that just began on it."""
+    store = file_store(tmp_path, ttl=100)
+    with store.update("c") as conv:
+        conversation.add_turn(conv, "old question", "msg_a", "completed", "old answer")
+    written = store.history("c")["saved"]
+    turns.begin(store, "c", "soon after")  # young: the history is not written again
+    assert store.history("c")["saved"] == written
+    with store.update("c") as conv:
+        conv["pending"] = None
+    now = time.time()
+    monkeypatch.setattr(time, "time", lambda: now + 60)  # past half its lifetime
+    turns.begin(store, "c", "much later")
+    assert store.history("c")["saved"] == now + 60
+    assert [conversation.item_text(i) for i in store.load("c")["items"]] == ["old question", "old answer"]

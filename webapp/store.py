@@ -309,6 +309,7 @@ class Store:
 
     def _save_history(self, cid, conv):
         record = {k: v for k, v in conv.items() if k != "pending"}
+        record["saved"] = time.time()  # its lifetime restarts now (see `update`)
         blob = self.backend.encode(record)
         self.backend.set_blob(self.prefix + cid, blob, self.ttl)
         self._remember(cid, blob, record)
@@ -370,10 +371,15 @@ class Store:
             rev = conv.get("rev", 0)
             pending = dict(conv["pending"]) if conv["pending"] else None
             yield conv
-            if conv.get("rev", 0) != rev:
+            if conv.get("rev", 0) != rev or (conv["pending"] and not pending and self._ageing(conv)):
+                # A turn beginning on a history past half its lifetime writes it again: otherwise
+                # it could expire while the turn runs, and the reply would be stored without it.
                 self._save_history(cid, conv)
             if conv["pending"] != pending:
                 self._save_pending(cid, conv["pending"])
+
+    def _ageing(self, conv):
+        return bool(conv["items"]) and time.time() - conv.get("saved", 0) > self.ttl / 2
 
 
 def _copy(record):

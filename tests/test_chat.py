@@ -343,3 +343,25 @@ def test_a_reply_is_rendered_once_when_it_settles_and_pages_reuse_it(client, fak
     monkeypatch.setattr(render, "VERSION", render.VERSION + 1)  # a new renderer: render again
     with pytest.raises(AssertionError):
         page(client)
+
+
+def test_static_files_have_versioned_urls_that_browsers_keep(client):
+    """A repeat visit asks only for the page: the page's CSS and JS URLs carry the file's hash."""
+    import hashlib
+    import os
+
+    html = page(client)
+    urls = re.findall(r'(?:href|src)="(/static/[^"]+)"', html)
+    assert {re.sub(r"\?.*", "", u) for u in urls} >= {"/static/app.css", "/static/code.css", "/static/app.js",
+                                                      "/static/theme.js", "/static/favicon.svg"}
+    root = os.path.dirname(client.application.static_folder.rstrip("/")) + "/static/"
+    for url in urls:
+        path, version = re.fullmatch(r"/static/([\w.-]+)\?v=([0-9a-f]{12})", url).groups()
+        with open(root + path, "rb") as f:
+            assert hashlib.sha256(f.read()).hexdigest()[:12] == version
+        response = client.get(url)
+        assert response.status_code == 200 and response.cache_control.max_age == 365 * 24 * 3600
+        response.close()
+    plain = client.get("/static/app.js")  # an unversioned URL may change: checked every time
+    assert plain.cache_control.max_age != 365 * 24 * 3600
+    plain.close()

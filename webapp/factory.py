@@ -1,6 +1,7 @@
 """The app factory: settings, sessions, the store, the OpenRouter client, guards, limits, blueprints
 and error pages, wired together (`webapp.create_app` calls `create_app` here)."""
 
+import hashlib
 import logging
 import os
 
@@ -17,6 +18,37 @@ from .store import FileBackend, RedisBackend, Store, StoreError, redis_client
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 log = logging.getLogger(__name__)
+YEAR = 365 * 24 * 3600
+
+
+class ChatApp(Flask):
+    """Flask, with static files that browsers keep: every static URL the pages build carries a hash
+    of the file (`?v=`, see `versioned_static`), so it may be cached for a year, and a new version of
+    a file is a new URL. A repeat visit then asks only for the page."""
+
+    def get_send_file_max_age(self, filename):
+        if request.args.get("v"):
+            return YEAR
+        return super().get_send_file_max_age(filename)
+
+
+def versioned_static(app):
+    hashes = {}
+
+    def add_version(endpoint, values):
+        if endpoint != "static" or "v" in values or "filename" not in values:
+            return
+        name = values["filename"]
+        if name not in hashes or app.debug:  # a file edited under the debugger gets a new URL
+            try:
+                with open(os.path.join(app.static_folder, name), "rb") as f:
+                    hashes[name] = hashlib.sha256(f.read()).hexdigest()[:12]
+            except OSError:
+                hashes[name] = None  # no such file: the URL 404s as it would anyway
+        if hashes[name]:
+            values["v"] = hashes[name]
+
+    app.url_defaults(add_version)
 
 
 def create_app(overrides=None, env=None):
@@ -24,9 +56,9 @@ def create_app(overrides=None, env=None):
     if env is None:
         load_dotenv(os.path.join(os.getcwd(), ".env"))
         env = os.environ
-    app = Flask(__name__, instance_relative_config=True,
-                template_folder=os.path.join(ROOT, "templates"),
-                static_folder=os.path.join(ROOT, "static"))
+    app = ChatApp(__name__, instance_relative_config=True,
+                  template_folder=os.path.join(ROOT, "templates"),
+                  static_folder=os.path.join(ROOT, "static"))
     # Block tags leave no indentation or blank lines behind: a fifth of a long page was whitespace.
     app.jinja_options = {**app.jinja_options, "trim_blocks": True, "lstrip_blocks": True}
     app.config.update(settings.from_env(env))
@@ -62,6 +94,7 @@ def create_app(overrides=None, env=None):
 
     from . import purge, views
 
+    versioned_static(app)
     guards.init_app(app)  # before the limiter: a refused request spends nobody's quota
     limits.init_app(app, app.config["REDIS_URL"], redis)
     for blueprint in views.blueprints:

@@ -505,22 +505,41 @@
 
   // --- settings: only the options the chosen model supports are offered --------------------------
   const modelSelect = form.querySelector('select[name="model"]');
-  function offerParams() {
-    const option = modelSelect.selectedOptions[0];
-    const params = (option && option.dataset.params ? option.dataset.params : "").split(" ");
+  // What each model supports and its context length come from /models.json, fetched the first time
+  // the picker is used: with hundreds of models they would weigh on every page.
+  let modelInfo = null;
+  function loadModels() {
+    if (!modelInfo) {
+      modelInfo = fetch(modelSelect.dataset.models, { credentials: "same-origin" })
+        .then(function (response) {
+          if (!response.ok) throw new Error("models: " + response.status);
+          return response.json();
+        })
+        .then(function (body) { return body.models || {}; })
+        .catch(function () { modelInfo = null; return {}; });  // asked again at the next change
+    }
+    return modelInfo;
+  }
+  function offerParams(params) {
     form.querySelectorAll("[data-param]").forEach(function (p) {
       const on = params.indexOf(p.dataset.param) >= 0;
       p.hidden = !on;
       p.querySelectorAll("input, select").forEach(function (f) { f.disabled = !on; });
     });
   }
-  if (modelSelect) modelSelect.addEventListener("change", function () {
-    offerParams();
-    // The same history against the new model's context (the server's estimate of what it uses).
-    const meter = document.getElementById("budget");
-    const limit = Number(modelSelect.selectedOptions[0].dataset.context) || null;
-    if (meter) showBudget(Number(meter.value), limit, null);
-  });
+  if (modelSelect) {
+    modelSelect.addEventListener("focus", loadModels);
+    modelSelect.addEventListener("change", function () {
+      loadModels().then(function (models) {
+        const info = models[modelSelect.value];
+        if (!info) return;  // not known here: the fields stay as the server showed them
+        offerParams(info.params.split(" "));
+        // The same history against the new model's context (the server's estimate of what it uses).
+        const meter = document.getElementById("budget");
+        if (meter) showBudget(Number(meter.value), info.context || null, null);
+      });
+    });
+  }
 
   // --- how full the model's context is -------------------------------------------------------------
   function showBudget(used, limit, text) {

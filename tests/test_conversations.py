@@ -69,7 +69,7 @@ def composer(html):
 
 def model_options(html):
     """The model picker inside the chat form: [(group, id, label, selected)]."""
-    select = re.search(r'<select id="model" name="model">(.*?)</select>', composer(html), re.S)
+    select = re.search(r'<select id="model" name="model"[^>]*>(.*?)</select>', composer(html), re.S)
     assert select, 'no <select name="model"> in the chat form'
     found = []
     for group, body in re.findall(r'<optgroup label="([^"]*)">(.*?)</optgroup>', select.group(1), re.S):
@@ -365,7 +365,8 @@ def test_the_model_picker_is_in_the_chat_form_filled_from_models_grouped_with_co
 
 def test_a_catalogue_of_hundreds_of_models_is_worked_out_once_per_fetch(make_app, fake, monkeypatch):
     """OpenRouter lists hundreds of models: grouping, labelling and rendering them must not happen on
-    every page and every send, and each option carries only what the page uses."""
+    every page and every send, and what each supports is asked apart (/models.json, when the picker
+    is used), listing only the options the page has fields for."""
     from webapp import catalogue
 
     many = [{"id": f"acme{i % 9}/model-{i}", "name": f"Acme: Model {i}", "context_length": 131072,
@@ -384,9 +385,14 @@ def test_a_catalogue_of_hundreds_of_models_is_worked_out_once_per_fetch(make_app
     assert selected_model(html) == "acme3/model-12"  # the conversation's own, and only it
     assert selected_model(get(client, "/new")) == "openai/o4-mini"
     assert len(worked_out) == 1
-    option = re.search(r'<option value="acme3/model-12"[^>]*>', html).group(0)
-    assert 'data-params="max_tokens temperature"' in option  # not tools, seed, top_k…
-    assert len(html.encode()) < 300 * 250  # about 200 bytes an option
+    assert re.search(r'<option value="acme3/model-12" selected>Acme: Model 12 ', html)
+    assert len(html.encode()) < 300 * 150  # about 120 bytes an option: what they support is asked apart
+    listed = client.get("/models.json")
+    assert listed.cache_control.max_age == 300 and listed.cache_control.private
+    assert len(listed.json["models"]) == 302
+    assert listed.json["models"]["acme3/model-12"] == {"context": 131072, "params": "max_tokens temperature"}
+    assert listed.json["models"]["openai/o4-mini"] == {"context": 200000, "params": "max_tokens reasoning"}
+    assert len(worked_out) == 1
 
 
 def test_a_conversation_keeps_its_model_and_new_ones_start_on_the_default(client, fake):
@@ -436,6 +442,7 @@ def test_allowed_models_narrows_the_list(make_app, fake):
     with_tiny(fake)
     client = make_app(ALLOWED_MODELS=["openai/o4-mini", "tiny/4k"]).test_client()
     assert [mid for _, mid, _, _ in model_options(get(client, "/"))] == ["openai/o4-mini", "tiny/4k"]
+    assert sorted(client.get("/models.json").json["models"]) == ["openai/o4-mini", "tiny/4k"]
     refused = client.post("/c/new", data={"message": "hi", "model": "openai/gpt-4o-mini"})
     assert refused.status_code == 400 and fake.requests == []
     start(client, "hi", model="tiny/4k")

@@ -95,7 +95,7 @@ def add_headers(response):
     response.headers["Content-Security-Policy"] = CSP
     response.headers["X-Content-Type-Options"] = "nosniff"
     response.headers["Referrer-Policy"] = "same-origin"
-    if request.endpoint != "static":
+    if request.endpoint not in ("static", "chat.models"):
         # Pages and turns hold someone's conversation: never kept by a browser or proxy cache.
         response.headers["Cache-Control"] = "no-store"
     return response

@@ -35,6 +35,16 @@ def index():
     return conversation_page(entries[0]["id"], entries)
 
 
+@bp.get("/models.json")
+def models():
+    """The models on offer for static/app.js, asked when the picker is first used (not part of every
+    page): `{"models": {id: {"context": tokens or null, "params": "max_tokens temperature"}}}`."""
+    response = current_app.json.response({"models": common.offer(common.model_list()).page_models})
+    response.cache_control.private = True
+    response.cache_control.max_age = 300  # the catalogue itself is fetched every 5 minutes
+    return response
+
+
 @bp.get("/new")
 def blank():
     return common.render_chat(None, common.current(None))

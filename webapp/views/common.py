@@ -130,6 +130,9 @@ class Offer:
         self.ids = frozenset(m["id"] for g in self.groups for m in g["models"])
         self.prices = {m["id"]: models.pricing(m) for m in models_list or []}
         self.by_id = {m["id"]: m for m in models_list or [] if isinstance(m, dict)}
+        # For static/app.js (/models.json): each model's context length and the page's options it takes.
+        self.page_models = {m["id"]: {"context": m["context_length"], "params": m["page_params"]}
+                            for g in self.groups for m in g["models"]}
         self._html = None
 
     def options_html(self, chosen):

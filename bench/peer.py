@@ -188,7 +188,7 @@ def main():
     lines = ["# This app and Gradio's ChatInterface, side by side", "",
              f"One run of `python -m bench.peer` on {os.cpu_count()} cores, "
              f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {time.time() - started:.0f} s: this app "
-             f"under gunicorn (gunicorn.conf.py defaults: gthread, 2 workers) and Gradio {version} "
+             f"under gunicorn (gunicorn.conf.py defaults: gevent, 2 workers) and Gradio {version} "
              "(`gr.ChatInterface` streaming from the same fake OpenRouter, sending the whole history as "
              "Responses API items with each reply's id and status; bench/peer_app.py), each turn a "
              "new conversation's first, streamed. Loopback only.", "",

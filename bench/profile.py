@@ -6,7 +6,7 @@
 2. Store and session traffic per turn: cachelib's FileSystemCache (under both the conversation store
    and Flask-Session) and the store's flock locks, wrapped to count reads, writes and bytes by key
    kind, for a JS-off turn, a streamed turn and a page view.
-3. py-spy on a gunicorn worker (gthread, the default) during a burst of 1,000 JS-off turns and one
+3. py-spy on a gunicorn worker (gevent, the default) during a burst of 1,000 JS-off turns and one
    of 1,000 streamed turns on a 2 s upstream: a flame graph (profile-burst.svg) and the top functions
    by own and total samples.
 
@@ -481,12 +481,12 @@ def main():
             print(f"py-spy during {label}…", flush=True)
             info, (samples, own, total), (wall_samples, wall_own, _) = burst_profile(
                 workdir, args.out, kind, svg=svg)
-            lines += ["", f"## 3{'a' if kind == 'nojs' else 'b'}. py-spy on one gthread worker during "
+            lines += ["", f"## 3{'a' if kind == 'nojs' else 'b'}. py-spy on one gevent worker during "
                       f"{label} on a 2 s upstream", "",
-                      f"2 workers × 512 threads (the default); the burst took {info['wall_s']:.1f} s "
+                      f"2 workers × 1,000 connections (gunicorn.conf.py's default); the burst took {info['wall_s']:.1f} s "
                       f"({info['errors']} errors). `--gil` samples (the thread holding the GIL, at "
                       f"100 Hz over 20 s: {samples:,} samples, so the worker held the GIL "
-                      f"{samples / 2000 * 100:.0f} % of the time)."
+                      f"{samples / 2000 * 100:.0f} % of the time: a gevent worker runs its greenlets on one thread)."
                       + (" Flame graph of the other worker (also `--gil`): "
                          "[profile-burst.svg](profile-burst.svg)." if svg else ""),
                       "", "By own samples (where the CPU is):", ""]

@@ -18,6 +18,15 @@ from webapp import create_app  # noqa: E402
 API_KEY = "sk-or-v1-test-0123456789abcdef"
 
 
+@pytest.fixture(autouse=True)
+def histories_never_changed_in_place(monkeypatch):
+    """Every in-process test checks that no code edits a loaded history in place (each process
+    keeps decoded histories and reuses them while the stored bytes are unchanged)."""
+    from webapp.store import Store
+
+    monkeypatch.setattr(Store, "check_decoded", True)
+
+
 @pytest.fixture(scope="session")
 def fake_server():
     with FakeOpenRouter(api_key=API_KEY) as server:

@@ -365,3 +365,24 @@ def test_static_files_have_versioned_urls_that_browsers_keep(client):
     plain = client.get("/static/app.js")  # an unversioned URL may change: checked every time
     assert plain.cache_control.max_age != 365 * 24 * 3600
     plain.close()
+
+
+def test_only_the_current_hash_of_a_static_file_is_cached_for_a_year(app, client):
+    """An older release's hash, a made-up one or a name outside static/ never earns a year."""
+    url = re.search(r'src="(/static/app\.js\?v=[0-9a-f]{12})"', page(client)).group(1)
+    assert client.get(url).cache_control.max_age == 365 * 24 * 3600
+    for wrong in ("/static/app.js?v=0123456789ab", "/static/app.js?v=bogus",
+                  "/static/../webapp/__init__.py?v=0123456789ab"):
+        response = client.get(wrong)
+        assert response.cache_control.max_age != 365 * 24 * 3600, wrong
+        assert "public" not in str(response.cache_control) or response.status_code != 200, wrong
+
+
+def test_a_static_file_never_carries_a_session_cookie(client):
+    """Static files may sit in shared caches for a year: marking the session's day happens on pages."""
+    send(client, "hello")
+    with client.session_transaction() as stored:
+        stored["day"] = 1  # marked long ago: the next request of a page marks it again
+    response = client.get("/static/app.js?v=x")
+    assert response.status_code == 200 and "Set-Cookie" not in response.headers
+    assert "Set-Cookie" in client.get("/").headers  # a page does

@@ -457,6 +457,8 @@ def test_without_the_password_every_page_but_login_and_health_asks_for_it(make_a
     assert turn.status_code == 401 and "error" in turn.get_json()
     assert client.get("/turns/abc").status_code == 401
     assert client.post("/new").status_code == 401
+    models = client.get("/models.json", headers={"Accept": "application/json"})
+    assert models.status_code in (302, 401) and "openai/o4-mini" not in models.get_data(as_text=True)
     assert fake.requests == []
 
 

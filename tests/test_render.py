@@ -75,7 +75,7 @@ def test_streaming_renders_are_spaced_by_how_many_replies_stream_at_once(monkeyp
 
     monkeypatch.setattr(streaming.time, "monotonic", lambda: 100.01)  # each render "takes" 10 ms
     intervals = {}
-    for live in (1, 50):
+    for live in (1, 50, 1000):
         snapshots = streaming._Snapshots(live=lambda live=live: live)
         snapshots.add("**bold** text")
         assert "<strong>bold</strong>" in snapshots.due(100.0)
@@ -85,3 +85,4 @@ def test_streaming_renders_are_spaced_by_how_many_replies_stream_at_once(monkeyp
         assert "more" in snapshots.due(100.0 + snapshots.interval + 0.001)
     assert intervals[1] == pytest.approx(streaming.HTML_EVERY)  # 10 × 10 ms is less than the floor
     assert intervals[50] == pytest.approx(10 * 50 * 0.01)
+    assert intervals[1000] == streaming.HTML_AT_MOST  # formatting still shows within seconds

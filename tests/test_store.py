@@ -108,6 +108,7 @@ def _count_decodes(store, monkeypatch):
 
 
 def test_an_unchanged_history_is_decoded_once_per_process(tmp_path, monkeypatch):
+    monkeypatch.setattr(Store, "check_decoded", False)  # the tests' own check decodes every reuse
     store = file_store(tmp_path)
     with store.update("c") as conv:
         conversation.add_turn(conv, "q", "msg_a", "completed", "a")
@@ -150,6 +151,22 @@ def test_changing_a_loaded_history_without_saving_changes_nothing_stored(tmp_pat
     again = store.load("c")
     assert [conversation.item_text(i) for i in again["items"]] == ["q", "a"]
     assert len(again["meta"]) == 2 and "title" not in again
+
+
+def test_a_history_changed_in_place_is_caught_in_tests(tmp_path):
+    """Loaded items are shared with the process's kept copy: code must replace them, never edit one.
+    Tests check every reuse (conftest), so such code fails here; settings and failed are copies."""
+    store = file_store(tmp_path)
+    with store.update("c") as conv:
+        conversation.add_turn(conv, "q", "msg_a", "completed", "a")
+        conv["settings"] = {"model": "openai/o4-mini"}
+        conv["rev"] += 1
+    loaded = store.load("c")
+    loaded["settings"]["model"] = "never/saved"
+    assert store.load("c")["settings"]["model"] == "openai/o4-mini"
+    store.load("c")["items"][0]["content"][0]["text"] = "edited in place"
+    with pytest.raises(AssertionError, match="changed in place"):
+        store.load("c")
 
 
 def test_a_deleted_history_is_gone_in_every_process(tmp_path):
@@ -305,3 +322,22 @@ def test_a_turn_beginning_on_an_old_history_restarts_its_lifetime(tmp_path, monk
     turns.begin(store, "c", "much later")
     assert store.history("c")["saved"] == now + 60
     assert [conversation.item_text(i) for i in store.load("c")["items"]] == ["old question", "old answer"]
+
+
+def test_a_browsers_list_is_written_again_past_half_its_lifetime(tmp_path, monkeypatch):
+    """Writing on in the conversation already at the top changes nothing in the list: it must still
+    not expire under a browser that uses it every day."""
+    store = file_store(tmp_path, ttl=100)
+    with store.update_conversations("b") as entries:
+        entries.append({"id": "c", "title": "t", "at": 1.0})
+    writes = []
+    original = store.backend.set
+    monkeypatch.setattr(store.backend, "set", lambda key, *a: writes.append(key) or original(key, *a))
+    with store.update_conversations("b"):
+        pass  # young and unchanged: not written
+    assert writes == []
+    now = time.time()
+    monkeypatch.setattr(time, "time", lambda: now + 60)
+    with store.update_conversations("b"):
+        pass
+    assert writes == ["browser:b"] and store.conversations("b") == [{"id": "c", "title": "t", "at": 1.0}]

@@ -10,6 +10,7 @@ from dotenv import load_dotenv
 from flask import Flask, render_template, request
 from werkzeug.exceptions import HTTPException, SecurityError
 from werkzeug.middleware.proxy_fix import ProxyFix
+from werkzeug.security import safe_join
 
 from . import access, guards, limits, ops, sessions, settings
 from .catalogue import Catalogue
@@ -26,28 +27,38 @@ class ChatApp(Flask):
     of the file (`?v=`, see `versioned_static`), so it may be cached for a year, and a new version of
     a file is a new URL. A repeat visit then asks only for the page."""
 
+    static_hashes = None  # set by `versioned_static`
+
     def get_send_file_max_age(self, filename):
-        if request.args.get("v"):
+        # Only the hash of the file served now earns a year: a worker or host that still runs an
+        # older release, or a made-up `v`, must not get the wrong content kept under a URL.
+        wanted = request.args.get("v")
+        if wanted and self.static_hashes and wanted == self.static_hashes(filename, fresh=True):
             return YEAR
         return super().get_send_file_max_age(filename)
 
 
 def versioned_static(app):
-    hashes = {}
+    known = {}
+
+    def file_hash(name, fresh=False):
+        """The first 12 hex digits of the sha256 of static file `name` (None if there is none);
+        kept per process, read again with `fresh` (when serving the file) or under the debugger."""
+        if fresh or app.debug or name not in known:
+            path = safe_join(app.static_folder, name)  # a request's name: never outside static/
+            if path is None or not os.path.isfile(path):
+                return None  # no such file: the URL 404s as it would anyway
+            with open(path, "rb") as f:
+                known[name] = hashlib.sha256(f.read()).hexdigest()[:12]
+        return known[name]
 
     def add_version(endpoint, values):
-        if endpoint != "static" or "v" in values or "filename" not in values:
-            return
-        name = values["filename"]
-        if name not in hashes or app.debug:  # a file edited under the debugger gets a new URL
-            try:
-                with open(os.path.join(app.static_folder, name), "rb") as f:
-                    hashes[name] = hashlib.sha256(f.read()).hexdigest()[:12]
-            except OSError:
-                hashes[name] = None  # no such file: the URL 404s as it would anyway
-        if hashes[name]:
-            values["v"] = hashes[name]
+        if endpoint == "static" and "v" not in values and "filename" in values:
+            version = file_hash(values["filename"])
+            if version:
+                values["v"] = version
 
+    app.static_hashes = file_hash
     app.url_defaults(add_version)
 
 

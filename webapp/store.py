@@ -239,6 +239,9 @@ class Store:
     stop_key = "signal:stop"  # changes whenever a Stop is flagged for another worker to act on
     # Decoded histories kept per process, at most this many encoded bytes in all (see `history`).
     decoded_bytes = 8 << 20
+    # Tests set this: every reuse is checked against a fresh decode, so code that changes a loaded
+    # history in place (which would change the kept copy) fails there instead of going unseen.
+    check_decoded = False
 
     def __init__(self, backend, ttl, lock_timeout=10.0):
         self.backend = backend
@@ -275,16 +278,18 @@ class Store:
             known = self._decoded.get(cid)
             if known is not None and known[0] == blob:
                 self._decoded.move_to_end(cid)
+                if self.check_decoded and self.backend.decode(blob) != known[1]:
+                    raise AssertionError(f"the kept copy of history {cid} was changed in place")
                 return _copy(known[1])
         record = self.backend.decode(blob)
         self._remember(cid, blob, record)
         return _copy(record)
 
     def _remember(self, cid, blob, record):
-        if len(blob) > self.decoded_bytes // 8:
-            return
         with self._decoded_lock:
             self._forget(cid)
+            if len(blob) > self.decoded_bytes // 8:
+                return  # too long to keep: decoded on every read
             self._decoded[cid] = (blob, _copy(record))
             self._decoded_size += len(blob)
             while self._decoded_size > self.decoded_bytes:
@@ -354,11 +359,14 @@ class Store:
         both stay listed: the session itself is last-write-wins, so the list is not kept there)."""
         key = self.index_prefix + bid
         with self.backend.lock(key, self.lock_timeout):
-            entries = (self.backend.get(key) or {}).get("convs", [])
+            record = self.backend.get(key) or {}
+            entries = record.get("convs", [])
             before = [dict(e) for e in entries]
             yield entries
-            if entries != before:
-                self.backend.set(key, {"convs": entries}, self.ttl)
+            # Written when it changed, or when it is past half its lifetime: a browser that keeps
+            # writing in the conversation already at the top must not lose its list to expiry.
+            if entries != before or (entries and time.time() - record.get("saved", 0) > self.ttl / 2):
+                self.backend.set(key, {"convs": entries, "saved": time.time()}, self.ttl)
 
     @contextmanager
     def update(self, cid):
@@ -383,5 +391,11 @@ class Store:
 
 
 def _copy(record):
-    """A history the caller may change: its own dict and item/meta lists (the items are shared)."""
-    return {**record, "items": list(record.get("items", ())), "meta": list(record.get("meta", ()))}
+    """A history the caller may change: its own dict, item and meta lists, settings and failed turn.
+    The items and their meta are shared: code replaces them, never edits one in place (tests check
+    it: `Store.check_decoded`)."""
+    copied = {**record, "items": list(record.get("items", ())), "meta": list(record.get("meta", ()))}
+    for key in ("settings", "failed"):
+        if isinstance(copied.get(key), dict):
+            copied[key] = dict(copied[key])
+    return copied

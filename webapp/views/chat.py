@@ -22,6 +22,8 @@ bp.add_app_template_filter(common.clock, "clock")
 def keep_session_alive():
     """Sessions are saved only when they change (no file write on every request); touching them once
     a day keeps an active browser's session from expiring under it."""
+    if request.endpoint == "static":
+        return  # a static file is cached for a year: it must never carry a session cookie
     today = sessions.today()
     if ("browser" in session or "cid" in session) and session.get("day") != today:
         session["day"] = today

@@ -326,18 +326,17 @@ class Send:
         self.options = turn_options()
         self.cid = self.cid or new_id()
         touch(self.cid, self.text)
-        # Just listed, and its waiter id not yet given out: nothing to check before the first try.
-        return self._try(wait)
+        return self._try(wait, first=True)
 
     def again(self, wait=0):
         """Try again after `turns.Busy` (the conversation's reply before this one still runs)."""
-        if turns.waiter_cancelled(store(), self.waiter):
-            raise Cancelled()  # stopped while it waited
-        if not any(e["id"] == self.cid for e in listed()):
-            raise Deleted()  # deleted while this send waited: never bring it back unlisted
         return self._try(wait)
 
-    def _try(self, wait):
+    def _try(self, wait, first=False):
+        if not first and turns.waiter_cancelled(store(), self.waiter):
+            raise Cancelled()  # stopped while it waited (its waiter id is not given out before)
+        if not any(e["id"] == self.cid for e in listed()):
+            raise Deleted()  # deleted meanwhile (another tab): never bring it back unlisted
         return turns.begin(store(), self.cid, self.text, wait, self.replace, self.waiter,
                            self.settings, self.plan)
 

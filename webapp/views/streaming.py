@@ -19,6 +19,7 @@ bp = Blueprint("streaming", __name__)
 
 KEEPALIVE = 15.0  # seconds of silence before a comment line keeps proxies from cutting the stream
 HTML_EVERY = 0.3  # seconds between renders of a streaming reply's markdown, at the least
+HTML_AT_MOST = 5.0  # and at the most: under any load the formatting shows within a few seconds
 
 
 def sse(kind, data=None):
@@ -30,7 +31,8 @@ class _Snapshots:
     hundred milliseconds, so the page shows formatting as it arrives. Rendering costs more for a
     longer reply and is repeated for every reply streaming in this process at once, so renders are
     spaced to take at most a tenth of one core in all: with `live()` replies streaming, each waits
-    at least 10 × live × its last render time (the deltas themselves are never held back)."""
+    10 × live × its last render time, between HTML_EVERY and HTML_AT_MOST (the deltas themselves
+    are never held back)."""
 
     def __init__(self, live=lambda: len(turns.LIVE)):
         self.text, self.dirty, self.last, self.interval = "", False, 0.0, HTML_EVERY
@@ -49,7 +51,7 @@ class _Snapshots:
             return None
         html = str(render.markdown(self.text))
         self.last, self.dirty = now, False
-        self.interval = max(HTML_EVERY, 10 * max(1, self.live()) * (time.monotonic() - now))
+        self.interval = min(HTML_AT_MOST, max(HTML_EVERY, 10 * max(1, self.live()) * (time.monotonic() - now)))
         return html
 
 

@@ -365,7 +365,7 @@ class Store:
             yield entries
             # Written when it changed, or when it is past half its lifetime: a browser that keeps
             # writing in the conversation already at the top must not lose its list to expiry.
-            if entries != before or (entries and time.time() - record.get("saved", 0) > self.ttl / 2):
+            if entries != before or (entries and self._ageing(record)):
                 self.backend.set(key, {"convs": entries, "saved": time.time()}, self.ttl)
 
     @contextmanager
@@ -379,15 +379,17 @@ class Store:
             rev = conv.get("rev", 0)
             pending = dict(conv["pending"]) if conv["pending"] else None
             yield conv
-            if conv.get("rev", 0) != rev or (conv["pending"] and not pending and self._ageing(conv)):
+            if conv.get("rev", 0) != rev or (conv["pending"] and not pending and conv["items"]
+                                             and self._ageing(conv)):
                 # A turn beginning on a history past half its lifetime writes it again: otherwise
                 # it could expire while the turn runs, and the reply would be stored without it.
                 self._save_history(cid, conv)
             if conv["pending"] != pending:
                 self._save_pending(cid, conv["pending"])
 
-    def _ageing(self, conv):
-        return bool(conv["items"]) and time.time() - conv.get("saved", 0) > self.ttl / 2
+    def _ageing(self, record):
+        """Past half its lifetime (`saved` is when it was last written; without one, long ago)."""
+        return time.time() - record.get("saved", 0) > self.ttl / 2
 
 
 def _copy(record):

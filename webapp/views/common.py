@@ -125,7 +125,7 @@ class Offer:
     picker's groups, the ids on offer, prices by model, and the picker's rendered options."""
 
     def __init__(self, models_list, allowed, default):
-        self.source = models_list  # kept, so its id() stays unique while this is cached
+        self.source, self.allowed, self.default = models_list, allowed, default
         self.groups = models.options(models_list or [], allowed, default)
         self.ids = frozenset(m["id"] for g in self.groups for m in g["models"])
         self.prices = {m["id"]: models.pricing(m) for m in models_list or []}
@@ -145,14 +145,12 @@ class Offer:
 
 def offer(models_list):
     """The `Offer` for this catalogue list (the same list object until the next fetch)."""
-    config = current_app.config
-    key = (id(models_list), tuple(config["ALLOWED_MODELS"] or ()) if config["ALLOWED_MODELS"] is not None
-           else None, config["OPENROUTER_MODEL"])
+    allowed, default = current_app.config["ALLOWED_MODELS"], current_app.config["OPENROUTER_MODEL"]
     cached = current_app.extensions.get("offer")
-    if cached is None or cached[0] != key or cached[1].source is not models_list:
-        cached = (key, Offer(models_list, config["ALLOWED_MODELS"], config["OPENROUTER_MODEL"]))
-        current_app.extensions["offer"] = cached
-    return cached[1]
+    if (cached is None or cached.source is not models_list
+            or (cached.allowed, cached.default) != (allowed, default)):
+        cached = current_app.extensions["offer"] = Offer(models_list, allowed, default)
+    return cached
 
 
 def offered(models_list, conv=None):

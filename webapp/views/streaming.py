@@ -51,7 +51,8 @@ class _Snapshots:
             return None
         html = str(render.markdown(self.text))
         self.last, self.dirty = now, False
-        self.interval = min(HTML_AT_MOST, max(HTML_EVERY, 10 * max(1, self.live()) * (time.monotonic() - now)))
+        spaced = 10 * max(1, self.live()) * (time.monotonic() - now)
+        self.interval = min(HTML_AT_MOST, max(HTML_EVERY, spaced))
         return html
 
 

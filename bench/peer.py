@@ -13,12 +13,10 @@ people needs. Writes peer.md (docs/bench/, or --out).
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from urllib.parse import urlsplit
 
 import requests
 
@@ -28,7 +26,7 @@ sys.path.insert(0, ROOT)
 from bench import load  # noqa: E402
 from bench.run import API_KEY, app_env, burst_direct, median, spawn_upstream, summarise  # noqa: E402
 from tests.fake_openrouter import FakeOpenRouter  # noqa: E402
-from tests.serving import Gunicorn, find_program, free_port  # noqa: E402
+from tests.serving import Gunicorn, find_program, free_port, stop_process  # noqa: E402
 
 PEER_PY = os.path.join(ROOT, "build", "peer-venv", "bin", "python")
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -59,12 +57,7 @@ class Gradio:
         raise RuntimeError("gradio did not start")
 
     def __exit__(self, *exc):
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_process(self.proc)
         self.log.close()
 
 

@@ -17,7 +17,6 @@ import argparse
 import collections
 import cProfile
 import io
-import json
 import os
 import pickle
 import pstats
@@ -26,7 +25,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import types
 

@@ -625,7 +625,7 @@ def report(q, started, over, gets, convs, burst_results, quiet, weight, crowd, n
                                      f"p50 {r[c]['p50_s']:.2f} s, p99 {r[c]['p99_s']:.2f} s, "
                                      f"{r[c]['app_cpu_ms_per_turn']:.1f} ms CPU/turn",
                                      (r[c]["of_ideal"] >= 0.9 and r[c]["errors"] == 0) if t else None))
-        row(f"  total RSS (master + workers), peak during the rounds", "≤ 300 MB" if top else "",
+        row("  total RSS (master + workers), peak during the rounds", "≤ 300 MB" if top else "",
             lambda c, r=res, t=top: (f"{r[c]['rss_mb']:.0f} MB (idle {r[c]['idle_rss_mb']:.0f} MB)",
                                      r[c]["rss_mb"] <= 300 if t else None))
         dc = direct["cpu"]

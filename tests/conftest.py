@@ -12,7 +12,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from tests.fake_openrouter import FakeOpenRouter  # noqa: E402
-from tests.serving import Gunicorn, csrf_token_in  # noqa: E402
+from tests.serving import Gunicorn, csrf_token_in, served_env  # noqa: E402
 from webapp import create_app  # noqa: E402
 
 API_KEY = "sk-or-v1-test-0123456789abcdef"
@@ -119,8 +119,6 @@ def alert(html):
 def served(fake_server, tmp_path_factory):
     """The app under a real gunicorn on the fake, shared by one test module (its store is fresh)."""
     path = tmp_path_factory.mktemp("served")
-    env = {"OPENROUTER_API_KEY": fake_server.api_key, "OPENROUTER_BASE_URL": fake_server.base_url,
-           "SECRET_KEY": "served-test", "SESSION_DIR": str(path / "sessions"),
-           "OPENROUTER_READ_TIMEOUT": "20", "RATE_LIMIT_PER_ADDRESS": "off"}
+    env = served_env(fake_server, path, "served-test", RATE_LIMIT_PER_ADDRESS="off")
     with Gunicorn(env, path / "gunicorn.log") as running:
         yield running

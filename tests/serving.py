@@ -2,7 +2,6 @@
 
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -48,6 +47,24 @@ def free_port():
         return sock.getsockname()[1]
 
 
+def stop_process(proc, timeout=10):
+    """Ask `proc` to stop (SIGTERM), give it `timeout` seconds, then kill it."""
+    if proc and proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def served_env(fake, path, secret, **extra):
+    """The environment of an app under test: on `fake` upstream, its own store in `path`."""
+    return {"OPENROUTER_API_KEY": fake.api_key, "OPENROUTER_BASE_URL": fake.base_url,
+            "SECRET_KEY": secret, "SESSION_DIR": str(path / "sessions"),
+            "OPENROUTER_READ_TIMEOUT": "20", **extra}
+
+
 class Gunicorn:
     """`gunicorn wsgi:app -c gunicorn.conf.py` in a child process; its output goes to `log_path`."""
 
@@ -90,13 +107,7 @@ class Gunicorn:
         raise RuntimeError(f"gunicorn did not start: {self.output()}")
 
     def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, timeout=30)
         if self.proc:
             self.log.close()
 

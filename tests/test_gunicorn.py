@@ -8,14 +8,12 @@ import requests
 
 from tests.conftest import alert, messages, textarea
 from tests.fake_openrouter import error, reply
-from tests.serving import Browser, Gunicorn
+from tests.serving import Browser, Gunicorn, served_env
 
 
 @pytest.fixture
 def app_env(fake, tmp_path):
-    return {"OPENROUTER_API_KEY": fake.api_key, "OPENROUTER_BASE_URL": fake.base_url,
-            "SECRET_KEY": "gunicorn-test", "SESSION_DIR": str(tmp_path / "sessions"),
-            "OPENROUTER_READ_TIMEOUT": "20"}
+    return served_env(fake, tmp_path, "gunicorn-test")
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ import requests
 
 from tests.conftest import messages
 from tests.fake_openrouter import reply
-from tests.serving import ROOT, Gunicorn, free_port, require_program
+from tests.serving import ROOT, Gunicorn, free_port, require_program, served_env, stop_process
 from tests.sse import events, until
 
 pytestmark = pytest.mark.nginx
@@ -133,13 +133,7 @@ class Nginx:
         raise RuntimeError(f"nginx did not start: {self.errors()}")
 
     def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
 
     def errors(self):
         try:
@@ -168,9 +162,7 @@ def nginx_binary():
 def app_server(nginx_binary, fake_server, tmp_path_factory):
     """The app as deployed behind nginx: gunicorn on loopback, trusting one proxy's X-Forwarded-*."""
     path = tmp_path_factory.mktemp("behind-nginx")
-    env = {"OPENROUTER_API_KEY": fake_server.api_key, "OPENROUTER_BASE_URL": fake_server.base_url,
-           "SECRET_KEY": "nginx-test", "SESSION_DIR": str(path / "sessions"),
-           "OPENROUTER_READ_TIMEOUT": "20", "TRUSTED_PROXIES": "1"}
+    env = served_env(fake_server, path, "nginx-test", TRUSTED_PROXIES="1")
     with Gunicorn(env, path / "gunicorn.log") as running:
         yield running
 
@@ -404,9 +396,7 @@ def https_proxy(nginx_binary, fake_server, tmp_path_factory):
     subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
                     "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
                     "-keyout", key, "-out", cert], check=True, capture_output=True, timeout=60)
-    env = {"OPENROUTER_API_KEY": fake_server.api_key, "OPENROUTER_BASE_URL": fake_server.base_url,
-           "SECRET_KEY": "nginx-https-test", "SESSION_DIR": str(path / "sessions"),
-           "OPENROUTER_READ_TIMEOUT": "20", "TRUSTED_PROXIES": "1", "SESSION_COOKIE_SECURE": "true"}
+    env = served_env(fake_server, path, "nginx-https-test", TRUSTED_PROXIES="1", SESSION_COOKIE_SECURE="true")
     with Gunicorn(env, path / "gunicorn.log") as app, \
             Nginx(nginx_binary, path / "nginx", app.port, tls=(cert, key)) as front:
         yield front, cert

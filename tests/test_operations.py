@@ -13,7 +13,7 @@ import requests
 
 from tests.conftest import alert, messages, textarea
 from tests.fake_openrouter import error, hang, reply
-from tests.serving import Browser, Gunicorn, require_program
+from tests.serving import Browser, Gunicorn, require_program, served_env
 from tests.sse import events, sse_events, until, wait_for
 from tests.test_redis import RedisServer
 from tests.test_streaming import start_turn
@@ -155,9 +155,7 @@ def test_a_js_off_turn_ends_at_its_deadline(make_app, fake):
 @pytest.fixture(scope="module")
 def server(fake_server, tmp_path_factory):
     path = tmp_path_factory.mktemp("operations")
-    env = {"OPENROUTER_API_KEY": fake_server.api_key, "OPENROUTER_BASE_URL": fake_server.base_url,
-           "SECRET_KEY": "ops-test", "SESSION_DIR": str(path / "sessions"),
-           "OPENROUTER_READ_TIMEOUT": "20", "RATE_LIMIT_PER_SESSION": "off"}
+    env = served_env(fake_server, path, "ops-test", RATE_LIMIT_PER_SESSION="off")
     with Gunicorn(env, path / "gunicorn.log", workers=1) as running:
         yield running
 

@@ -36,6 +36,10 @@ def server(served):
 
 
 def test_a_delta_reaches_the_browser_before_the_upstream_finishes(server, fake):
+    first_delta_arrives_before_the_upstream_finishes(server, fake)
+
+
+def first_delta_arrives_before_the_upstream_finishes(server, fake):
     gate = threading.Event()
     fake.queue(reply("Hello there, streaming world", gate=gate, chunks=["Hello", " there,", " streaming world"]))
     browser = Browser()

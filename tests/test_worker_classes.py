@@ -4,16 +4,15 @@ delta arrives before the upstream finishes, Stop before the first byte, and a gr
 stores a reply still being written."""
 
 import signal
-import threading
 import time
 
 import pytest
 
 from tests.conftest import alert, messages, textarea
 from tests.fake_openrouter import hang, reply
-from tests.serving import Browser, Gunicorn
+from tests.serving import Browser, Gunicorn, served_env
 from tests.sse import events, until, wait_for
-from tests.test_streaming import start_turn
+from tests.test_streaming import first_delta_arrives_before_the_upstream_finishes, start_turn
 
 WORKER_CLASSES = ["gthread", "gevent"]
 # gevent's warning when the master imported ssl users (requests, urllib3) before the worker patched.
@@ -21,9 +20,8 @@ LATE_PATCH = "Monkey-patching ssl after ssl has already been imported"
 
 
 def app_env(fake, path):
-    return {"OPENROUTER_API_KEY": fake.api_key, "OPENROUTER_BASE_URL": fake.base_url,
-            "SECRET_KEY": "worker-classes", "SESSION_DIR": str(path / "sessions"),
-            "OPENROUTER_READ_TIMEOUT": "30", "GUNICORN_GRACEFUL_TIMEOUT": "20"}
+    return served_env(fake, path, "worker-classes", OPENROUTER_READ_TIMEOUT="30",
+                      GUNICORN_GRACEFUL_TIMEOUT="20")
 
 
 @pytest.fixture(scope="module", params=WORKER_CLASSES)
@@ -56,17 +54,7 @@ def test_a_js_off_turn(server, fake):
 
 
 def test_a_streamed_turn_delivers_its_first_delta_before_the_upstream_finishes(server, fake):
-    gate = threading.Event()
-    fake.queue(reply("Hello there, streaming world", gate=gate, chunks=["Hello", " there,", " streaming world"]))
-    browser = Browser()
-    stream = events(start_turn(browser, server, "hi"))
-    first, _ = until("delta", stream)
-    assert first == "Hello" and not gate.is_set()  # the fake still holds the rest back
-    gate.set()
-    done, seen = until("done", stream)
-    assert "".join(d for k, d in seen if k == "delta") == " there, streaming world"
-    assert "Hello there, streaming world" in done["html"]
-    assert messages(browser.get(server.url + "/").text)[-1] == ("assistant", "Hello there, streaming world")
+    first_delta_arrives_before_the_upstream_finishes(server, fake)
 
 
 def test_stop_before_the_first_byte_settles_at_once(server, fake):

@@ -190,31 +190,15 @@ def test_two_tabs_on_two_conversations_each_send_to_their_own(browser, server, f
     context.close()
 
 
-def test_without_js_the_first_send_shows_the_new_conversations_title_and_actions(
-        browser, server, fake):
-    """Without script, the first send's page has the conversation's title, Rename, exports and Delete."""
-    context = browser.new_context(java_script_enabled=False)
-    page = context.new_page()
-    page.goto(server.url + "/")
+def test_the_first_send_shows_the_new_conversations_title_and_actions(tab):
+    """With script or without, the first send's page has the conversation's title, Rename, exports
+    and Delete (with script, the first reply brings them without a reload)."""
+    page = tab
     send(page, "brand new")
     expect(page.locator("#conversation-title")).to_have_text("brand new")
     for name in ("Rename", "Export Markdown", "Export JSON"):
         expect(page.get_by_role("link", name=name)).to_be_visible()
     expect(page.get_by_role("button", name="Delete")).to_be_visible()
-    context.close()
-
-
-def test_the_first_js_send_shows_the_new_conversations_title_and_actions(browser, server, fake):
-    context = browser.new_context(viewport={"width": 1280, "height": 800})
-    page = context.new_page()
-    page.set_default_timeout(5000)
-    page.goto(server.url + "/")
-    send(page, "brand new")
-    expect(page.locator("#conversation-title")).to_have_text("brand new")
-    for name in ("Rename", "Export Markdown", "Export JSON"):
-        expect(page.get_by_role("link", name=name)).to_be_visible()
-    expect(page.get_by_role("button", name="Delete")).to_be_visible()
-    context.close()
 
 
 # --- the model picker and settings ---------------------------------------------------------------------

@@ -19,7 +19,7 @@ import requests
 from playwright.sync_api import expect
 
 from tests.fake_openrouter import reply
-from tests.serving import Gunicorn
+from tests.serving import Gunicorn, served_env
 
 USER = '[data-role="user"]'
 ASSISTANT = '[data-role="assistant"]'
@@ -361,9 +361,7 @@ def test_the_chat_works_under_its_content_security_policy(browser, server, fake)
 def guarded(fake_server, tmp_path_factory):
     """The app with ACCESS_PASSWORD set, under its own gunicorn (one worker: one set of limit counters)."""
     path = tmp_path_factory.mktemp("guarded")
-    env = {"OPENROUTER_API_KEY": fake_server.api_key, "OPENROUTER_BASE_URL": fake_server.base_url,
-           "SECRET_KEY": "guarded-test", "SESSION_DIR": str(path / "sessions"),
-           "OPENROUTER_READ_TIMEOUT": "20", "RATE_LIMIT_PER_ADDRESS": "off", "ACCESS_PASSWORD": PASSWORD}
+    env = served_env(fake_server, path, "guarded-test", RATE_LIMIT_PER_ADDRESS="off", ACCESS_PASSWORD=PASSWORD)
     with Gunicorn(env, path / "gunicorn.log", workers=1) as running:
         yield running
 

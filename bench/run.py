@@ -41,6 +41,11 @@ from tests.serving import Browser, Gunicorn, find_program, free_port  # noqa: E4
 FULL_OUT = os.path.join(ROOT, "docs", "bench")  # committed: only a full run writes here
 QUICK_OUT = os.path.join(ROOT, "build", "bench")  # git-ignored: smoke runs
 CLASSES = ("gthread", "gevent")  # GUNICORN_WORKER_CLASS values, measured side by side
+# The product's fixed shape with none of the app's own work (bench/floor_app.py), under the default
+# worker class: what Flask + Flask-Session + `requests` + a rendered page cost on these cores, so a
+# target the shape itself cannot meet shows as such.
+FLOOR = "floor"
+COLUMNS = CLASSES + (FLOOR,)
 API_KEY = "sk-or-v1-test-0123456789abcdef"
 REGENERATE = re.compile(r'name="regenerate" value="([^"]+)"')
 TICKS, PACE = 40, 0.05  # the streamed upstream: 40 deltas 50 ms apart, a 2 s reply
@@ -64,15 +69,17 @@ def app_env(base_url, workdir, **extra):
 
 
 @contextlib.contextmanager
-def apps(base_url, workdir, name, **kwargs):
-    """One gunicorn per worker class, each with its own store, on the same upstream."""
+def apps(base_url, workdir, name, floor=True, **kwargs):
+    """One gunicorn per worker class, each with its own store, on the same upstream; and the floor
+    (bench/floor_app.py under the default worker class) beside them."""
     with contextlib.ExitStack() as stack:
         running = {}
-        for cls in CLASSES:
-            path = os.path.join(workdir, f"{name}-{cls}")
+        for column in (COLUMNS if floor else CLASSES):
+            path = os.path.join(workdir, f"{name}-{column}")
             os.makedirs(path, exist_ok=True)
-            running[cls] = stack.enter_context(Gunicorn(app_env(base_url, path), os.path.join(path, "log"),
-                                                        worker_class=cls, **kwargs))
+            extra = {"app": "bench.floor_app:app"} if column == FLOOR else {"worker_class": column}
+            running[column] = stack.enter_context(Gunicorn(app_env(base_url, path), os.path.join(path, "log"),
+                                                           **extra, **kwargs))
         yield running
 
 
@@ -130,8 +137,9 @@ def overhead(fake, servers, sizes=(1, 50, 200), samples=40, gets=40):
         app_t = {cls: [] for cls in servers}
         diffs = {cls: [] for cls in servers}
         direct_t = []
+        names = list(servers)
         for i in range(samples):
-            for cls in (CLASSES if i % 2 == 0 else CLASSES[::-1]):
+            for cls in (names if i % 2 == 0 else names[::-1]):
                 browser, path, last = state[cls]
                 elapsed, page, _ = nojs(browser, servers[cls].url, path, {"message": "", "regenerate": last})
                 state[cls][2] = REGENERATE.search(page).group(1)
@@ -150,8 +158,9 @@ def overhead(fake, servers, sizes=(1, 50, 200), samples=40, gets=40):
     get_results = {cls: {} for cls in servers}
     small, large = min(sizes), max(sizes)
     times = {(cls, s): [] for cls in servers for s in (small, large)}
+    names = list(servers)
     for i in range(gets):
-        for cls in (CLASSES if i % 2 == 0 else CLASSES[::-1]):
+        for cls in (names if i % 2 == 0 else names[::-1]):
             for s in ((small, large) if i % 2 == 0 else (large, small)):
                 browser, path = kept[cls, s]
                 times[cls, s].append(timed_get(browser, servers[cls].url + path))
@@ -316,13 +325,13 @@ def bursts(workdir, kind, n, body, rounds=2):
         upstream, base = spawn_upstream("ticks", str(TICKS), str(PACE))
         body = dict(body, stream=True)
     port = urlsplit(base).port
-    runs = {cls: [] for cls in CLASSES}
+    runs = {column: [] for column in COLUMNS}
     direct_runs = []
     try:
         with apps(base, workdir, f"burst-{kind}-{n}") as servers:
             direct_runs.append(burst_direct(base, body, n, upstream))
             for r in range(rounds):
-                for cls in (CLASSES if r % 2 == 0 else CLASSES[::-1]):
+                for cls in (COLUMNS if r % 2 == 0 else COLUMNS[::-1]):
                     sent = load.get_json(port, "/api/v1/stats")["deltas"] if kind == "streamed" else 0
                     result, lags = burst_app(servers[cls], kind, n, upstream)
                     if kind == "streamed":
@@ -336,7 +345,7 @@ def bursts(workdir, kind, n, body, rounds=2):
     results["direct"], lags["direct"] = max(direct_runs, key=lambda run: run[0]["per_s"])
     results["direct_runs_per_s"] = [run[0]["per_s"] for run in direct_runs]
     ideal = results["direct"]["per_s"]
-    for cls in CLASSES:
+    for cls in COLUMNS:
         best, best_lags = max(runs[cls], key=lambda run: run[0]["per_s"])
         best = dict(best, of_ideal=best["per_s"] / ideal,
                     rounds_of_ideal=[run[0]["per_s"] / ideal for run in runs[cls]],
@@ -401,7 +410,7 @@ def quiet_deltas(workdir, turns=5):
     upstream, base = spawn_upstream("ticks", str(TICKS), str(PACE))
     results = {}
     try:
-        with apps(base, workdir, "ticks") as servers:
+        with apps(base, workdir, "ticks", floor=False) as servers:
             for cls, server in servers.items():
                 results[cls] = stream_latencies(server.url, turns)
             nginx = find_program("nginx")
@@ -542,9 +551,10 @@ def charts(out, over, burst_results, burst_lags):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    for cls in CLASSES:
+    for cls in COLUMNS:
         sizes = sorted(over[cls])
-        ax.plot(sizes, [over[cls][s]["app_ms"] for s in sizes], "o-", label=f"through the app ({cls})")
+        label = "the shape alone (floor)" if cls == FLOOR else f"through the app ({cls})"
+        ax.plot(sizes, [over[cls][s]["app_ms"] for s in sizes], "o:" if cls == FLOOR else "o-", label=label)
     sizes = sorted(over[CLASSES[0]])
     ax.plot(sizes, [over[CLASSES[0]][s]["direct_ms"] for s in sizes], "o--", label="straight to the fake upstream")
     ax.set(xlabel="turns of history", ylabel="median turn time (ms)",
@@ -555,13 +565,14 @@ def charts(out, over, burst_results, burst_lags):
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(6.5, 3.5))
-    labels, width = [], 0.38
+    labels, width = [], 0.27
     for k, key in enumerate(sorted(burst_results)):
         kind, n = key
         labels.append(f"{'JS off' if kind == 'nojs' else 'streamed'}\n{n} in flight")
-        for j, cls in enumerate(CLASSES):
+        for j, cls in enumerate(COLUMNS):
             value = burst_results[key][cls]["of_ideal"] * 100
-            ax.bar(k + (j - 0.5) * width, value, width, color=f"C{j}", label=cls if k == 0 else None)
+            ax.bar(k + (j - 1) * width, value, width, color=f"C{j}", label=cls if k == 0 else None,
+                   hatch="//" if cls == FLOOR else None)
     ax.axhline(90, color="red", linestyle="--", label="target 90 %")
     ax.set_xticks(range(len(labels)), labels)
     ax.set_ylim(0, 110)
@@ -591,8 +602,8 @@ def report(q, started, over, gets, convs, burst_results, quiet, weight, crowd, n
     small, large = sizes[0], sizes[-1]
     rows = []  # (measure, target, {cls: (text, ok)})
 
-    def row(measure, target, fn):
-        rows.append((measure, target, {cls: fn(cls) for cls in CLASSES}))
+    def row(measure, target, fn, columns=COLUMNS):
+        rows.append((measure, target, {c: fn(c) for c in columns}))
 
     row(f"JS-off turn overhead at {mid} turns (POST→303→GET minus direct, median)", "≤ 5 ms",
         lambda c: (f"{over[c][mid]['overhead_ms']:.2f} ms", over[c][mid]["overhead_ms"] <= 5))
@@ -609,7 +620,7 @@ def report(q, started, over, gets, convs, burst_results, quiet, weight, crowd, n
                    gets[c]["ratio"] <= 2))
     row(f"turn with {convs[CLASSES[0]]['others']} conversations in the browser ÷ with 1", "≤ 1.1×",
         lambda c: (f"{convs[c]['ratio']:.2f}× ({convs[c]['many_ms']:.1f} / {convs[c]['one_ms']:.1f} ms)",
-                   convs[c]["ratio"] <= 1.1))
+                   convs[c]["ratio"] <= 1.1), CLASSES)
     for (kind, n), res in sorted(burst_results.items()):
         label = "JS-off turns (POST→303→GET)" if kind == "nojs" else "streamed turns (POST /turns, SSE to done)"
         rounds = len(res[CLASSES[0]]["rounds_of_ideal"])
@@ -652,7 +663,7 @@ def report(q, started, over, gets, convs, burst_results, quiet, weight, crowd, n
                       CLASSES[1]: ("", None)}))
     row("delta forwarding, one stream at a time (median, p99)", "≤ 20 ms median",
         lambda c: (f"{quiet[c]['median_ms']:.1f} ms, {quiet[c]['p99_ms']:.1f} ms (n={quiet[c]['n']})",
-                   quiet[c]["median_ms"] <= 20))
+                   quiet[c]["median_ms"] <= 20), CLASSES)
     rows.append(("page weight, 20 turns (HTML+CSS+JS)", "≤ 60 KB",
                  {CLASSES[0]: (f"{weight['total'] / 1024:.1f} KB (HTML {weight['html'] / 1024:.1f} KB)",
                                weight["total"] <= 60 * 1024), CLASSES[1]: ("", None)}))
@@ -682,11 +693,18 @@ def report(q, started, over, gets, convs, burst_results, quiet, weight, crowd, n
              f"after (other test suites share these 2 cores); the direct runs of one burst differed by up to "
              f"{noise['direct_spread'] * 100:.0f} %, and the CPU rows below show how much other processes took "
              "during each burst.", "",
-             f"| measure | target | {' | '.join(CLASSES)} |", "|---|---|" + "---|" * len(CLASSES)]
+             "The last column, **floor**, is the product's fixed shape with none of the app's own work "
+             "(bench/floor_app.py: Flask, Flask-Session's file store holding the message list, `requests` "
+             "posting the whole history, a Jinja page of the messages; no CSRF, limits, conversations, "
+             "locks, crash-safe saves or markdown) under the same gunicorn.conf.py and the default worker "
+             "class, measured in the same run: a target it misses too is out of reach of the shape on "
+             "this machine, whatever the app does.", "",
+             f"| measure | target | {' | '.join(CLASSES)} | {FLOOR} (the shape alone) |",
+             "|---|---|" + "---|" * len(COLUMNS)]
     for measure, target, cells in rows:
         out = []
-        for cls in CLASSES:
-            text, ok = cells[cls]
+        for cls in COLUMNS:
+            text, ok = cells.get(cls, ("", None))
             out.append(f"{text} {verdict(ok)}".strip() if text else "")
         lines.append(f"| {measure} | {target} | {' | '.join(out)} |")
     lines += ["", "![overhead](overhead.png) ![concurrency](concurrency.png) ![deltas](deltas.png)", ""]
@@ -719,7 +737,7 @@ def main():
             step("overhead (1/50/200 turns) and GET 200 vs 1")
             over, gets, first_body = overhead(fake, servers, samples=8 if q else 40, gets=10 if q else 40)
             step("1 vs 100 conversations")
-            convs = many_conversations(servers, others=100, samples=8 if q else 40)
+            convs = many_conversations({c: servers[c] for c in CLASSES}, others=100, samples=8 if q else 40)
             step("page weight")
             weight = page_weight(servers[CLASSES[0]])
         step("a catalogue of OpenRouter's size")
@@ -733,6 +751,7 @@ def main():
             burst_results[kind, n], lags = bursts(workdir, kind, n, first_body, rounds=2 if n >= 1000 or q else 1)
             if kind == "streamed" and n == (200 if q else 1000):
                 burst_lags = {f"via the app ({c})": lags[c] for c in CLASSES}
+                burst_lags["the shape alone (floor)"] = lags[FLOOR]
                 burst_lags["straight upstream"] = lags["direct"]
     step("delta forwarding, one stream at a time")
     quiet = quiet_deltas(workdir, turns=2 if q else 5)
@@ -751,7 +770,7 @@ def main():
                    "noise": noise}, f, indent=1)
     print("\n".join(lines))
     print(f"\nWritten to {os.path.relpath(out, ROOT)}/", flush=True)
-    if any(r[c]["errors"] for r in burst_results.values() for c in CLASSES):
+    if any(r[c]["errors"] for r in burst_results.values() for c in COLUMNS):
         print(f"Some turns failed: the app's logs are kept in {workdir} (burst-*/log)", flush=True)
     else:
         shutil.rmtree(workdir, ignore_errors=True)

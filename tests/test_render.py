@@ -73,16 +73,30 @@ def test_the_shipped_code_stylesheet_is_the_generated_one():
 def test_streaming_renders_are_spaced_by_how_many_replies_stream_at_once(monkeypatch):
     from webapp.views import streaming
 
-    monkeypatch.setattr(streaming.time, "monotonic", lambda: 100.01)  # each render "takes" 10 ms
-    intervals = {}
+    clock = [100.0]
+    monkeypatch.setattr(streaming.time, "monotonic", lambda: clock[0])
+    real = streaming.render.markdown
+
+    def slow(text):  # each render "takes" 10 ms
+        clock[0] += 0.01
+        return real(text)
+
+    monkeypatch.setattr(streaming.render, "markdown", slow)
+    monkeypatch.setattr(streaming._Snapshots, "last_cost", 0.01)
+    first, intervals = {}, {}
     for live in (1, 50, 1000):
         snapshots = streaming._Snapshots(live=lambda live=live: live)
         snapshots.add("**bold** text")
-        assert "<strong>bold</strong>" in snapshots.due(100.0)
+        assert snapshots.due(clock[0]) is None  # the first delta is not rendered at once
+        first[live] = snapshots.interval
+        clock[0] += snapshots.interval + 0.001
+        assert "<strong>bold</strong>" in snapshots.due(clock[0])
         intervals[live] = snapshots.interval
         snapshots.add(" more")
-        assert snapshots.due(100.0 + snapshots.interval - 0.01) is None  # not due yet
-        assert "more" in snapshots.due(100.0 + snapshots.interval + 0.001)
+        assert snapshots.due(clock[0] + snapshots.interval - 0.02) is None  # not due yet
+        clock[0] += snapshots.interval + 0.001
+        assert "more" in snapshots.due(clock[0])
+    assert first == intervals  # the first render is spaced like the others
     assert intervals[1] == pytest.approx(streaming.HTML_EVERY)  # 10 × 10 ms is less than the floor
     assert intervals[50] == pytest.approx(10 * 50 * 0.01)
     assert intervals[1000] == streaming.HTML_AT_MOST  # formatting still shows within seconds

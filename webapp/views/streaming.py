@@ -31,14 +31,19 @@ class _Snapshots:
     hundred milliseconds, so the page shows formatting as it arrives. Rendering costs more for a
     longer reply and is repeated for every reply streaming in this process at once, so renders are
     spaced to take at most a tenth of one core in all: with `live()` replies streaming, each waits
-    10 × live × its last render time, between HTML_EVERY and HTML_AT_MOST (the deltas themselves
-    are never held back)."""
+    10 × live × the last render's time, between HTML_EVERY and HTML_AT_MOST (the deltas themselves
+    are never held back). The first render also waits that long after the first delta: a token or
+    two needs no formatting, and under a burst of new replies that render was most of the cost."""
+
+    last_cost = 0.0  # seconds the last render in this process took: spaces a new reply's first one
 
     def __init__(self, live=lambda: len(turns.LIVE)):
-        self.text, self.dirty, self.last, self.interval = "", False, 0.0, HTML_EVERY
+        self.text, self.dirty, self.last, self.interval = "", False, None, HTML_EVERY
         self.live = live
 
     def add(self, delta):
+        if self.last is None:
+            self.last, self.interval = time.monotonic(), self._spaced(_Snapshots.last_cost)
         self.text += delta
         self.dirty = True
 
@@ -50,10 +55,13 @@ class _Snapshots:
         if not self.dirty or now - self.last < self.interval:
             return None
         html = str(render.markdown(self.text))
+        _Snapshots.last_cost = time.monotonic() - now
         self.last, self.dirty = now, False
-        spaced = 10 * max(1, self.live()) * (time.monotonic() - now)
-        self.interval = min(HTML_AT_MOST, max(HTML_EVERY, spaced))
+        self.interval = self._spaced(_Snapshots.last_cost)
         return html
+
+    def _spaced(self, cost):
+        return min(HTML_AT_MOST, max(HTML_EVERY, 10 * max(1, self.live()) * cost))
 
 
 def _finished_payload(outcome_kind, data, conv):

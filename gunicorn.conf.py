@@ -13,6 +13,7 @@ under both.
 Every value can be overridden with the usual GUNICORN_CMD_ARGS or the environment variables below.
 """
 
+import gc
 import os
 import sys
 import time
@@ -64,8 +65,22 @@ logger_class = "webapp.accesslog.AccessLogger"
 control_socket_disable = True
 
 
+# The garbage collector, per worker once the app is loaded: gc.freeze() moves everything made so far
+# (modules, the app, compiled templates) out of every later collection, and a first generation of
+# 7,000 allocations instead of 700 collects a tenth as often while a burst of turns allocates.
+# Measured over 1,000 streamed turns (./bench.sh --profile, section 4): collection time per worker
+# about a quarter of the default's, and the longest pause a third (every stream waits for it).
+GC_THRESHOLD = (7000, 10, 10)
+
+
+def tune_gc():
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLD)
+
+
 def post_worker_init(worker):
     """One line per worker saying what it serves (no key or password): model, upstream, store, size."""
+    tune_gc()
     app = worker.wsgi
     if worker.cfg.worker_class_str == "gevent":
         # A gevent worker has greenlets, not threads: say how many connections each process takes.

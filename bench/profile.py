@@ -17,6 +17,7 @@ import argparse
 import collections
 import cProfile
 import io
+import json
 import os
 import pickle
 import pstats
@@ -430,6 +431,38 @@ def burst_profile(workdir, out, kind, n=1000, duration=20, svg=False):
         upstream.wait()
 
 
+def gc_burst(workdir, defaults, n=1000):
+    """1,000 streamed turns under bench/gc_probe.conf.py: the workers' collection counts and time, with
+    gunicorn.conf.py's GC tuning or (`defaults`) Python's defaults."""
+    upstream, base = spawn_upstream("ticks", "40", "0.05")
+    path = tempfile.mkdtemp(prefix="gc-", dir=workdir)
+    env = dict(app_env(base, path), GC_PROBE_DIR=path, **({"GC_PROBE_DEFAULTS": "1"} if defaults else {}))
+    try:
+        with Gunicorn(env, os.path.join(path, "log"), workers=None, config="bench/gc_probe.conf.py") as server:
+            sessions = load.sessions(server.port, n)
+            wall, outcomes = load.burst(lambda i: load.streamed_turn(server.port, sessions[i], f"chat {i}"), n)
+    finally:
+        upstream.kill()
+        upstream.wait()
+    workers = [json.load(open(os.path.join(path, name))) for name in os.listdir(path) if name.endswith(".json")]
+    lags = sorted(lag for o in outcomes if isinstance(o, dict) for lag in o["lags"] if lag is not None)
+    return {"wall_s": wall, "errors": sum(1 for o in outcomes if not isinstance(o, dict)),
+            "collections": [sum(w["collections"][g] for w in workers) for g in range(3)],
+            "gc_ms_per_worker": sum(w["seconds"] for w in workers) / max(1, len(workers)) * 1000,
+            "longest_ms": max((w["longest"] for w in workers), default=0.0) * 1000,
+            "lag_p99_ms": lags[int(len(lags) * 0.99)] * 1000 if lags else 0.0, "workers": len(workers)}
+
+
+def gc_table(runs):
+    rows = ["| setting | round | collections (gen 0 / 1 / 2, all workers) | GC time per worker | longest pause | "
+            "delta forwarding p99 | burst wall | errors |", "|---|---:|---|---:|---:|---:|---:|---:|"]
+    for name, r, res in runs:
+        rows.append(f"| {name} | {r + 1} | {' / '.join(str(c) for c in res['collections'])} | "
+                    f"{res['gc_ms_per_worker']:.0f} ms | {res['longest_ms']:.1f} ms | {res['lag_p99_ms']:.0f} ms | "
+                    f"{res['wall_s']:.1f} s | {res['errors']} |")
+    return rows
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", default=FULL_OUT)
@@ -494,6 +527,18 @@ def main():
             lines += ["", f"Without `--gil` ({wall_samples:,} samples of every thread py-spy counts as busy, "
                       "waits on locks and sockets included), by own samples:", ""]
             lines += wall_own
+    print("garbage collection during bursts…", flush=True)
+    runs = []
+    for r in range(2):  # alternated: the machine's noise falls on both settings
+        for name, defaults in ((("tuned (gunicorn.conf.py)", False), ("Python's defaults", True))
+                               if r % 2 == 0 else (("Python's defaults", True), ("tuned (gunicorn.conf.py)", False))):
+            runs.append((name, r, gc_burst(workdir, defaults)))
+    lines += ["", "## 4. Garbage collection during 1,000 streamed turns", "",
+              "gunicorn.conf.py freezes what each worker made at start (`gc.freeze()`) and collects its "
+              "first generation a tenth as often as Python's default (`GC_THRESHOLD`). The same burst "
+              "(gevent, 2 workers, a 2 s streamed upstream) under bench/gc_probe.conf.py, which times every "
+              "collection, with that tuning and with Python's defaults, alternated:", ""]
+    lines += gc_table(runs)
     lines.append("")
     with open(os.path.join(args.out, "profiles.md"), "w") as f:
         f.write("\n".join(lines))

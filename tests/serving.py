@@ -68,9 +68,11 @@ def served_env(fake, path, secret, **extra):
 class Gunicorn:
     """`gunicorn wsgi:app -c gunicorn.conf.py` in a child process; its output goes to `log_path`."""
 
-    def __init__(self, env, log_path, workers=2, threads=None, worker_class=None, app="wsgi:app"):
+    def __init__(self, env, log_path, workers=2, threads=None, worker_class=None, app="wsgi:app",
+                 config="gunicorn.conf.py"):
         self.port = free_port()
-        self.app = app  # bench/run.py also serves bench.floor_app:app this way
+        # The benchmarks also serve bench.floor_app:app, and with bench/gc_probe.conf.py
+        self.app, self.config = app, config
         self.url = f"http://127.0.0.1:{self.port}"
         # Every test server is reached from one address by many tests: the per-address limit has
         # tests of its own (tests pass RATE_LIMIT_PER_ADDRESS to override this).
@@ -91,7 +93,7 @@ class Gunicorn:
     def start(self, timeout=20):
         self.log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", self.app, "-c", "gunicorn.conf.py"],
+            [sys.executable, "-m", "gunicorn", self.app, "-c", self.config],
             cwd=ROOT, env=self.env, stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install what the benchmarks need (./.venv, and as root Debian's nginx-light) and run them all;
 # writes docs/bench/results.md and the charts (the committed results: this is how to refresh them).
-#   ./bench.sh            the full run (about 10 minutes on 2 cores): docs/bench/
+#   ./bench.sh            the full run (about 5 minutes on 2 cores): docs/bench/
 #   ./bench.sh --quick    a smoke run (1-2 minutes): build/bench/ (git-ignored), docs/ left alone
 #   ./bench.sh --profile  cProfile of a turn, store traffic, py-spy during a burst: docs/bench/profiles.md
 #   ./bench.sh --peer     Gradio's ChatInterface on the same fake upstream, side by side (its own venv

@@ -11,7 +11,7 @@ compared with the same burst sent straight to the fake upstream in the same run.
 
 The app's limits are lifted for the benchmark (it is one address with many sessions): no per-session
 or per-address rate limit, and MAX_RUNNING_TURNS 5000. Every POST carries its page's CSRF token.
-Bounded: every loop has a fixed count; a full run takes about 10 minutes on 2 cores, --quick 1-2.
+Bounded: every loop has a fixed count; a full run takes about 5 minutes on 2 cores, --quick 2-3.
 """
 
 import argparse

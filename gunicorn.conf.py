@@ -74,6 +74,7 @@ GC_THRESHOLD = (7000, 10, 10)
 
 
 def tune_gc():
+    gc.collect()  # what is garbage now would otherwise be frozen with the rest, for good
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLD)
 

@@ -28,7 +28,8 @@ KEY = os.environ["OPENROUTER_API_KEY"]
 MODEL = os.environ.get("OPENROUTER_MODEL", "openai/o4-mini")
 
 app = Flask(__name__, static_folder=os.path.join(ROOT, "static"))
-app.config.update(SECRET_KEY="floor", SESSION_TYPE="cachelib",
+# Like the app: the session is written when it changed, not again on every page view.
+app.config.update(SECRET_KEY="floor", SESSION_TYPE="cachelib", SESSION_REFRESH_EACH_REQUEST=False,
                   SESSION_CACHELIB=FileSystemCache(os.path.join(os.environ["SESSION_DIR"], "floor"),
                                                    threshold=0))
 Session(app)
@@ -84,6 +85,7 @@ def send(cid=None):
 @app.post("/turns")
 def turns():
     items = with_message(request.form)
+    session["items"] = items  # stored now, so a new browser gets its cookie with this response
     saved = session._get_current_object()
 
     def events():
@@ -98,7 +100,7 @@ def turns():
                     message = next(o for o in event["response"]["output"] if o["type"] == "message")
                     saved["items"] = items + [reply_item(message)]
                     # Flask-Session saved the session when the view returned, before the stream:
-                    # save it again now that it holds the reply (the cookie is already sent).
+                    # save it again now that it holds the reply (its cookie went with the headers).
                     app.session_interface.save_session(app, saved, Response())
                     yield "event: done\ndata: {}\n\n"
 

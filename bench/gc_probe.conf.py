@@ -37,6 +37,8 @@ def post_worker_init(worker):  # noqa: F811
 
 
 def worker_exit(server, worker):  # noqa: F811
+    if os.getpid() != worker.pid:
+        return  # the master also calls this hook for a worker that died: only workers report
     with open(os.path.join(os.environ["GC_PROBE_DIR"], f"{os.getpid()}.json"), "w") as f:
         json.dump(_totals, f)
     _served_exit(server, worker)

@@ -438,13 +438,16 @@ def gc_burst(workdir, defaults, n=1000):
     path = tempfile.mkdtemp(prefix="gc-", dir=workdir)
     env = dict(app_env(base, path), GC_PROBE_DIR=path, **({"GC_PROBE_DEFAULTS": "1"} if defaults else {}))
     try:
-        with Gunicorn(env, os.path.join(path, "log"), workers=None, config="bench/gc_probe.conf.py") as server:
+        with Gunicorn(env, os.path.join(path, "log"), workers=2, worker_class="gevent",
+                      config="bench/gc_probe.conf.py") as server:
             sessions = load.sessions(server.port, n)
             wall, outcomes = load.burst(lambda i: load.streamed_turn(server.port, sessions[i], f"chat {i}"), n)
     finally:
         upstream.kill()
         upstream.wait()
     workers = [json.load(open(os.path.join(path, name))) for name in os.listdir(path) if name.endswith(".json")]
+    if len(workers) != 2:
+        raise RuntimeError(f"{len(workers)} of 2 workers reported their collections (see {path}/log)")
     lags = sorted(lag for o in outcomes if isinstance(o, dict) for lag in o["lags"] if lag is not None)
     return {"wall_s": wall, "errors": sum(1 for o in outcomes if not isinstance(o, dict)),
             "collections": [sum(w["collections"][g] for w in workers) for g in range(3)],

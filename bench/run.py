@@ -77,7 +77,9 @@ def apps(base_url, workdir, name, floor=True, **kwargs):
         for column in (COLUMNS if floor else CLASSES):
             path = os.path.join(workdir, f"{name}-{column}")
             os.makedirs(path, exist_ok=True)
-            extra = {"app": "bench.floor_app:app"} if column == FLOOR else {"worker_class": column}
+            # The floor under the default worker class, said outright (not TEST_WORKER_CLASS or .env's)
+            extra = {"app": "bench.floor_app:app", "worker_class": "gevent"} if column == FLOOR \
+                else {"worker_class": column}
             running[column] = stack.enter_context(Gunicorn(app_env(base_url, path), os.path.join(path, "log"),
                                                            **extra, **kwargs))
         yield running
@@ -607,17 +609,19 @@ def report(q, started, over, gets, convs, burst_results, quiet, weight, crowd, n
 
     row(f"JS-off turn overhead at {mid} turns (POST→303→GET minus direct, median)", "≤ 5 ms",
         lambda c: (f"{over[c][mid]['overhead_ms']:.2f} ms", over[c][mid]["overhead_ms"] <= 5))
+    # Growth with history is no floor's: the floor keeps and renders the whole list on every request
+    # (no verdict), where the app renders each reply once and keeps decoded histories.
     row(f"overhead at {large} turns ÷ at {small}", "≤ 2×",
         lambda c: (f"{over[c][large]['overhead_ms'] / over[c][small]['overhead_ms']:.2f}× "
                    f"({over[c][large]['overhead_ms']:.2f} / {over[c][small]['overhead_ms']:.2f} ms)",
-                   over[c][large]["overhead_ms"] <= 2 * over[c][small]["overhead_ms"]))
+                   over[c][large]["overhead_ms"] <= 2 * over[c][small]["overhead_ms"] if c != FLOOR else None))
     for s in sizes:
         row(f"turn at {s} turns: app / direct (median)", "",
             lambda c, s=s: (f"{over[c][s]['app_ms']:.1f} / {over[c][s]['direct_ms']:.1f} ms "
                             f"(+{over[c][s]['overhead_ms']:.1f}, p90 +{over[c][s]['overhead_p90_ms']:.1f})", None))
     row(f"GET of a {large}-turn conversation ÷ a {small}-turn one", "≤ 2×",
         lambda c: (f"{gets[c]['ratio']:.2f}× ({gets[c]['large_ms']:.1f} / {gets[c]['small_ms']:.1f} ms)",
-                   gets[c]["ratio"] <= 2))
+                   gets[c]["ratio"] <= 2 if c != FLOOR else None))
     row(f"turn with {convs[CLASSES[0]]['others']} conversations in the browser ÷ with 1", "≤ 1.1×",
         lambda c: (f"{convs[c]['ratio']:.2f}× ({convs[c]['many_ms']:.1f} / {convs[c]['one_ms']:.1f} ms)",
                    convs[c]["ratio"] <= 1.1), CLASSES)
@@ -697,8 +701,10 @@ def report(q, started, over, gets, convs, burst_results, quiet, weight, crowd, n
              "(bench/floor_app.py: Flask, Flask-Session's file store holding the message list, `requests` "
              "posting the whole history, a Jinja page of the messages; no CSRF, limits, conversations, "
              "locks, crash-safe saves or markdown) under the same gunicorn.conf.py and the default worker "
-             "class, measured in the same run: a target it misses too is out of reach of the shape on "
-             "this machine, whatever the app does.", "",
+             "class, measured in the same run: a cost target it misses too (time per turn, turns in "
+             "flight) is out of reach of the shape on this machine, whatever the app does. Growth with "
+             "history gets no verdict there: the floor re-reads and re-renders the whole list every "
+             "time, which the app does not.", "",
              f"| measure | target | {' | '.join(CLASSES)} | {FLOOR} (the shape alone) |",
              "|---|---|" + "---|" * len(COLUMNS)]
     for measure, target, cells in rows:

@@ -1,6 +1,7 @@
 """Assistant markdown becomes safe HTML: hostile model output stays text, markdown still renders."""
 
 import os
+import time
 from html.parser import HTMLParser
 
 import pytest
@@ -100,3 +101,16 @@ def test_streaming_renders_are_spaced_by_how_many_replies_stream_at_once(monkeyp
     assert intervals[1] == pytest.approx(streaming.HTML_EVERY)  # 10 × 10 ms is less than the floor
     assert intervals[50] == pytest.approx(10 * 50 * 0.01)
     assert intervals[1000] == streaming.HTML_AT_MOST  # formatting still shows within seconds
+
+
+def test_a_resumed_reply_is_rendered_at_once(monkeypatch):
+    """After a reload the first delta is the whole text so far: its formatting must not wait."""
+    from webapp.views import streaming
+
+    monkeypatch.setattr(streaming._Snapshots, "last_cost", 0.01)
+    snapshots = streaming._Snapshots(live=lambda: 1000, at_once=True)
+    snapshots.add("| a | b |\n|---|---|\n| 1 | 2 |\n\nand **more**")
+    html = snapshots.due(time.monotonic())
+    assert "<table>" in html and "<strong>more</strong>" in html
+    snapshots.add(" then")
+    assert snapshots.due(time.monotonic()) is None  # later renders are spaced as usual

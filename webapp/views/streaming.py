@@ -32,18 +32,20 @@ class _Snapshots:
     longer reply and is repeated for every reply streaming in this process at once, so renders are
     spaced to take at most a tenth of one core in all: with `live()` replies streaming, each waits
     10 × live × the last render's time, between HTML_EVERY and HTML_AT_MOST (the deltas themselves
-    are never held back). The first render also waits that long after the first delta: a token or
-    two needs no formatting, and under a burst of new replies that render was most of the cost."""
+    are never held back). A new reply's first render waits that long after its first delta too (a
+    token or two needs no formatting); a resumed one (`at_once`) is rendered at once, since its first
+    delta is the whole text so far."""
 
     last_cost = 0.0  # seconds the last render in this process took: spaces a new reply's first one
 
-    def __init__(self, live=lambda: len(turns.LIVE)):
+    def __init__(self, live=lambda: len(turns.LIVE), at_once=False):
         self.text, self.dirty, self.last, self.interval = "", False, None, HTML_EVERY
-        self.live = live
+        self.live, self.at_once = live, at_once
 
     def add(self, delta):
         if self.last is None:
-            self.last, self.interval = time.monotonic(), self._spaced(_Snapshots.last_cost)
+            self.last = float("-inf") if self.at_once else time.monotonic()
+            self.interval = self._spaced(_Snapshots.last_cost)
         self.text += delta
         self.dirty = True
 
@@ -54,8 +56,9 @@ class _Snapshots:
     def due(self, now):
         if not self.dirty or now - self.last < self.interval:
             return None
+        started = time.monotonic()
         html = str(render.markdown(self.text))
-        _Snapshots.last_cost = time.monotonic() - now
+        _Snapshots.last_cost = time.monotonic() - started
         self.last, self.dirty = now, False
         self.interval = self._spaced(_Snapshots.last_cost)
         return html
@@ -207,7 +210,7 @@ def resume(turn, cid=None):
     relay = turns.LIVE.get(turn)
     if not cid or not (relay and relay.cid == cid or _is_pending(cid, turn) or _just_ended(cid, turn)):
         return {"error": "No such reply is being written in this conversation."}, 404
-    snapshots = _Snapshots()
+    snapshots = _Snapshots(at_once=True)
     # A relay replays from the first delta, so the listener ends up with the whole text either way.
     events = relay.listen(snapshots.wait) if relay else _follow_store(common.store(), cid, turn)
     return _stream_response(events, cid, snapshots)

@@ -103,6 +103,31 @@ def test_streaming_renders_are_spaced_by_how_many_replies_stream_at_once(monkeyp
     assert intervals[1000] == streaming.HTML_AT_MOST  # formatting still shows within seconds
 
 
+def test_a_burst_of_new_replies_spaces_their_first_renders_by_the_latest_render(monkeypatch):
+    """Replies that all began before any render: once one has rendered, the others' first renders
+    wait for the spacing that render's cost and the number streaming call for."""
+    from webapp.views import streaming
+
+    clock = [100.0]
+    monkeypatch.setattr(streaming.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(streaming._Snapshots, "last_cost", 0.0)  # a fresh worker: nothing rendered yet
+    replies = [streaming._Snapshots(live=lambda: 500) for _ in range(3)]
+    for snapshots in replies:
+        snapshots.add("first token")
+    clock[0] += streaming.HTML_EVERY + 0.001
+    real = streaming.render.markdown
+
+    def slow(text):  # each render "takes" 1 ms
+        clock[0] += 0.001
+        return real(text)
+
+    monkeypatch.setattr(streaming.render, "markdown", slow)
+    assert replies[0].due(clock[0]) is not None  # the first is due: no render has cost anything yet
+    assert replies[1].due(clock[0]) is None  # now 10 × 500 × 1 ms apart: the others wait
+    assert replies[2].due(clock[0] + 4.0) is None
+    assert replies[2].due(clock[0] + streaming.HTML_AT_MOST + 0.001) is not None  # never past the cap
+
+
 def test_a_resumed_reply_is_rendered_at_once(monkeypatch):
     """After a reload the first delta is the whole text so far: its formatting must not wait."""
     from webapp.views import streaming

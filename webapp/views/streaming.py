@@ -40,7 +40,7 @@ class _Snapshots:
 
     def __init__(self, live=lambda: len(turns.LIVE), at_once=False):
         self.text, self.dirty, self.last, self.interval = "", False, None, HTML_EVERY
-        self.live, self.at_once = live, at_once
+        self.live, self.at_once, self.rendered = live, at_once, False
 
     def add(self, delta):
         if self.last is None:
@@ -54,12 +54,18 @@ class _Snapshots:
         return self.interval if self.dirty else KEEPALIVE
 
     def due(self, now):
-        if not self.dirty or now - self.last < self.interval:
+        if not self.dirty:
+            return None
+        if not self.rendered and not self.at_once:
+            # Spaced by the process's latest render, asked again each time: when a burst of replies
+            # starts at once, the first renders push the others' later (past their end, if short).
+            self.interval = self._spaced(_Snapshots.last_cost)
+        if now - self.last < self.interval:
             return None
         started = time.monotonic()
         html = str(render.markdown(self.text))
         _Snapshots.last_cost = time.monotonic() - started
-        self.last, self.dirty = now, False
+        self.last, self.dirty, self.rendered = now, False, True
         self.interval = self._spaced(_Snapshots.last_cost)
         return html
 

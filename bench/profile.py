@@ -394,23 +394,27 @@ def _short_frame(frame):
     return f"{match.group(1)} ({_short(match.group(2))})"
 
 
-def burst_profile(workdir, out, kind, n=1000, duration=20, svg=False):
+SPY_RATE = 100  # samples a second
+
+
+def burst_profile(workdir, out, kind, n=1000, duration=20, svg=False, app="wsgi:app", rate=SPY_RATE):
     spy = py_spy()
     if kind == "nojs":
         upstream, base = spawn_upstream("fake", "2.0")
     else:
         upstream, base = spawn_upstream("ticks", "40", "0.05")
-    path = os.path.join(workdir, f"spy-{kind}")
+    path = os.path.join(workdir, f"spy-{kind}-{app.split('.')[0].split(':')[0]}")
     os.makedirs(path, exist_ok=True)
     try:
-        with Gunicorn(app_env(base, path), os.path.join(path, "log"), workers=None) as server:
+        with Gunicorn(app_env(base, path), os.path.join(path, "log"), workers=2, worker_class="gevent",
+                      app=app) as server:
             sessions = load.sessions(server.port, n)
             workers = [int(c) for c in open(f"/proc/{server.proc.pid}/task/{server.proc.pid}/children").read().split()]
             raw = {mode: os.path.join(path, f"raw-{mode}.txt") for mode in ("gil", "wall")}
 
             def record(pid, output, *extra):
                 return subprocess.Popen([spy, "record", "--pid", str(pid), "--duration", str(duration),
-                                         "--rate", "100", "--nonblocking", "--output", output, *extra],
+                                         "--rate", str(rate), "--nonblocking", "--output", output, *extra],
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
             # --gil: only the thread holding the GIL, i.e. where the CPU goes; without it: every
@@ -425,10 +429,63 @@ def burst_profile(workdir, out, kind, n=1000, duration=20, svg=False):
             for proc in spies:
                 proc.wait(timeout=duration + 30)
             errors = sum(1 for o in outcomes if not isinstance(o, dict))
-            return {"wall_s": wall, "errors": errors, "n": n}, collapsed_top(raw["gil"]), collapsed_top(raw["wall"], 12)
+            return ({"wall_s": wall, "errors": errors, "n": n, "raw": raw["gil"]}, collapsed_top(raw["gil"]),
+                    collapsed_top(raw["wall"], 12))
     finally:
         upstream.kill()
         upstream.wait()
+
+
+# Where a streamed turn's CPU goes, in the app and in the floor (bench/floor_app.py), by the frames that
+# hold each part: (label, app frames, floor frames). A frame is named by how py-spy's line starts
+# ("function ("); "A>B" is B called straight from A. A sample counts once per part, inclusive.
+STREAMED_PARTS = (
+    ("the POST's Flask request (view, CSRF, session, limits)", ("Flask.full_dispatch_request",),
+     ("Flask.full_dispatch_request",)),
+    ("  of which the turn's begin (session id, conversation, stored turn)", ("Send.begin", "Send.__init__"),
+     ("with_message",)),
+    ("upstream request, until its headers (body JSON included)", ("Client._post",), ("upstream",)),
+    ("reading and parsing the upstream's events", ("sse_data", "Client.stream>loads"),
+     ("Response.iter_lines", "turns.<locals>.events>loads")),
+    ("handing each delta to the listener", ("Relay.listen", "Relay.publish"), ()),
+    ("snapshot renders while streaming", ("_Snapshots.due",), ()),
+    ("writing events to the browser", ("Response.write",), ("Response.write",)),
+    ("the end: settle, log, final event", ("_settle", "log_turn", "_finished_payload"), ()),
+    ("progress saves and Stop checks", ("_save_progress_forever",), ()),
+)
+
+
+def _has(frames, pattern):
+    first, _, then = pattern.partition(">")
+    return any(f.startswith(first + " (") and (not then or (i + 1 < len(frames) and
+                                                        frames[i + 1].startswith(then + " (")))
+               for i, f in enumerate(frames))
+
+
+def part_samples(raw_path, patterns):
+    counts, samples = [0] * len(patterns), 0
+    for line in open(raw_path):
+        stack, _, count = line.rstrip("\n").rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        samples += int(count)
+        frames = stack.split(";")
+        for i, pats in enumerate(patterns):
+            if any(_has(frames, p) for p in pats):
+                counts[i] += int(count)
+    return samples, counts
+
+
+def streamed_split(app_info, floor_info, rate, turns):
+    """App vs floor, ms of one worker's CPU per streamed turn, part by part."""
+    app_total, app_parts = part_samples(app_info["raw"], [p[1] for p in STREAMED_PARTS])
+    floor_total, floor_parts = part_samples(floor_info["raw"], [p[2] for p in STREAMED_PARTS])
+    ms = lambda count: count / rate / turns * 1000  # noqa: E731
+    rows = ["| part | app (ms per turn) | floor (ms per turn) |", "|---|---:|---:|",
+            f"| all samples of the worker | {ms(app_total):.2f} | {ms(floor_total):.2f} |"]
+    for (label, app_pats, floor_pats), a, f in zip(STREAMED_PARTS, app_parts, floor_parts):
+        rows.append(f"| {label} | {ms(a):.2f} | {ms(f):.2f} |" if floor_pats else f"| {label} | {ms(a):.2f} | – |")
+    return rows
 
 
 def gc_burst(workdir, defaults, n=1000):
@@ -521,8 +578,8 @@ def main():
                       f"{label} on a 2 s upstream", "",
                       f"2 workers × 1,000 connections (gunicorn.conf.py's default); the burst took {info['wall_s']:.1f} s "
                       f"({info['errors']} errors). `--gil` samples (the thread holding the GIL, at "
-                      f"100 Hz over 20 s: {samples:,} samples, so the worker held the GIL "
-                      f"{samples / 2000 * 100:.0f} % of the time: a gevent worker runs its greenlets on one thread)."
+                      f"{SPY_RATE} Hz over 20 s: {samples:,} samples, so the worker held the GIL "
+                      f"{samples / (SPY_RATE * 20) * 100:.0f} % of the time: a gevent worker runs its greenlets on one thread)."
                       + (" Flame graph of the other worker (also `--gil`): "
                          "[profile-burst.svg](profile-burst.svg)." if svg else ""),
                       "", "By own samples (where the CPU is):", ""]

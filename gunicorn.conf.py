@@ -69,7 +69,7 @@ control_socket_disable = True
 # (modules, the app, compiled templates) out of every later collection, and a first generation of
 # 7,000 allocations instead of 700 collects a tenth as often while a burst of turns allocates.
 # Measured over 1,000 streamed turns (./bench.sh --profile, section 4): collection time per worker
-# about a quarter of the default's, and the longest pause a fifth (every stream in the worker waits it out).
+# about a third of the default's, and the longest pause a quarter (every stream in the worker waits it out).
 GC_THRESHOLD = (7000, 10, 10)
 
 

@@ -589,6 +589,18 @@ def main():
             lines += ["", f"Without `--gil` ({wall_samples:,} samples of every thread py-spy counts as busy, "
                       "waits on locks and sockets included), by own samples:", ""]
             lines += wall_own
+        print("py-spy on the app and on the floor during the streamed burst…", flush=True)
+        rate = 400
+        app_info, *_ = burst_profile(workdir, args.out, "streamed", rate=rate)
+        floor_info, *_ = burst_profile(workdir, args.out, "streamed", app="bench.floor_app:app", rate=rate)
+        lines += ["", "## 3c. A streamed turn's CPU, part by part: the app against the floor", "",
+                  "The same burst of 1,000 streamed turns through the app and through the floor "
+                  "(bench/floor_app.py, the shape alone), one gevent worker of two sampled with `--gil` at "
+                  f"{rate} Hz; samples with a part's frames are counted for it (inclusive), per turn of that "
+                  f"worker (about 500). The bursts took {app_info['wall_s']:.1f} s and {floor_info['wall_s']:.1f} s "
+                  f"({app_info['errors']} and {floor_info['errors']} errors). A gevent worker's loop (the hub), "
+                  "greenlet switches and the garbage collector are in the totals and in no part.", ""]
+        lines += streamed_split(app_info, floor_info, rate, 500)
     print("garbage collection during bursts…", flush=True)
     runs = []
     for r in range(2):  # alternated: the machine's noise falls on both settings

@@ -51,7 +51,7 @@ class FileBackend:
     get_blob = get
 
     def set_blob(self, key, blob, ttl):
-        self.set(key, blob, ttl)
+        self.set(key, blob, ttl)  # through `set`, so a subclass's `set` (tests break it) is used
 
     @staticmethod
     def encode(value):

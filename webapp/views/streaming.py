@@ -43,9 +43,8 @@ class _Snapshots:
         self.live, self.at_once, self.rendered = live, at_once, False
 
     def add(self, delta):
-        if self.last is None:
+        if self.last is None:  # the first delta: `due` spaces the first render from here
             self.last = float("-inf") if self.at_once else time.monotonic()
-            self.interval = self._spaced(_Snapshots.last_cost)
         self.text += delta
         self.dirty = True
 

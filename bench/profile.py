@@ -33,7 +33,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from bench import load  # noqa: E402
-from bench.run import API_KEY, REGENERATE, app_env, spawn_upstream  # noqa: E402
+from bench.run import API_KEY, REGENERATE, app_env, spawn_upstream, summarise  # noqa: E402
 from tests.fake_openrouter import FakeOpenRouter  # noqa: E402
 from tests.serving import Gunicorn, csrf_token_in  # noqa: E402
 
@@ -360,17 +360,21 @@ def py_spy():
     return found if os.path.exists(found) else None
 
 
+def raw_stacks(path):
+    """(frames, samples) for each line of py-spy's raw (collapsed) output."""
+    for line in open(path):
+        stack, _, count = line.rstrip("\n").rpartition(" ")
+        if stack and count.isdigit():  # not py-spy's own notes, nor a line cut short
+            yield stack.split(";"), int(count)
+
+
 def collapsed_top(path, limit=25):
     """Top functions of py-spy's raw (collapsed) output by own and by total samples."""
     own, total = collections.Counter(), collections.Counter()
     samples = 0
-    for line in open(path):
-        stack, _, count = line.rstrip("\n").rpartition(" ")
-        if not stack or not count.isdigit():  # py-spy's own notes, a line cut short
-            continue
-        count = int(count)
+    for frames, count in raw_stacks(path):
         samples += count
-        frames = [re.sub(r":\d+\)$", ")", f) for f in stack.split(";")]
+        frames = [re.sub(r":\d+\)$", ")", f) for f in frames]
         frames = [f for f in frames if not f.startswith("process ") and not f.startswith("thread ")]
         if not frames:
             continue
@@ -464,15 +468,11 @@ def _has(frames, pattern):
 
 def part_samples(raw_path, patterns):
     counts, samples = [0] * len(patterns), 0
-    for line in open(raw_path):
-        stack, _, count = line.rstrip("\n").rpartition(" ")
-        if not stack or not count.isdigit():
-            continue
-        samples += int(count)
-        frames = stack.split(";")
+    for frames, count in raw_stacks(raw_path):
+        samples += count
         for i, pats in enumerate(patterns):
             if any(_has(frames, p) for p in pats):
-                counts[i] += int(count)
+                counts[i] += count
     return samples, counts
 
 
@@ -505,13 +505,10 @@ def gc_burst(workdir, defaults, n=1000):
     workers = [json.load(open(os.path.join(path, name))) for name in os.listdir(path) if name.endswith(".json")]
     if len(workers) != 2:
         raise RuntimeError(f"{len(workers)} of 2 workers reported their collections (see {path}/log)")
-    lags = sorted(lag for o in outcomes if isinstance(o, dict) for lag in o["lags"] if lag is not None)
-    return {"wall_s": wall, "errors": sum(1 for o in outcomes if not isinstance(o, dict)),
-            "collections": [sum(w["collections"][g] for w in workers) for g in range(3)],
-            "gc_ms_per_worker": sum(w["seconds"] for w in workers) / max(1, len(workers)) * 1000,
-            "longest_ms": max((w["longest"] for w in workers), default=0.0) * 1000,
-            "lag_p50_ms": lags[len(lags) // 2] * 1000 if lags else 0.0,
-            "lag_p99_ms": lags[int(len(lags) * 0.99)] * 1000 if lags else 0.0, "workers": len(workers)}
+    result, _ = summarise(wall, outcomes, n)  # wall, errors, delta forwarding as the bench counts them
+    return dict(result, collections=[sum(w["collections"][g] for w in workers) for g in range(3)],
+                gc_ms_per_worker=sum(w["seconds"] for w in workers) / len(workers) * 1000,
+                longest_ms=max(w["longest"] for w in workers) * 1000)
 
 
 def gc_table(runs):

@@ -160,7 +160,6 @@ def overhead(fake, servers, sizes=(1, 50, 200), samples=40, gets=40):
     get_results = {cls: {} for cls in servers}
     small, large = min(sizes), max(sizes)
     times = {(cls, s): [] for cls in servers for s in (small, large)}
-    names = list(servers)
     for i in range(gets):
         for cls in (names if i % 2 == 0 else names[::-1]):
             for s in ((small, large) if i % 2 == 0 else (large, small)):

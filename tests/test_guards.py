@@ -22,6 +22,7 @@ from tests.serving import Browser, Gunicorn, csrf_token_in
 from tests.sse import events, sse_events, until, wait_for
 from tests.test_streaming import start_turn
 from webapp import create_app
+from webapp.factory import startup_warnings
 from webapp.limits import limiter
 from webapp.settings import from_env
 
@@ -404,7 +405,7 @@ def test_configured_trusted_hosts_replace_the_loopback_names(make_app, fake):
     assert client.get("/", base_url="http://127.0.0.1").status_code == 400
 
 
-def test_trusted_hosts_settings_and_the_public_bind_warning(fake, tmp_path, caplog):
+def test_trusted_hosts_settings_and_the_public_bind_warning(fake, tmp_path):
     assert set(from_env({})["TRUSTED_HOSTS"]) >= {"localhost", "127.0.0.1"}
     assert "evil.example" not in from_env({})["TRUSTED_HOSTS"]
     assert from_env({"BIND": "0.0.0.0:8000"})["TRUSTED_HOSTS"] is None
@@ -414,16 +415,14 @@ def test_trusted_hosts_settings_and_the_public_bind_warning(fake, tmp_path, capl
             "SESSION_DIR": str(tmp_path / "sessions")}
 
     def warnings(env):
-        caplog.clear()
-        with caplog.at_level(logging.WARNING):
-            create_app(env={**base, **env})
-        return [r.getMessage() for r in caplog.records if "ACCESS_PASSWORD is not set" in r.getMessage()]
+        return [w for w in startup_warnings(create_app(env={**base, **env}).config)
+                if "ACCESS_PASSWORD is not set" in w]
 
     public = warnings({"BIND": "0.0.0.0:8000"})
     assert len(public) == 1 and "0.0.0.0:8000" in public[0]
     assert warnings({"BIND": "0.0.0.0:8000", "ACCESS_PASSWORD": "pw-xyz"}) == []
     assert warnings({"BIND": "127.0.0.1:8000"}) == []
-    assert all("pw-xyz" not in r.getMessage() for r in caplog.records)
+    assert all("pw-xyz" not in w for w in startup_warnings(create_app(env={**base, "ACCESS_PASSWORD": "pw-xyz"}).config))
 
 
 # --- 8. The access password -----------------------------------------------------------------------------
@@ -531,6 +530,17 @@ def test_sends_over_the_per_session_limit_are_refused_keeping_the_text(make_app,
     assert refused.status_code == 429 and set(refused.get_json()) == {"error"}
     assert int(refused.headers["Retry-After"]) > 0
     assert len(fake.requests) == 3
+
+
+def test_the_limiter_never_logs_the_session_secret_it_counts_by(make_app, fake, caplog):
+    client = limited_app(make_app, RATE_LIMIT_PER_SESSION="1/minute").test_client()
+    with caplog.at_level(logging.DEBUG):
+        assert send(client, "one").status_code == 303
+        assert send(client, "two").status_code == 429
+    with client.session_transaction() as session:
+        secret = session["csrf_token"]
+    assert any("exceeded" in r.getMessage() for r in caplog.records)  # Flask-Limiter's own line
+    assert all(secret not in r.getMessage() for r in caplog.records)
 
 
 def test_the_fourth_send_of_a_new_session_is_refused_at_three_a_minute(make_app, fake):

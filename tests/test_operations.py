@@ -7,6 +7,7 @@ import shutil
 import signal
 import threading
 import time
+from urllib.parse import urlsplit
 
 import pytest
 import requests
@@ -277,10 +278,11 @@ def turn_lines(server, start, count):
 def test_one_structured_log_line_per_turn_without_text_key_or_cookie(server, fake):
     start = len(server.output())
     alice, bob = Browser(), Browser()
-    alice.post(server.url + "/", data={"message": "canary-first-5b0e"}, timeout=30)
+    first = alice.post(server.url + "/", data={"message": "canary-first-5b0e"}, timeout=30)
     alice.post(server.url + "/", data={"message": "canary-js-off-7c1f"}, timeout=30)
     until("done", events(start_turn(alice, server, "canary-streamed-9d2e")))
-    bob.post(server.url + "/", data={"message": "canary-bob-0a4d"}, timeout=30)
+    bobs = bob.post(server.url + "/", data={"message": "canary-bob-0a4d"}, timeout=30)
+    conversations = [urlsplit(page.url).path.split("/")[2] for page in (first, bobs)]
     fake.queue(error(402, "Insufficient credits"))
     bob.post(server.url + "/", data={"message": "canary-failed-31ab"}, timeout=30)
     lines = turn_lines(server, start, 5)
@@ -291,6 +293,12 @@ def test_one_structured_log_line_per_turn_without_text_key_or_cookie(server, fak
         assert int(line["latency"]) >= 0
     assert failed["outcome"] == "failed"
     assert all(re.fullmatch(r"[0-9a-f]{12}", line["session"]) for line in lines)
+    # Conversation ids are logged as a hash, as the access log masks them.
+    assert all(re.fullmatch(r"[0-9a-f]{12}", line["conversation"]) for line in lines)
+    # The app's lines look like gunicorn's own: time, process, level.
+    logged = [line for line in server.output()[start:].splitlines() if " turn session=" in line]
+    assert len(logged) == 5 and all(re.match(
+        r"\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d [+-]\d{4}\] \[\d+\] \[INFO\] turn session=", line) for line in logged), logged
     # A session keeps its hash from turn to turn,
     # another session has another; a conversation keeps its id.
     assert lines[1]["session"] == lines[2]["session"] != lines[4]["session"]
@@ -301,7 +309,7 @@ def test_one_structured_log_line_per_turn_without_text_key_or_cookie(server, fak
         assert sid not in server.output() and sid[:12] not in {line["session"] for line in lines}
     everything = server.output()
     for secret in ["canary-first-5b0e", "canary-js-off-7c1f", "canary-streamed-9d2e", "canary-bob-0a4d",
-                   "canary-failed-31ab", fake.api_key]:
+                   "canary-failed-31ab", fake.api_key, *conversations]:
         assert secret not in everything
 
 

@@ -41,7 +41,8 @@ def test_each_worker_logs_one_startup_line_without_the_key(app_env, tmp_path, fa
     assert len(pids) == 2, lines  # one per worker process, not one worker twice
     for line in lines:
         assert line.endswith(f"Chat ready: model test/operator-model, upstream {fake.base_url}, "
-                             f"store {tmp_path / 'sessions'} (files), 2 workers × 8 threads"), line
+                             f"store {tmp_path / 'sessions'} (files), signing key from SECRET_KEY, "
+                             f"2 workers × 8 threads"), line
     assert fake.api_key not in output
     assert "Traceback" not in output
 
@@ -54,7 +55,7 @@ def test_the_startup_line_names_redis_without_its_password(app_env, tmp_path, fa
         output = server.output()
     assert len(lines) == 1, output
     assert lines[0].endswith(f"Chat ready: model test/operator-model, upstream {fake.base_url}, "
-                             "store 127.0.0.1:6399/2 (redis), 1 worker × 4 threads"), lines
+                             "store 127.0.0.1:6399/2 (redis), signing key from SECRET_KEY, 1 worker × 4 threads"), lines
     assert "s3cret" not in output and "user:" not in output and fake.api_key not in output
 
 

@@ -2,6 +2,8 @@
 
 import multiprocessing
 import os
+import subprocess
+import sys
 import threading
 import time
 from contextlib import ExitStack
@@ -9,6 +11,7 @@ from contextlib import ExitStack
 import pytest
 from cachelib.file import FileSystemCache
 
+from tests.serving import ROOT
 from webapp import conversation, purge as purge_module
 from webapp.purge import init_app, purge, summary
 from webapp.store import FileBackend, Store, StoreError
@@ -216,3 +219,14 @@ def test_purging_a_contended_lock_over_and_over_loses_no_update(tmp_path):
         p.join()
     assert file_backend(tmp_path).cache.get("counter") == 450
     assert removed > 0
+
+
+def test_flask_purge_from_cron_prints_only_its_line(tmp_path):
+    """As the README's crontab line runs it: no key, no SECRET_KEY in its environment. A serving
+    process warns about a missing key; a cron job that mails its output must not."""
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "SESSION_DIR": str(tmp_path / "sessions")}
+    done = subprocess.run([sys.executable, "-m", "flask", "--app", "wsgi", "purge"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    assert done.stdout.startswith("purge: removed 0 expired files") and done.stdout.count("\n") == 1

@@ -119,7 +119,8 @@ def test_describe_names_model_upstream_folder_and_size(tmp_path):
                        "SESSION_DIR": str(tmp_path / "store")})
     line = describe(config, workers=2, threads=512)
     assert line == (f"Chat ready: model x/y, upstream https://openrouter.ai/api/v1, "
-                    f"store {tmp_path / 'store'} (files), 2 workers × 512 threads")
+                    f"store {tmp_path / 'store'} (files), signing key from SECRET_KEY, "
+                    f"2 workers × 512 threads")
     assert "sk-or-v1-very-secret" not in line
 
 
@@ -133,11 +134,12 @@ def test_describe_default_folder_is_under_the_instance_path(tmp_path):
 def test_describe_shows_a_relative_folder_as_absolute(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     line = describe(from_env({"SESSION_DIR": "data/sessions"}), 1, 1)
-    assert f"store {tmp_path / 'data' / 'sessions'} (files), 1 worker × 1 thread" in line
+    assert f"store {tmp_path / 'data' / 'sessions'} (files), signing key from SECRET_KEY, 1 worker × 1 thread" in line
 
 
 def test_describe_without_sizes_leaves_them_out():
-    assert describe(from_env({}), instance_path="/srv/chat").endswith("store /srv/chat/sessions (files)")
+    assert describe(from_env({}), instance_path="/srv/chat").endswith(
+        "store /srv/chat/sessions (files), signing key from SECRET_KEY")
 
 
 @pytest.mark.parametrize("url, shown", [

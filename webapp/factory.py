@@ -8,11 +8,12 @@ import os
 from cachelib.file import FileSystemCache
 from dotenv import load_dotenv
 from flask import Flask, render_template, request
+from gunicorn.glogging import Logger as GunicornLogger
 from werkzeug.exceptions import HTTPException, SecurityError
 from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.security import safe_join
 
-from . import access, guards, limits, ops, sessions, settings
+from . import access, guards, limits, ops, secret_key, sessions, settings
 from .catalogue import Catalogue
 from .openrouter import Client
 from .store import FileBackend, RedisBackend, Store, StoreError, redis_client
@@ -74,7 +75,12 @@ def create_app(overrides=None, env=None):
     app.jinja_options = {**app.jinja_options, "trim_blocks": True, "lstrip_blocks": True}
     app.config.update(settings.from_env(env))
     app.config.update(overrides or {})
-    logging.basicConfig(level=logging.INFO)
+    # The app's lines look like gunicorn's own (time, process, level), in the same stream.
+    logging.basicConfig(level=logging.INFO, format=GunicornLogger.error_fmt, datefmt=GunicornLogger.datefmt)
+    if not app.config["SECRET_KEY"]:
+        path = settings.secret_key_file(app.config, app.instance_path)
+        app.config["SECRET_KEY"], created = secret_key.load_or_create(path)
+        app.config["SECRET_KEY_SOURCE"] = path + (" (made now)" if created else "")
 
     ttl = int(app.config["PERMANENT_SESSION_LIFETIME"].total_seconds())
     redis = None
@@ -114,13 +120,19 @@ def create_app(overrides=None, env=None):
     app.register_blueprint(ops.bp)
     purge.init_app(app)
     register_error_pages(app, redis)
-    if not app.config["OPENROUTER_API_KEY"]:
-        app.logger.warning("OPENROUTER_API_KEY is not set: the chat page will say how to set it.")
-    if not app.config["ACCESS_PASSWORD"] and not settings.is_loopback_bind(app.config["BIND"]):
-        app.logger.warning("ACCESS_PASSWORD is not set and the app listens on %s: anyone who can reach "
-                           "it can spend this OpenRouter account's credits. Set ACCESS_PASSWORD.",
-                           app.config["BIND"])
     return app
+
+
+def startup_warnings(config):
+    """What a serving process warns its operator about at start (gunicorn.conf.py logs them once per
+    worker). Not logged by `create_app` itself: `flask purge` from cron would mail them every day."""
+    found = []
+    if not config["OPENROUTER_API_KEY"]:
+        found.append("OPENROUTER_API_KEY is not set: the chat page will say how to set it.")
+    if not config["ACCESS_PASSWORD"] and not settings.is_loopback_bind(config["BIND"]):
+        found.append(f"ACCESS_PASSWORD is not set and the app listens on {config['BIND']}: anyone who "
+                     f"can reach it can spend this OpenRouter account's credits. Set ACCESS_PASSWORD.")
+    return found
 
 
 def register_error_pages(app, redis=None):

@@ -5,6 +5,8 @@ store is Redis (shared by every worker and host); with the file store they are p
 N workers a client gets up to N times the limit (documented in the README).
 """
 
+import hashlib
+
 from flask import current_app, session
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
@@ -15,8 +17,10 @@ limiter = Limiter(key_func=get_remote_address, headers_enabled=True)
 def _session_key():
     # The session's CSRF secret: unlike its id, it survives the new id a session gets at its first
     # send and at login. A browser that drops its cookie gets a new session each time and meets
-    # the per-address limit instead (and, without a token, the CSRF check first).
-    return "session:" + (session.get("csrf_token") or getattr(session, "sid", ""))
+    # the per-address limit instead (and, without a token, the CSRF check first). Hashed: Flask-Limiter
+    # logs the key of every limit it enforces, and the store keeps it.
+    secret = session.get("csrf_token") or getattr(session, "sid", "")
+    return "session:" + hashlib.sha256(secret.encode()).hexdigest()[:24]
 
 
 def _rate(name):

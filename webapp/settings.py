@@ -7,7 +7,6 @@ This is the only module that reads `os.environ`; everything else receives the va
 
 import os
 import re
-import secrets
 from datetime import timedelta
 from urllib.parse import parse_qs, urlsplit
 
@@ -132,9 +131,9 @@ def from_env(env=None):
         "OPENROUTER_APP_TITLE": env.get("OPENROUTER_APP_TITLE", "").strip() or "Chat",
         "MAX_MESSAGE_CHARS": _int(env, "MAX_MESSAGE_CHARS", 100_000),
         "MAX_CONTENT_LENGTH": _int(env, "MAX_CONTENT_LENGTH", 1024 * 1024),
-        # Without SECRET_KEY every restart would sign with a new key; sessions themselves live
-        # server-side, so a random key only costs flashed messages, but say so in the README.
-        "SECRET_KEY": secret or secrets.token_hex(32),
+        # Unset: the factory uses a key made once and kept in SECRET_KEY_FILE (see secret_key.py).
+        "SECRET_KEY": secret,
+        "SECRET_KEY_FILE": env.get("SECRET_KEY_FILE", "").strip(),
         "SESSION_TYPE": session_type,
         "SESSION_DIR": env.get("SESSION_DIR", "").strip(),
         "REDIS_URL": env.get("REDIS_URL", "").strip() or "redis://127.0.0.1:6379/0",
@@ -233,6 +232,14 @@ def session_dir(config, instance_path):
     return config.get("SESSION_DIR") or os.path.join(instance_path, "sessions")
 
 
+def secret_key_file(config, instance_path):
+    """Where the signing key is kept when SECRET_KEY is unset: SECRET_KEY_FILE, else `secret_key`
+    beside the file store's folder (`instance/secret_key` by default; not inside it, where `purge`
+    judges every file as the store's)."""
+    return config.get("SECRET_KEY_FILE") or os.path.join(
+        os.path.dirname(os.path.abspath(session_dir(config, instance_path))), "secret_key")
+
+
 def _url_without_secrets(url):
     """scheme://host[:port]/path: no user name, password, query or fragment."""
     parts = urlsplit(url)
@@ -278,7 +285,8 @@ def describe(config, workers=None, threads=None, instance_path="instance"):
     else:
         store = f"{os.path.abspath(session_dir(config, instance_path))} (files)"
     line = (f"Chat ready: model {config.get('OPENROUTER_MODEL')}, "
-            f"upstream {_url_without_secrets(config.get('OPENROUTER_BASE_URL', ''))}, store {store}")
+            f"upstream {_url_without_secrets(config.get('OPENROUTER_BASE_URL', ''))}, store {store}, "
+            f"signing key from {config.get('SECRET_KEY_SOURCE') or 'SECRET_KEY'}")
     if workers and threads:
         line += f", {_count(workers, 'worker')} × {_count(threads, 'thread')}"
     return line

@@ -12,6 +12,7 @@ every worker (and host) sees it; a listener in another process follows the saved
 turn whose worker died (no heartbeat for longer than any read could take) is settled, not left hanging.
 """
 
+import hashlib
 import logging
 import secrets
 import threading
@@ -370,9 +371,15 @@ def log_turn(relay, outcome, reply):
     ended = ("stopped" if data.get("stopped") else "failed" if kind == "error"
              else reply.status if reply else "completed")
     log.info("turn session=%s conversation=%s model=%s outcome=%s input_tokens=%s output_tokens=%s "
-             "cost=%s latency_ms=%d", relay.owner or "-", relay.cid, relay.model or "-", ended,
+             "cost=%s latency_ms=%d", relay.owner or "-", logged_id(relay.cid), relay.model or "-", ended,
              usage.get("input_tokens", "-"), usage.get("output_tokens", "-"), usage.get("cost", "-"),
              (time.monotonic() - relay.started) * 1000)
+
+
+def logged_id(cid):
+    """A conversation as the log names it: a short hash, enough to follow one conversation's turns
+    (the access log masks the id itself, which is what opens the conversation)."""
+    return hashlib.sha256(cid.encode()).hexdigest()[:12]
 
 
 def log_failure(error, relay):

@@ -188,3 +188,29 @@ def test_purge_leaves_redis_alone(redis_url):
     store = Store(RedisBackend(redis_client(redis_url, max_connections=5)), ttl=60)
     assert purge(store) == {}
     assert "Redis expires keys itself" in summary(purge(store))
+
+
+class _Planted:
+    """A pickle that, when loaded, makes a file: what a writer of the Redis server could plant."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_session_value_in_redis_is_never_unpickled(fake, tmp_path, redis_url):
+    """Flask-Session 0.8 falls back to pickle.loads for a value that is neither JSON nor msgpack: whoever
+    can write to Redis would run code in the app. A value that is not JSON is no session at all."""
+    import pickle
+
+    marker = tmp_path / "unpickled"
+    redis.Redis.from_url(redis_url).set("session:planted-id", pickle.dumps(_Planted(str(marker))))
+    client = make(fake, tmp_path, redis_url).test_client()
+    client.set_cookie("session", "planted-id")
+    page = client.get("/")
+    assert page.status_code == 200 and "Start the conversation" in page.get_data(as_text=True)
+    assert not marker.exists()
+    assert client.post("/", data={"message": "still works"}).status_code == 303
+    assert client.get_cookie("session").value != "planted-id"

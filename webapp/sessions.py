@@ -7,10 +7,13 @@
   browser beforehand (session fixation, cookie tossing) never becomes the one its messages live in.
 - A request carrying two session cookies is refused (`duplicate_cookie`): another page on this host
   (another port) planted one with a longer path, and the browser sends it first.
+- Session data in Redis is JSON only (`JSONOnly`): never unpickled.
 """
 
 from datetime import date
 
+import msgspec
+from flask_session.base import Serializer
 from flask_session.cachelib import CacheLibSessionInterface
 from flask_session.redis import RedisSessionInterface
 
@@ -55,6 +58,26 @@ class _ShortLivedWhileAnonymous:
             super().save_session(app, session, response)
 
 
+class JSONOnly(Serializer):
+    """Session data as JSON and nothing else. Flask-Session 0.8's own serializer falls back to
+    msgpack, then to `pickle.loads`, for a value that is not JSON: whoever can write to Redis would
+    run code in the app. A value that does not decode to a JSON object is no session (a new one
+    starts)."""
+
+    def __init__(self):
+        self.encoder, self.decoder = msgspec.json.Encoder(), msgspec.json.Decoder()
+
+    def encode(self, session):
+        return self.encoder.encode(dict(session))
+
+    def decode(self, serialized_data):
+        try:
+            data = self.decoder.decode(serialized_data)
+        except msgspec.DecodeError:
+            return None
+        return data if isinstance(data, dict) else None
+
+
 class FileSessions(_ShortLivedWhileAnonymous, CacheLibSessionInterface):
     """Sessions in cachelib's file store (the default)."""
 
@@ -69,6 +92,7 @@ def interface(app, cache=None, redis_client=None):
         import redis
 
         chosen = RedisSessions(app, client=redis_client, serialization_format="json")
+        chosen.serializer = JSONOnly()
         chosen.store_errors = (redis.RedisError,)
     else:
         chosen = FileSessions(app, client=cache, serialization_format="json")

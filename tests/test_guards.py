@@ -501,6 +501,40 @@ def test_next_only_goes_to_a_local_path(make_app, fake, target):
     assert already.status_code in (302, 303) and is_local(already.headers["Location"])
 
 
+def test_log_out_locks_the_browser_until_the_password_is_given_again(make_app, fake):
+    client = make_app(ACCESS_PASSWORD=PASSWORD).test_client()
+    log_in(client)
+    assert send(client, "before logging out").status_code == 303
+    page = html_of(client.get("/", follow_redirects=True))
+    assert re.search(r'<form method="post" action="/logout"[^>]*>\s*<input type="hidden" name="csrf_token"', page)
+    assert re.search(r'<button type="submit"[^>]*>Log out</button>', page)
+    sid = client.get_cookie("session").value
+    assert client.post("/logout", csrf=False).status_code == 400  # a forged log out changes nothing
+    out = client.post("/logout")
+    assert out.status_code == 303 and is_local(out.headers["Location"], "/login")
+    assert client.get_cookie("session").value != sid  # the old id opens nothing any more
+    response = client.get("/")
+    assert response.status_code == 302 and is_local(response.headers["Location"], "/login")
+    assert "Log out" not in html_of(client.get("/login"))
+    log_in(client)  # the same browser, its conversations kept
+    assert messages(html_of(client.get("/"))) == [
+        ("user", "before logging out"), ("assistant", "Reply 1: before logging out")]
+
+
+def test_changing_the_password_logs_everyone_out(make_app, fake):
+    client = make_app(ACCESS_PASSWORD=PASSWORD).test_client()
+    log_in(client)
+    assert client.get("/").status_code == 200
+    restarted = make_app(ACCESS_PASSWORD="a-new-password")  # same store, the operator changed it
+    again = restarted.test_client()
+    again.set_cookie("session", client.get_cookie("session").value)
+    response = again.get("/")
+    assert response.status_code == 302 and is_local(response.headers["Location"], "/login")
+    assert log_in(again, PASSWORD).status_code == 401
+    assert log_in(again, "a-new-password").status_code == 303
+    assert again.get("/").status_code == 200
+
+
 def test_failed_logins_are_rate_limited_per_address(make_app, fake):
     app = limited_app(make_app, ACCESS_PASSWORD=PASSWORD, LOGIN_RATE_LIMIT="3/minute")
     first = app.test_client()

@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 from flask import current_app, redirect, render_template, request, session, url_for
 from flask_wtf.csrf import CSRFError, CSRFProtect
 
+from . import access
 from .sessions import duplicate_cookie
 
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
@@ -77,8 +78,8 @@ def check_request():
         raise Refused(400, "Two session cookies", "Your browser sent this site's session cookie twice: "
                       "another page on this host may have set one. Clear this site's cookies, then "
                       "open the chat again.", keep_draft=False)
-    if current_app.config["ACCESS_PASSWORD"] and not session.get("authed") \
-            and request.endpoint not in OPEN_ENDPOINTS:
+    if current_app.config["ACCESS_PASSWORD"] and request.endpoint not in OPEN_ENDPOINTS \
+            and not access.logged_in():
         if request.method in UNSAFE or wants_json():
             raise Refused(401, "Log in first", "This chat needs its password: log in, then send again.")
         return redirect(url_for("access.login", next=request.full_path.rstrip("?")))

@@ -24,6 +24,7 @@ from tests.test_streaming import start_turn
 from webapp import create_app
 from webapp.factory import startup_warnings
 from webapp.limits import limiter
+from webapp.turns import Listeners
 from webapp.settings import from_env
 
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
@@ -645,7 +646,8 @@ def servers(fake_server, tmp_path_factory):
 @pytest.fixture(scope="module")
 def capped(fake_server, tmp_path_factory):
     path = tmp_path_factory.mktemp("capped")
-    env = gunicorn_env(fake_server, path, MAX_RUNNING_TURNS="3", MAX_TURNS_PER_SESSION="1")
+    env = gunicorn_env(fake_server, path, MAX_RUNNING_TURNS="3", MAX_TURNS_PER_SESSION="1",
+                       MAX_LISTENERS_PER_SESSION="4", MAX_LISTENERS_PER_TURN="6")
     with Gunicorn(env, path / "capped.log", workers=1) as running:
         yield running
 
@@ -868,6 +870,56 @@ def test_turns_per_session_are_capped_per_process(capped, fake):
     until("done", first)
     assert [t for _, t in messages(page_of(browser, capped))] == [
         "settled", "Reply 1: settled", "first", "the first reply, held"]
+
+
+def test_listeners_to_a_reply_are_capped_per_session_and_per_turn(capped, fake):
+    """One session once opened 1,005 listeners to one reply and every other user timed out. Here
+    (MAX_LISTENERS_PER_SESSION=4, MAX_LISTENERS_PER_TURN=6, one worker) the 5th listener of one
+    session is a clear 429, a closed one frees its place, and the reply is not disturbed."""
+    browser = pooled_browser()
+    # Words keep coming (a closed listener is noticed at its next write), for about 10 s.
+    fake.queue(reply("".join(f"w{i} " for i in range(40)), chunks=[f"w{i} " for i in range(40)],
+                     chunk_delay=0.25))
+    first = events(start_turn(browser, capped, "first"))
+    until("delta", first)
+    page = browser.get(capped.url + "/", timeout=10).text
+    turn = re.search(r'data-pending-turn="([^"]+)"', page)[1]
+    conv = re.search(r'data-conversation="([^"]+)"', page)[1]
+    url = f"{capped.url}/c/{conv}/turns/{turn}"
+    listeners = []
+    try:
+        for _ in range(4):
+            listeners.append(browser.get(url, stream=True, timeout=10))
+            assert listeners[-1].status_code == 200
+        refused = browser.get(url, timeout=10)
+        assert refused.status_code == 429 and "too many" in refused.json()["error"].lower()
+        listeners.pop().close()
+
+        def one_more():
+            listener = browser.get(url, stream=True, timeout=10)
+            if listener.status_code == 200:
+                listeners.append(listener)
+                return True
+            listener.close()
+            return False
+
+        assert wait_for(one_more, timeout=5)  # the closed one's place is free again
+    finally:
+        for listener in listeners:
+            listener.close()
+    assert until("done", first)[0]["count"] == 2
+
+
+def test_the_listener_counts_cap_each_turn_and_each_session_and_free_what_leaves():
+    listeners = Listeners()
+    assert [listeners.admit("t1", "alice", per_turn=2, per_owner=3) for _ in range(3)] == [True, True, False]
+    assert listeners.admit("t2", "alice", 2, 3) and not listeners.admit("t3", "alice", 2, 3)
+    assert listeners.admit("t1", "bob", 3, 3)  # another session, on a turn with room
+    listeners.leave("t1", "alice")
+    assert listeners.admit("t3", "alice", 2, 3)
+    for turn, owner in [("t1", "alice"), ("t1", "bob"), ("t2", "alice"), ("t3", "alice")]:
+        listeners.leave(turn, owner)
+    assert not listeners.by_turn and not listeners.by_owner  # nothing kept for turns long gone
 
 
 def test_the_first_turn_of_a_session_counts_toward_its_cap(capped, fake):

@@ -155,6 +155,9 @@ def from_env(env=None):
         "LOGIN_RATE_LIMIT": _rate(env, "LOGIN_RATE_LIMIT", "10/minute"),
         "MAX_RUNNING_TURNS": _int(env, "MAX_RUNNING_TURNS", 1000),
         "MAX_TURNS_PER_SESSION": _int(env, "MAX_TURNS_PER_SESSION", 3),
+        # Streams following replies after a reload, per worker process (429 beyond).
+        "MAX_LISTENERS_PER_SESSION": _int(env, "MAX_LISTENERS_PER_SESSION", 10),
+        "MAX_LISTENERS_PER_TURN": _int(env, "MAX_LISTENERS_PER_TURN", 20),
         "OPENROUTER_TURN_TIMEOUT": _float(env, "OPENROUTER_TURN_TIMEOUT", 900.0, minimum=1.0),
         # Flask-WTF: a token lives as long as its session (an open tab must not expire after an hour),
         # and the check runs from our own guard, after the origin check (see guards.py).

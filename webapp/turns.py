@@ -17,6 +17,7 @@ import logging
 import secrets
 import threading
 import time
+from collections import Counter
 from typing import NamedTuple
 
 from . import conversation, render, usage
@@ -315,6 +316,34 @@ def coalesced(events):
 
 LIVE = {}  # turn id -> Relay, for turns running in this process
 _LIVE_LOCK = threading.Lock()
+
+
+class Listeners:
+    """How many streams follow replies in this process, per turn and per session (by its hash): each
+    costs a connection and a reader, so one browser opening a thousand must not starve everyone."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.by_turn, self.by_owner = Counter(), Counter()
+
+    def admit(self, turn, owner, per_turn, per_owner):
+        """Count one more listener, or return False (and count nothing) past either cap."""
+        with self._lock:
+            if self.by_turn[turn] >= per_turn or self.by_owner[owner] >= per_owner:
+                return False
+            self.by_turn[turn] += 1
+            self.by_owner[owner] += 1
+            return True
+
+    def leave(self, turn, owner):
+        with self._lock:
+            for counts, key in ((self.by_turn, turn), (self.by_owner, owner)):
+                counts[key] -= 1
+                if counts[key] <= 0:
+                    del counts[key]
+
+
+LISTENERS = Listeners()
 
 
 def _whole(client, items, state, request):

@@ -215,10 +215,17 @@ def resume(turn, cid=None):
     relay = turns.LIVE.get(turn)
     if not cid or not (relay and relay.cid == cid or _is_pending(cid, turn) or _just_ended(cid, turn)):
         return {"error": "No such reply is being written in this conversation."}, 404
+    config, owner = current_app.config, common.owner()
+    if not turns.LISTENERS.admit(turn, owner, config["MAX_LISTENERS_PER_TURN"],
+                                 config["MAX_LISTENERS_PER_SESSION"]):
+        return {"error": "Too many pages are following replies from this browser. Close some tabs, "
+                         "then reload."}, 429
     snapshots = _Snapshots(at_once=True)
     # A relay replays from the first delta, so the listener ends up with the whole text either way.
     events = relay.listen(snapshots.wait) if relay else _follow_store(common.store(), cid, turn)
-    return _stream_response(events, cid, snapshots)
+    response = _stream_response(events, cid, snapshots)
+    response.call_on_close(lambda: turns.LISTENERS.leave(turn, owner))  # however the stream ends
+    return response
 
 
 def _just_ended(cid, turn):

@@ -626,6 +626,36 @@ def test_off_disables_a_limit(make_app, fake):
     assert 429 in [send(limited, f"m{i}").status_code for i in range(6)]
 
 
+def test_a_send_refused_for_a_taken_waiting_place_neither_locks_nor_reads_the_history(make_app, fake,
+                                                                                    monkeypatch):
+    """300 sends at once into one busy conversation took seconds to refuse, each waiting for the
+    conversation's lock and reading its history: the waiting place is checked first."""
+    app = make_app()
+    client = app.test_client()
+    conv = urlsplit(send(client, "a conversation").headers["Location"]).path
+    cid = conv.rsplit("/", 1)[1]
+    store = app.extensions["chat_store"]
+    now = time.time()
+    with store.update(cid) as stored:  # a reply being written, another send already waiting for it
+        stored["pending"] = {"turn": "t-running", "text": "q", "started": now, "beat": now, "partial": "",
+                             "item_id": None, "stop": False, "replace": False, "rev": stored["rev"],
+                             "waiter": {"id": "someone-else", "until": now + 60}}
+    token = csrf_token_in(html_of(client.get(conv)))  # the page's form, loaded before
+    touched = []
+    monkeypatch.setattr(type(store), "update", lambda *a, **k: touched.append("update"))
+    monkeypatch.setattr(type(store), "history", lambda *a, **k: touched.append("history"))
+    monkeypatch.setattr(type(store), "update_conversations", lambda *a, **k: touched.append("list"))
+    streamed = read(client.post(conv + "/turns", data={"message": "too many", "csrf_token": token},
+                                csrf=False))
+    assert streamed.status_code == 409 and "already waiting" in streamed.get_json()["error"]
+    assert touched == []
+    # JS off, the refusal page shows the conversation (so it reads it), but takes no lock.
+    page = client.post(conv, data={"message": "JS off", "csrf_token": token}, csrf=False)
+    assert page.status_code == 409 and textarea(html_of(page)) == "JS off"
+    assert "update" not in touched and "list" not in touched
+    assert len(fake.requests) == 1
+
+
 # --- 10-12. Under gunicorn: ownership, the waiting place, caps ------------------------------------------------
 
 def gunicorn_env(fake_server, path, **extra):

@@ -320,6 +320,8 @@ class Send:
         return self._conv
 
     def begin(self, wait):
+        if self.cid:
+            turns.refuse_if_queue_full(store(), self.cid, self.waiter)
         browser(create=True)
         self.options = turn_options()
         self.cid = self.cid or new_id()

@@ -396,6 +396,19 @@ def post_on_host(client, base_url, path, data):
     return client.post(path, base_url=base_url, csrf=False, data={"csrf_token": token, **data})
 
 
+def test_the_ipv6_loopback_is_a_trusted_host_too(make_app, fake):
+    client = make_app().test_client()
+    for host in ["[::1]", "[::1]:8000"]:
+        assert client.get("/", headers={"Host": host}).status_code == 200, host
+    base = "http://[::1]:8000"
+    assert post_on_host(client, base, "/", {"message": "over ipv6"}).status_code == 303
+    assert client.get("/", headers={"Host": "[::2]:8000"}).status_code == 400
+    configured = from_env({"TRUSTED_HOSTS": "[2001:db8::5], chat.example.com"})["TRUSTED_HOSTS"]
+    client = make_app(TRUSTED_HOSTS=configured).test_client()
+    assert client.get("/", headers={"Host": "[2001:db8::5]:443"}).status_code == 200
+    assert client.get("/", headers={"Host": "[::1]:8000"}).status_code == 400
+
+
 def test_configured_trusted_hosts_replace_the_loopback_names(make_app, fake):
     client = make_app(TRUSTED_HOSTS=["chat.example.com"]).test_client()
     base = "http://chat.example.com"

@@ -89,6 +89,17 @@ def is_loopback_bind(bind):
     return host in ("localhost", "::1") or host.startswith("127.")
 
 
+class _IPv6Literal(str):
+    """A trusted name such as "[::1]". Werkzeug drops a trusted name's port by cutting it at its first
+    ":", which leaves "[" of an IPv6 literal, so `Host: [::1]:8000` never matched: this name stays
+    whole when cut (its port, if any, is ignored like any other's)."""
+
+    def partition(self, sep):
+        if sep == ":" and self.startswith("["):
+            return (self[:self.index("]") + 1], "", "") if "]" in self else (str(self), "", "")
+        return super().partition(sep)
+
+
 def _trusted_hosts(env, bind):
     """Flask's TRUSTED_HOSTS. Unset on a loopback bind: loopback names only, so a page on another site
     cannot reach a local instance through DNS rebinding. Unset on a public bind: any host (the
@@ -98,8 +109,9 @@ def _trusted_hosts(env, bind):
         hosts = [h.strip() for h in raw.split(",") if h.strip()]
         if any(not re.fullmatch(r"\.?[A-Za-z0-9.\-\[\]:]+", h) for h in hosts):
             raise SettingsError(f"TRUSTED_HOSTS must be comma-separated host names, got {raw!r}")
-        return hosts
-    return list(LOOPBACK_HOSTS) if is_loopback_bind(bind) else None
+    else:
+        hosts = list(LOOPBACK_HOSTS) if is_loopback_bind(bind) else None
+    return [_IPv6Literal(h) if h.startswith("[") else h for h in hosts] if hosts else hosts
 
 
 def from_env(env=None):

@@ -50,3 +50,24 @@ def test_messages_show_role_text_and_why_a_reply_was_cut():
     shown = conversation.messages(conv)
     assert [(m["role"], m["text"]) for m in shown] == [("user", "q"), ("assistant", "half")]
     assert "token limit" in shown[1]["note"]
+
+
+BIDI = "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f\u061c"
+
+
+def test_titles_drop_bidirectional_controls():
+    assert conversation.short_title("invoice\u202eexe.pdf") == "invoiceexe.pdf"
+    assert conversation.short_title(f"a{BIDI}b") == "ab"
+    assert conversation.short_title(f"a {BIDI} b") == "a b"
+    assert conversation.short_title(BIDI) == ""
+    assert conversation.short_title("\u202e" * 100 + "x" * 59) == "x" * 59  # the limit counts what is left
+    conv = conversation.new()
+    conversation.add_turn(conv, "\u2067hello\u2069 world\u200f", "msg_a", "completed", "hi")
+    assert conversation.title(conv) == "hello world"
+    assert conversation.clean_title(f" one\u202e \n two{BIDI} ") == "one two"
+    assert conversation.clean_title(None) == ""
+
+
+def test_titles_keep_other_unicode():
+    assert conversation.short_title("\U0001f468\u200d\U0001f469 \u05e9\u05dc\u05d5\u05dd caf\u00e9") == \
+        "\U0001f468\u200d\U0001f469 \u05e9\u05dc\u05d5\u05dd caf\u00e9"  # ZWJ, Hebrew, accents stay

@@ -211,6 +211,35 @@ def test_rename_through_a_page_behind_a_link_named_rename(client):
     assert sidebar(get(client, "/"))[0][1] == "My renamed chat"
 
 
+BIDI = "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f\u061c"
+
+
+def test_rename_strips_bidirectional_overrides(client):
+    cid = start(client, "original title")
+    response = client.post(f"/c/{cid}/rename", data={"title": "invoice\u202e\u2066fdp.exe\u2069 \u200fnow"})
+    assert response.status_code == 303
+    html = get(client, f"/c/{cid}")
+    assert sidebar(html) == [(cid, "invoicefdp.exe now", True)]
+    assert '<h2 id="conversation-title">invoicefdp.exe now</h2>' in html
+    assert not any(ch in html for ch in BIDI)
+    refused = client.post(f"/c/{cid}/rename", data={"title": f" {BIDI} "})  # nothing left: no title
+    assert refused.status_code == 400 and "1 to 200 characters" in refused.get_data(as_text=True)
+    assert sidebar(get(client, "/"))[0][1] == "invoicefdp.exe now"
+
+
+def test_a_first_message_with_a_bidi_override_titles_the_chat_without_it(client, fake):
+    cid = start(client, "look at \u202egnp.exe\u202c please")
+    html = get(client, f"/c/{cid}")
+    assert sidebar(html) == [(cid, "look at gnp.exe please", True)]
+    assert '<h2 id="conversation-title">look at gnp.exe please</h2>' in html
+    assert messages(html)[0] == ("user", "look at \u202egnp.exe\u202c please")  # the message itself is kept
+    assert fake.requests[-1]["body"]["input"][0]["content"][0]["text"] == "look at \u202egnp.exe\u202c please"
+    # The script's send titles a new chat the same way.
+    events = sse_events(client.post("/c/new/turns", data={"message": "\u2067js\u2069 send"}).get_data(as_text=True))
+    assert dict(events).get("done") is not None
+    assert sidebar(get(client, "/"))[0][1] == "js send"
+
+
 def test_delete_asks_on_a_page_then_removes_it_from_the_store_and_the_sidebar(app, client):
     keep = start(client, "keep me")
     gone = start(client, "delete me")
@@ -717,7 +746,7 @@ def test_export_json_holds_the_exact_items_and_import_continues_them_unchanged(a
     assert new != cid
     html = get(bob, f"/c/{new}")
     assert [t for _, t in messages(html)] == ["first", "Reply 1: first", "second", "Reply 2: second"]
-    assert sidebar(html)[0] == (new, "Exported chat", True) and len(sidebar(html)) == 2
+    assert sidebar(html)[0] == (new, "Exported chat (imported)", True) and len(sidebar(html)) == 2
     assert selected_model(html) == "openai/gpt-4o-mini" and instructions_box(html) == "Be brief."
     send(bob, new, "continued")
     body = fake.requests[-1]["body"]
@@ -839,6 +868,91 @@ def test_a_file_over_the_upload_limit_gets_a_clear_message_and_stores_nothing(ap
     assert response.status_code in (400, 413)
     html = response.get_data(as_text=True)
     assert re.search(r'<input[^>]*type="file"', html) and "too large" in (alert(html) or "")
+
+
+
+def imported_page(client, content):
+    response = upload(client, content)
+    assert response.status_code == 303, response.get_data(as_text=True)
+    cid = cid_in(response.headers["Location"])
+    return cid, get(client, f"/c/{cid}")
+
+
+def page_title(html):
+    match = re.search(r'<h2 id="conversation-title">(.*?)</h2>', html, re.S)
+    assert match, 'no <h2 id="conversation-title">'
+    return unescape(match.group(1)).strip()
+
+
+def test_an_imported_conversation_is_titled_as_imported(client):
+    original = start(client, "Trip plans")
+    data = exported(client, original)
+    assert data["title"] == "Trip plans"
+    cid, html = imported_page(client, data)
+    assert sidebar(html) == [(cid, "Trip plans (imported)", True), (original, "Trip plans", False)]
+    assert page_title(html) == "Trip plans (imported)"
+    assert "<title>Trip plans (imported) · Chat</title>" in html
+    assert exported(client, cid)["title"] == "Trip plans (imported)"
+
+    cid, html = imported_page(client, mutated(_set(["title"], None)))
+    assert sidebar(html)[0] == (cid, "Imported conversation", True)
+    assert page_title(html) == "Imported conversation"
+
+    long = "A very long title about the history of the Roman aqueducts and their engineering " * 2
+    cid, html = imported_page(client, mutated(_set(["title"], long.strip())))
+    title = sidebar(html)[0][1]
+    assert title.endswith("\u2026 (imported)") and len(title) <= 60 and long.startswith(title[:40])
+    assert page_title(html) == title
+
+
+def test_an_imported_title_drops_bidi_controls(client):
+    cid, html = imported_page(client, mutated(_set(["title"], "\u202eslp.exe\u202c report")))
+    assert sidebar(html)[0] == (cid, "slp.exe report (imported)", True)
+    assert page_title(html) == "slp.exe report (imported)"
+    cid, html = imported_page(client, mutated(_set(["title"], BIDI)))
+    assert sidebar(html)[0] == (cid, "Imported conversation", True)
+
+
+def test_an_import_with_absurd_usage_numbers_still_shows_and_exports(client):
+    huge = {"input_tokens": 10**30, "output_tokens": 1e300, "total_tokens": 10**40,
+            "output_tokens_details": {"reasoning_tokens": 10**25}, "cost": 1e26}
+    data = mutated(_set(["meta", 1, "usage"], huge))
+    data["items"] += data["items"]
+    data["items"][3] = dict(data["items"][3], id="msg_imported_2")
+    data["meta"] += [{"at": 1700000002}, {"at": 1700000003, "usage": {"cost": 1.7976931348623157e308,
+                                                                      "input_tokens": 12}}]
+    cid, html = imported_page(client, data)
+    assert [t for _, t in messages(html)] == ["hi", "hello", "hi", "hello"]
+    assert by_role(html, "total") == ["Total: 12 in · 0 out · cost unknown"]
+    assert "e+" not in html
+    assert messages(get(client, "/")) == messages(html)
+    markdown = client.get(f"/c/{cid}/export.md")
+    assert markdown.status_code == 200 and "cost unknown" in markdown.get_data(as_text=True)
+    back = exported(client, cid)
+    assert back["meta"][1]["usage"] is None and back["meta"][3]["usage"] == {"input_tokens": 12}
+
+
+def test_a_reply_with_absurd_usage_from_upstream_still_shows(client, fake):
+    body = {"id": "resp_huge", "object": "response", "model": "openai/o4-mini", "status": "completed",
+            "output": [{"type": "message", "id": "msg_huge", "status": "completed", "role": "assistant",
+                        "content": [{"type": "output_text", "text": "Huge", "annotations": []}]}],
+            "usage": {"input_tokens": 10**30, "output_tokens": 3, "total_tokens": 1e300, "cost": 1e26}}
+    fake.queue(raw(200, json.dumps(body), "application/json"))
+    cid = start(client, "how much?")
+    html = get(client, f"/c/{cid}")
+    assert by_role(html, "usage") == ["3 out · ≈ $0.000013 (estimate)"]
+    for path in ("/", f"/c/{cid}/export.md", f"/c/{cid}/export.json"):
+        assert client.get(path).status_code == 200, path
+
+
+def test_exports_name_their_charset_once(client):
+    cid = start(client, "hello")
+    markdown = client.get(f"/c/{cid}/export.md")
+    assert markdown.headers["Content-Type"] == "text/markdown; charset=utf-8"
+    assert markdown.headers.getlist("Content-Type") == ["text/markdown; charset=utf-8"]
+    data = client.get(f"/c/{cid}/export.json")
+    assert data.headers.getlist("Content-Type") == ["application/json"]
+    assert json.loads(data.get_data().decode("utf-8"))["title"] == "hello"
 
 
 # --- under a real gunicorn (two workers): each tab sends to its own conversation -------------------------

@@ -190,6 +190,38 @@ def test_title_is_trimmed_and_blank_is_none():
     assert exchange.from_json(exported(title="\U0001f468\u200d\U0001f469 family"))["title"]
 
 
+
+BIDI = "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f\u061c"
+
+
+def test_bidi_controls_are_stripped_from_an_imported_title():
+    assert exchange.from_json(exported(title="\u202eabc.exe\u202c \u2066txt\u2069"))["title"] == "abc.exe txt"
+    assert exchange.from_json(exported(title=f"a{BIDI}b"))["title"] == "ab"
+    assert exchange.from_json(exported(title=BIDI))["title"] is None
+    assert exchange.from_json(exported(title=f" {BIDI} "))["title"] is None
+
+
+def test_absurd_usage_numbers_in_an_import_are_left_out():
+    meta = [{}, {"usage": {"input_tokens": 10**20, "output_tokens": 7, "total_tokens": 1e300,
+                           "output_tokens_details": {"reasoning_tokens": 10**13}, "cost": 1e26}},
+            {}, {"usage": {"input_tokens": 10**12, "cost": 1e9}}]
+    back = exchange.from_json(json.loads(json.dumps(exported(meta=meta))))
+    assert back["meta"][1]["usage"] == {"output_tokens": 7}
+    assert back["meta"][3]["usage"] == {"input_tokens": 10**12, "cost": 1e9}  # the bounds are kept
+    back = exchange.from_json(exported(meta=[{}, {"usage": {"cost": 10**400}}]))
+    assert "usage" not in back["meta"][1]
+
+
+def test_export_of_absurd_stored_usage_never_raises():
+    conv = sample()
+    conv["meta"][1]["usage"] = {"input_tokens": 10**400, "output_tokens": 1e308, "cost": 1e26}
+    conv["meta"][3]["usage"] = {"cost": float("1e308")}
+    text = exchange.to_markdown(conv, "t", {"openai/o4-mini": (1e300, 1e300)}, now=NOW)
+    assert "cost unknown" in text and "e+" not in text
+    data = exchange.to_json(conv, "t", now=NOW)
+    assert data["meta"][1]["usage"] is None and data["usage"]["text"] == "0 in \u00b7 0 out \u00b7 cost unknown"
+
+
 # ---------------------------------------------------------------- validation, rule by rule
 
 def item(data, n):

@@ -1,4 +1,5 @@
 import math
+from decimal import Decimal
 
 import pytest
 
@@ -102,6 +103,63 @@ def test_format_usd_keeps_two_significant_digits_below_a_dollar():
                                     (None, ""), (-1, ""), (True, ""), ("12", ""), (12.0, "12")])
 def test_format_tokens(n, text):
     assert usage.format_tokens(n) == text
+
+
+
+def test_format_usd_of_huge_amounts_is_plain_digits():
+    assert usage.format_usd(1e26) == "$100,000,000,000,000,000,000,000,000.00"
+    text = usage.format_usd(float("1e308"))
+    assert text.startswith("$100,000,") and text.endswith(".00") and "e" not in text.lower()
+    assert usage.format_usd(-1.7976931348623157e308).startswith("-$179,769,")
+
+
+@pytest.mark.parametrize("value", [
+    1e26, float("1e308"), 1.7976931348623157e308, -1e308, 5e-324, pytest.param(10**400, id="10**400"), pytest.param(-(10**5000), id="-10**5000"),
+    Decimal("1e999999"), Decimal("-1e-999999"), Decimal("NaN"), Decimal("sNaN"), Decimal("-Infinity"),
+    [1], {"cost": 1}, object(), b"1", 1j,
+])
+def test_format_usd_never_raises(value):
+    assert isinstance(usage.format_usd(value), str)
+
+
+@pytest.mark.parametrize("n", [10**12, 10**13, 10**400, pytest.param(10**5000, id="10**5000"), 1e308, float("inf"), [1], object()])
+def test_format_tokens_never_raises(n):
+    assert isinstance(usage.format_tokens(n), str)
+    assert "e" not in usage.format_tokens(n).lower()
+
+
+def test_format_tokens_of_big_sums():
+    assert usage.format_tokens(2 * 10**15) == "2,000,000,000,000,000"  # a total of many big replies
+
+
+@pytest.mark.parametrize("found", [
+    {"cost": 1e26}, {"cost": 1e9 + 1}, {"cost": float("1e308")}, {"cost": 10**400}, {"cost": "1e26"},
+])
+def test_absurd_costs_are_unknown(found):
+    assert usage.cost_of(found) == (None, False)
+
+
+def test_absurd_numbers_are_unknown_and_the_bounds_themselves_are_kept():
+    assert usage.cost_of({"cost": 1e9}) == (1e9, False)
+    assert usage.cost_of({"input_tokens": 10, "output_tokens": 0}, (1e9 + 1, 1e-6)) == (None, False)
+    shown = usage.turn_usage({"usage": {"input_tokens": 10**12, "output_tokens": 10**12 + 1,
+                                        "output_tokens_details": {"reasoning_tokens": 1e300},
+                                        "cost": 1e26}})
+    assert (shown["input"], shown["output"], shown["reasoning"], shown["cost"]) == (10**12, None, None, None)
+    assert shown["text"] == "1,000,000,000,000 in"
+    assert usage.turn_usage({"usage": {"input_tokens": 1e20, "output_tokens": 10**30}})["text"] == ""
+
+
+def test_totals_of_the_largest_accepted_numbers_stay_formattable():
+    biggest = {"input_tokens": 10**12, "output_tokens": 10**12}
+    conv = make_conv(*[dict(biggest, cost=1e9)] * 3, *[biggest] * 3)
+    found = usage.totals(conv, {"m/a": (1e9, 1e9)})  # priced: 2e21 per reply
+    assert found["input"] == 6 * 10**12 and found["estimated"] is True
+    assert found["text"].startswith("6,000,000,000,000 in \u00b7 6,000,000,000,000 out \u00b7 \u2248 $6,000,000,")
+    assert "e+" not in found["text"]
+    conv = make_conv({"input_tokens": 10**30, "output_tokens": 5, "cost": 1e26}, {"cost": 0.5})
+    found = usage.totals(conv)
+    assert found["text"] == "0 in \u00b7 5 out \u00b7 $0.50 (1 reply without cost)"
 
 
 # ---------------------------------------------------------------- one reply, all replies

@@ -96,7 +96,21 @@ def last_reply_id(conv):
     return items[-1].get("id") if len(items) >= 2 and items[-1]["role"] == "assistant" else None
 
 
-def title(conv, limit=60):
+TITLE_CHARS = 60  # a title made from a message, as the list shows it
+# Bidirectional controls (embeddings, overrides, isolates, marks): in a title they make text read
+# other than it is ("invoice\u202efdp.exe" shows as "invoiceexe.pdf"), and a title is shown
+# outside its own context (the list, the tab), so no title keeps them.
+BIDI_CONTROLS = dict.fromkeys(map(ord, "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+                                       "\u200e\u200f\u061c"))
+
+
+def clean_title(text):
+    """Any title's text (made from a message, typed in Rename, imported): on one line, whitespace
+    runs made one space, bidirectional controls removed."""
+    return " ".join((text or "").translate(BIDI_CONTROLS).split())
+
+
+def title(conv, limit=TITLE_CHARS):
     """The conversation's title: the start of its first message, on one line."""
     if conv["items"]:
         return short_title(item_text(conv["items"][0]), limit)
@@ -105,9 +119,9 @@ def title(conv, limit=60):
     return ""
 
 
-def short_title(text, limit=60):
+def short_title(text, limit=TITLE_CHARS):
     """A title made from a message: its start, on one line."""
-    text = " ".join((text or "").split())
+    text = clean_title(text)
     return text if len(text) <= limit else text[:limit - 1].rstrip() + "\u2026"
 
 

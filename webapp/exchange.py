@@ -69,7 +69,8 @@ def _time_ok(at):
 
 
 def _clean_usage(found):
-    """The known usage fields that hold valid numbers; None when nothing is left."""
+    """The known usage fields that hold valid numbers (absurdly large ones are not: see
+    usage.MAX_TOKENS and usage.MAX_USD); None when nothing is left."""
     if not isinstance(found, dict):
         return None
     clean = {}
@@ -82,10 +83,10 @@ def _clean_usage(found):
         n = usage._count(details.get(inner)) if isinstance(details, dict) else None
         if n is not None:
             clean[key] = {inner: n}
-    if "cost" in found:
+    if "cost" in found:  # a number (not a string) within usage's bounds, as _count keeps counts
         cost = found["cost"]
         if cost is None or (isinstance(cost, (int, float)) and not isinstance(cost, bool)
-                            and math.isfinite(cost) and cost >= 0):
+                            and usage._money(cost) is not None):
             clean["cost"] = None if cost is None else float(cost)
     return clean or None
 
@@ -353,7 +354,7 @@ def from_json(data, max_items=2000, max_chars=100_000, max_total_chars=5_000_000
 
     title = data.get("title")
     if title is not None:
-        title = _text(title, "The title", TITLE_LIMIT, one_line=True).strip() or None
+        title = conversation.clean_title(_text(title, "The title", TITLE_LIMIT, one_line=True)) or None
 
     metas = data.get("meta") if isinstance(data.get("meta"), list) else []
     meta = []

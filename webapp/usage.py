@@ -5,12 +5,13 @@ they are good enough to warn before a request cannot fit, never to bill. Costs c
 `usage.cost` the API returned; only when that is missing are they priced from the model's
 per-token prices, and then they are marked as estimates.
 
-Usage dicts come from upstream untouched, so every reader here treats them as untrusted: a
-missing, null, negative, boolean, NaN or non-numeric field is "unknown", never an exception.
+Usage dicts come from upstream untouched (or from an imported file), so every reader here treats
+them as untrusted: a missing, null, negative, boolean, NaN, absurdly large or non-numeric field is
+"unknown", never an exception. The formatters never raise either, whatever they are given.
 """
 
 import math
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import ROUND_HALF_UP, Context, Decimal, localcontext
 from functools import lru_cache
 
 # The estimate (see `estimate_tokens`).
@@ -25,11 +26,21 @@ MIN_ANSWER_FRACTION = 0.10  # ...or 10% of the context for tiny models, whicheve
 MARGIN_FRACTION = 0.10     # safety margin: 10% of the estimate (it is rough)...
 MARGIN_TOKENS = 64         # ...plus 64 tokens (request framing, instructions wrapper)
 
+# Numbers read from a usage dict (or a price) above these are broken or hostile, not real: they
+# are "unknown". Far beyond any real reply, yet small enough that sums over a whole conversation
+# stay plain numbers to show.
+MAX_TOKENS = 10**12  # a trillion tokens in one reply
+MAX_USD = 10**9      # a billion dollars for one reply, or per token
+
+# Enough digits to show any float to the cent (the largest has 309 before the point); a bigger
+# int or Decimal cannot be shown and formats as "".
+USD_CONTEXT = Context(prec=400, rounding=ROUND_HALF_UP)
+
 
 # ---------------------------------------------------------------- numbers from untrusted dicts
 
-def _count(value):
-    """A token count: a non-negative int (or integral float), else None."""
+def _whole(value):
+    """A non-negative int (or integral float) of any size, else None."""
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
@@ -39,8 +50,15 @@ def _count(value):
     return None
 
 
+def _count(value):
+    """A token count: a non-negative int (or integral float) up to MAX_TOKENS, else None."""
+    n = _whole(value)
+    return n if n is not None and n <= MAX_TOKENS else None
+
+
 def _money(value):
-    """A USD amount or per-token price: a finite non-negative number or decimal string, else None."""
+    """A USD amount or per-token price: a non-negative number or decimal string up to MAX_USD,
+    else None."""
     if isinstance(value, bool):
         return None
     if isinstance(value, str):
@@ -55,7 +73,7 @@ def _money(value):
             value = float(value)
         except OverflowError:
             return None
-        return value if math.isfinite(value) and value >= 0 else None
+        return value if math.isfinite(value) and 0 <= value <= MAX_USD else None
     return None
 
 
@@ -141,23 +159,35 @@ def cost_of(usage, prices=None):
 
 # ---------------------------------------------------------------- formatting
 
-@lru_cache(maxsize=8192)  # every page shows each reply's cost again: the same few thousand values
 def format_usd(value):
     """A dollar amount that is never shown as zero when it is not: "$0.00042", not "$0.00".
 
     None (or not a finite number) → ""; 0 → "$0"; from $1: two decimals with thousands separators
     ("$1.23", "$1,234.50"); below $1: two significant digits, at least two decimals, trailing
     zeros beyond the cents dropped ("$0.10", "$0.014", "$0.00042", "$0.0000012", "$0.000000001").
-    Never scientific notation. Negative amounts get a leading "-".
+    Never scientific notation. Negative amounts get a leading "-". Never raises: an amount too
+    large to write out (beyond any float) is "".
     """
     if isinstance(value, bool) or not isinstance(value, (int, float, Decimal)):
         return ""
+    # Checked before the cache: a signalling NaN cannot even be hashed.
+    if isinstance(value, float) and not math.isfinite(value) or (
+            isinstance(value, Decimal) and not value.is_finite()):
+        return ""
+    return _format_usd(value)
+
+
+@lru_cache(maxsize=8192)  # every page shows each reply's cost again: the same few thousand values
+def _format_usd(value):
     try:
         d = Decimal(repr(value)) if isinstance(value, float) else Decimal(value)
+        with localcontext(USD_CONTEXT):  # the default 28 digits cannot quantize $1e26 to the cent
+            return _usd_text(d)
     except (ArithmeticError, ValueError):
         return ""
-    if not d.is_finite():
-        return ""
+
+
+def _usd_text(d):
     if d == 0:
         return "$0"
     sign, d = ("-" if d < 0 else ""), abs(d)
@@ -172,9 +202,16 @@ def format_usd(value):
 
 
 def format_tokens(n):
-    """A token count with thousands separators: 1234 → "1,234"; None (or not a count) → ""."""
-    n = _count(n)
-    return "" if n is None else f"{n:,}"
+    """A token count with thousands separators: 1234 → "1,234"; None (or not a count) → "".
+
+    Any size (a total adds up many replies' counts); never raises."""
+    n = _whole(n)
+    if n is None:
+        return ""
+    try:
+        return f"{n:,}"
+    except ValueError:  # more digits than Python converts to text
+        return ""
 
 
 def _cost_text(cost, estimated):

@@ -22,7 +22,7 @@ def rename(cid):
     entry = common.owned(cid)
     if request.method == "GET":
         return render_template("rename.html", cid=cid, title=entry["title"])
-    title = " ".join(request.form.get("title", "").split())
+    title = conversation.clean_title(request.form.get("title", ""))
     if not title or len(title) > TITLE_LIMIT:
         return render_template("rename.html", cid=cid, title=title, status=400,
                                error=f"A title needs 1 to {TITLE_LIMIT} characters."), 400

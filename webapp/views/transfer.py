@@ -12,6 +12,7 @@ from . import common
 from .conversations import title_of
 
 bp = Blueprint("transfer", __name__)
+IMPORTED = " (imported)"  # so the copy is told apart from its original in the list
 
 
 def _filename(title, ext):
@@ -19,8 +20,9 @@ def _filename(title, ext):
     return f"{stem}.{ext}"
 
 
-def _download(body, mimetype, filename):
-    response = Response(body, mimetype=mimetype)
+def _download(body, content_type, filename):
+    # content_type, not mimetype: Flask would append its own charset to a text/ mimetype.
+    response = Response(body, content_type=content_type)
     response.headers["Content-Disposition"] = f'attachment; filename="{filename}"'
     return response
 
@@ -66,7 +68,10 @@ def import_conversation():
             meta.update(html=str(render.markdown(conversation.item_text(item))), rv=render.VERSION)
     common.browser(create=True)
     cid = common.new_id()
-    title = conv.pop("title", None) or "Imported conversation"
+    title = conv.pop("title", None)
+    # Cut to leave room for the mark: the list keeps conversation.TITLE_CHARS of it (common.touch).
+    title = (conversation.short_title(title, conversation.TITLE_CHARS - len(IMPORTED)) + IMPORTED
+             if title else "Imported conversation")
     store = common.store()
     with store.update(cid) as stored:
         stored.update(conv)

@@ -8,7 +8,7 @@ import time
 import pytest
 from cachelib.file import FileSystemCache
 
-from webapp import conversation, turns
+from webapp import conversation, turns, usage
 from webapp.store import FileBackend, Store
 
 
@@ -234,6 +234,12 @@ def test_a_stop_no_worker_answers_is_settled_from_the_saved_progress_with_a_sent
     turns.stop(store, "c", turn)
     assert conversation.messages(store.load("c"))[-1]["text"] == "some words"
     assert conversation.messages(store.load("c"))[-1]["note"] == "Stopped."
+    # Charged for, but never reported: estimated from the text sent and received, and marked so.
+    spent = store.load("c")["meta"][-1]["usage"]
+    assert spent == {"input_tokens": usage.estimate_items([conversation.user_item("again")]),
+                     "output_tokens": usage.estimate_tokens("some words"), "estimated": True}
+    shown = usage.turn_usage({"usage": spent}, (0.000001, 0.000002))["text"]
+    assert shown.startswith("\u2248 ") and shown.endswith("(estimate)") and " in \u00b7 " in shown
 
 
 def test_a_waiting_lock_backs_off_instead_of_spinning(tmp_path, monkeypatch):

@@ -1,7 +1,9 @@
 """Streamed turns (the JS path) under a real gunicorn: deltas as they come, nothing lost, Stop, queueing."""
 
+import re
 import threading
 import time
+from html import unescape
 
 import pytest
 
@@ -133,6 +135,11 @@ def test_stop_keeps_the_partial_text_as_incomplete_and_the_next_turn_works(serve
     assert wait_for(lambda: fake.disconnects == 1)  # the upstream request was closed
     kept = shown(browser, server)[-1]
     assert kept[0] == "assistant" and kept[1] and len(kept[1]) < 500
+    # OpenRouter charges for what was generated: the cost is estimated, and says so.
+    assert done["usage"].startswith("\u2248 ") and done["usage"].endswith("(estimate)"), done["usage"]
+    page = browser.get(server.url + "/").text
+    assert unescape(re.findall(r'data-role="usage">([^<]*)<', page)[-1]) == done["usage"]
+    assert "without cost" not in page and "cost unknown" not in page
     until("done", events(start_turn(browser, server, "next")))
     item = fake.requests[-1]["body"]["input"][1]
     assert item["status"] == "incomplete" and item["id"] in fake.issued_ids

@@ -4,7 +4,7 @@ Plain functions on a plain dict (JSON-able, so any store can hold it); no Flask,
 
     {"items":   [...],   # exactly what goes upstream as `input`, nothing else inside
      "meta":    [...],   # one dict per item: time, model, usage, why a reply was cut short
-     "pending": None | {"turn", "text", "started", "beat", "partial", "item_id", "stop"},
+     "pending": None | {"turn", "text", "started", "beat", "partial", "item_id", "stop", "model"},
      "failed":  None | {"text", "error", "replace", "stopped"}}
 
 `pending` is the turn being answered right now (at most one per conversation, so turns never

@@ -47,7 +47,10 @@ def _settle_partial(conv, pending, item_id, text, note, stopped=False):
     API gave it an id and it has words, else keep the user's text for a retry (an id is never invented).
     `stopped`: the user's own choice, shown as a neutral note rather than an error."""
     if item_id and text:
-        _add(conv, pending, item_id, "incomplete", text, note="stopped" if stopped else note)
+        _add(conv, pending, item_id, "incomplete", text, note="stopped" if stopped else note,
+             model=pending.get("model"), usage=usage.estimate_turn(conversation.sent_history(conv, pending.get("replace", False)),
+                                       pending["text"], (conv.get("settings") or {}).get("instructions"),
+                                       text))
     else:
         conversation.fail_turn(conv, pending["text"], conversation.STOPPED_EARLY if stopped else note,
                                pending.get("replace", False), stopped=stopped)
@@ -162,7 +165,8 @@ def begin(store, cid, text, wait=0.0, replace=None, waiter=None, settings=None,
                     turn = secrets.token_urlsafe(9)
                     conv["pending"] = {"turn": turn, "text": text, "started": now, "beat": now,
                                        "partial": "", "item_id": None, "stop": False,
-                                       "replace": bool(replace), "rev": conv.get("rev", 0)}
+                                       "replace": bool(replace), "rev": conv.get("rev", 0),
+                                       "model": request.get("model")}
                     return Begun(turn, [*history, conversation.user_item(text)], text, request)
             elif waiter is None:
                 raise Busy()

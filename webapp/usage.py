@@ -133,6 +133,14 @@ def estimate_items(items):
     return sum(_item_tokens(item) for item in items or ())
 
 
+def estimate_turn(history, message, instructions, reply_text):
+    """A usage dict for a reply cut short before the API reported its usage (stopped, failed or
+    interrupted mid-stream): OpenRouter still charges for the input and the tokens generated, so
+    they are estimated, marked `estimated` (shown with "≈" and priced as an estimate)."""
+    sent = estimate_items(history) + ITEM_OVERHEAD + estimate_tokens(message) + estimate_tokens(instructions)
+    return {"input_tokens": sent, "output_tokens": estimate_tokens(reply_text), "estimated": True}
+
+
 # ---------------------------------------------------------------- cost
 
 def cost_of(usage, prices=None):
@@ -234,11 +242,12 @@ def turn_usage(meta_entry, prices=None):
     tokens_in, tokens_out = _count(usage.get("input_tokens")), _count(usage.get("output_tokens"))
     reasoning = _reasoning(usage)
     cost, estimated = cost_of(usage, prices)
+    about = "\u2248 " if usage.get("estimated") is True else ""  # counts we estimated (estimate_turn)
     parts = []
     if tokens_in is not None:
-        parts.append(f"{format_tokens(tokens_in)} in")
+        parts.append(f"{about}{format_tokens(tokens_in)} in")
     if tokens_out is not None:
-        out = f"{format_tokens(tokens_out)} out"
+        out = f"{about}{format_tokens(tokens_out)} out"
         if reasoning:
             out += f" ({format_tokens(reasoning)} reasoning)"
         parts.append(out)

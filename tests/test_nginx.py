@@ -4,6 +4,7 @@ limits, forwarded headers, and its HTTPS example.
 Each nginx runs the documented file with only its ports, paths and (shorter) timeouts substituted,
 wrapped in the few main-context lines a throwaway nginx needs (foreground, files in a tmp dir)."""
 
+import contextlib
 import http.server
 import os
 import re
@@ -74,7 +75,7 @@ def site_config(directory, port, app_port, limit=None, as_documented=False, tls=
     the HTTPS example instead, its redirecting plain-HTTP server on `port`."""
     text = documented(https=bool(tls))
     log = "/var/log/nginx/chat.access.log"
-    text = substitute(text, log, f"{directory}/chat-access.log")
+    text = substitute(text, log, f"{directory}/chat-access.log", count=2 if tls else 1)
     if as_documented:
         return text
     text = substitute(text, "listen 80;\n    listen [::]:80;\n", f"listen 127.0.0.1:{port};\n")
@@ -195,40 +196,18 @@ class Browser(requests.Session):
         return self.post(self.origin + path, data=data, timeout=kwargs.pop("timeout", 30), **kwargs)
 
 
-def start_turn(browser, text):
-    response = browser.post_form("/turns", {"message": text}, stream=True,
+def start_turn(browser, text, cid="new"):
+    """Send `text` as the page does: to /c/<cid>/turns (/c/new/turns starts a conversation)."""
+    response = browser.post_form(f"/c/{cid}/turns", {"message": text}, stream=True,
                                  headers={"Accept": "text/event-stream", "Accept-Encoding": "gzip"})
+    return streamed(response)
+
+
+def streamed(response):
     assert response.status_code == 200, response.text
     assert response.headers["Content-Type"].startswith("text/event-stream")
     assert "Content-Encoding" not in response.headers  # gzip would hold the deltas back
     return response
-
-
-
-
-
-
-# --- streaming ------------------------------------------------------------------------------------
-
-def test_a_delta_reaches_the_browser_through_nginx_before_the_upstream_finishes(proxy, fake):
-    gate = threading.Event()
-    fake.queue(reply("Hello there, streaming world", gate=gate,
-                     chunks=["Hello", " there,", " streaming world"]))
-    browser = Browser(proxy.url)
-    browser.refresh_token()
-    stream = events(start_turn(browser, "hi"))
-    first, _ = until("delta", stream)
-    assert first == "Hello" and not gate.is_set()  # nginx passed it on while the fake holds the rest
-    gate.set()
-    done, seen = until("done", stream)
-    assert "".join(d for k, d in seen if k == "delta") == " there, streaming world"
-    assert "Hello there, streaming world" in done["html"]
-    page = browser.refresh_token()
-    assert messages(page.text) == [("user", "hi"), ("assistant", "Hello there, streaming world")]
-    # nginx's own access log keeps the path but never a turn id
-    browser.get(f"{proxy.url}/turns/secret-turn-id-42", timeout=10)
-    log = wait_for_text(proxy.access_log, '"GET /turns/... HTTP/1.1" ')
-    assert '"POST /turns HTTP/1.1" 200' in log and "secret-turn-id-42" not in log
 
 
 def wait_for_text(read, text, timeout=5.0):
@@ -239,6 +218,148 @@ def wait_for_text(read, text, timeout=5.0):
             return found
         time.sleep(0.05)
     raise AssertionError(f"{text!r} not in {read()!r}")
+
+
+# --- streaming ------------------------------------------------------------------------------------
+
+def test_a_reply_streams_through_nginx_on_the_pages_own_paths(proxy, fake):
+    """A first send to /c/new/turns, a reload's GET /c/<id>/turns/<turn>, the next send to
+    /c/<id>/turns: each delta reaches the browser while the upstream still holds the rest."""
+    gate = threading.Event()
+    fake.queue(reply("Hello there, streaming world", gate=gate,
+                     chunks=["Hello", " there,", " streaming world"]))
+    browser = Browser(proxy.url)
+    browser.refresh_token()
+    stream = events(start_turn(browser, "hi"))
+    snapshot, _ = until("snapshot", stream)
+    cid, turn = snapshot["conversation"], snapshot["turn"]
+    first, _ = until("delta", stream)
+    assert first == "Hello" and not gate.is_set()  # nginx passed it on while the fake holds the rest
+    # A reload picks the reply up where the page found it (from this worker's relay or the store)
+    resumed = events(streamed(browser.get(f"{proxy.url}/c/{cid}/turns/{turn}", stream=True,
+                                          headers={"Accept": "text/event-stream"}, timeout=30)))
+    again, _ = until("delta", resumed)
+    assert again.startswith("Hello") and not gate.is_set()
+    gate.set()
+    done, seen = until("done", stream)
+    assert "".join(d for k, d in seen if k == "delta") == " there, streaming world"
+    assert "Hello there, streaming world" in done["html"]
+    _, seen = until("done", resumed)
+    assert again + "".join(d for k, d in seen if k == "delta") == "Hello there, streaming world"
+
+    second = threading.Event()
+    fake.queue(reply("A second answer", gate=second, chunks=["A second", " answer"]))
+    stream = events(start_turn(browser, "and again", cid=cid))
+    snapshot, _ = until("snapshot", stream)
+    assert snapshot["conversation"] == cid
+    first, _ = until("delta", stream)
+    assert first == "A second" and not second.is_set()
+    second.set()
+    until("done", stream)
+    page = browser.get(f"{proxy.url}/c/{cid}", timeout=10)
+    assert messages(page.text) == [("user", "hi"), ("assistant", "Hello there, streaming world"),
+                                   ("user", "and again"), ("assistant", "A second answer")]
+
+
+def test_nginx_logs_the_streaming_paths_without_conversation_or_turn_ids(proxy, fake):
+    gate = threading.Event()
+    fake.queue(reply("Logged but not its ids", gate=gate, chunks=["Logged", " but not its ids"]))
+    browser = Browser(proxy.url)
+    browser.refresh_token()
+    before = len(proxy.access_log())
+    stream = events(start_turn(browser, "log me"))
+    snapshot, _ = until("snapshot", stream)
+    cid, turn = snapshot["conversation"], snapshot["turn"]
+    until("delta", stream)
+    resumed = browser.get(f"{proxy.url}/c/{cid}/turns/{turn}", stream=True, timeout=30)
+    gate.set()
+    until("done", stream)
+    until("done", events(streamed(resumed)))
+    fake.queue(reply("Once more"))
+    until("done", events(start_turn(browser, "once more", cid=cid)))
+    browser.get(f"{proxy.url}/c/{cid}?edit=1&c={cid}", timeout=10)  # an id in the query string
+    browser.get(f"{proxy.url}/c/{cid}/export.md", timeout=10)
+    log = wait_for_text(lambda: proxy.access_log()[before:], '"GET /c/.../export.md HTTP/1.1" 200')
+    assert log.count('"POST /c/.../turns HTTP/1.1" 200') >= 2  # /c/new/turns, then /c/<id>/turns
+    assert '"GET /c/.../turns/... HTTP/1.1" 200' in log
+    assert '"GET /c/... HTTP/1.1" 200' in log  # the path only: no query string
+    assert cid not in log and turn not in log
+
+
+class Streamer(http.server.BaseHTTPRequestHandler):
+    """An upstream that streams like the app's turns, but without the app's X-Accel-Buffering header:
+    one event at once, the next when the test sets `release`."""
+    release = threading.Event()
+
+    def respond(self):
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-cache")
+        self.end_headers()
+        self.wfile.write(b'event: delta\ndata: "first"\n\n')
+        self.wfile.flush()
+        Streamer.release.wait(10)
+        self.wfile.write(b'event: done\ndata: "rest"\n\n')
+
+    do_GET = do_POST = respond
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture(scope="module")
+def streaming_upstream(nginx_binary, tmp_path_factory):
+    """nginx with docs/nginx.conf in front of a Streamer."""
+    with upstream_server(Streamer) as port, \
+            Nginx(nginx_binary, tmp_path_factory.mktemp("streamer"), port) as front:
+        yield front
+
+
+def read_until(sock, seconds, marker=None):
+    """What `sock` gives within `seconds`: until `marker` shows, or it is closed."""
+    data = b""
+    deadline = time.monotonic() + seconds
+    while (marker is None or marker not in data) and time.monotonic() < deadline:
+        sock.settimeout(max(0.01, deadline - time.monotonic()))
+        try:
+            chunk = sock.recv(4096)
+        except socket.timeout:
+            break
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+@pytest.mark.parametrize("method, path, streams", [
+    ("POST", "/c/new/turns", True),            # a page's first send
+    ("POST", "/c/abc123/turns", True),         # every later one
+    ("GET", "/c/abc123/turns/xyz789", True),   # a reload picking a reply up
+    ("POST", "/turns", True),                  # the same, on the browser's latest conversation
+    ("GET", "/turns/xyz789", True),
+    ("GET", "/c/abc123", False),               # everything else is buffered
+    ("GET", "/c/abc123/export.md", False),
+    ("GET", "/turnstile", False),
+])
+def test_nginx_itself_passes_the_streaming_paths_on_as_they_come(streaming_upstream, method, path, streams):
+    """Not only because the app says X-Accel-Buffering: no (this upstream does not say it)."""
+    Streamer.release = release = threading.Event()
+    body = b"message=hi" if method == "POST" else b""
+    sock = socket.create_connection(("127.0.0.1", streaming_upstream.port), timeout=10)
+    try:
+        sock.sendall(f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+                     "Content-Type: application/x-www-form-urlencoded\r\n"
+                     f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        # A buffered response holds the first event until the upstream ends: give it a second.
+        early = read_until(sock, 5 if streams else 1, marker=b'"first"')
+        assert (b'"first"' in early) == streams, early
+        release.set()
+        whole = early + read_until(sock, 10)
+    finally:
+        release.set()
+        sock.close()
+    assert whole.startswith(b"HTTP/1.1 200 ") and b'"first"' in whole and b'"rest"' in whole, whole
 
 
 # --- JS off ---------------------------------------------------------------------------------------
@@ -356,6 +477,60 @@ class Recorder(http.server.BaseHTTPRequestHandler):
         pass
 
 
+@contextlib.contextmanager
+def upstream_server(handler):
+    """`handler` served on a free loopback port (yielded) in a thread, until the block ends."""
+    upstream = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    upstream.daemon_threads = True
+    threading.Thread(target=upstream.serve_forever, daemon=True).start()
+    try:
+        yield upstream.server_address[1]
+    finally:
+        upstream.shutdown()
+        upstream.server_close()
+
+
+@pytest.fixture(scope="module")
+def recorded(nginx_binary, tmp_path_factory):
+    """nginx with docs/nginx.conf in front of a Recorder."""
+    with upstream_server(Recorder) as port, \
+            Nginx(nginx_binary, tmp_path_factory.mktemp("recorded"), port) as front:
+        yield front
+
+
+@pytest.mark.parametrize("target, logged", [
+    # as tests/test_accesslog.py masks them in gunicorn's log, with ASCII dots
+    ("/turns/abc123", "/turns/..."),
+    ("/turns/abc123/", "/turns/..."),
+    ("/turns/a/b/c", "/turns/..."),
+    ("/turns", "/turns"),
+    ("/turns/", "/turns/"),
+    ("/", "/"),
+    ("/static/app.css", "/static/app.css"),
+    ("/c/abc123", "/c/..."),
+    ("/c/abc123/turns/xyz", "/c/.../turns/..."),
+    ("/c/abc123/export.md", "/c/.../export.md"),
+    ("/c/", "/c/"),
+    ("/returns/abc", "/returns/abc"),
+    ("/turnsX/abc", "/turnsX/abc"),
+    # nginx logs the path it matched, without the query string: decoded, slashes merged, dots resolved
+    ("/c/abc123?edit=1&c=abc123", "/c/..."),
+    ("//turns//abc123", "/turns/..."),
+    ("/%63/abc123/%74urns/xyz", "/c/.../turns/..."),
+    ("/static/../c/abc123", "/c/..."),
+    ("/turns/ab%0aINJECTED", "/turns/..."),
+    ("/x%0aINJECTED%22%C3%A9", "/x\\x0AINJECTED\\x22\\xC3\\xA9"),  # and escaped, as before
+])
+def test_the_access_log_masks_ids_as_gunicorns_log_does(recorded, target, logged):
+    before = recorded.access_log().count("\n")
+    elapsed, answer = held_until_closed(recorded.port, f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                                                       "Connection: close\r\n\r\n".encode(), limit=5)
+    assert answer.startswith(b"HTTP/1.1 200 "), answer
+    assert wait_for_text(lambda: "".join(recorded.access_log().splitlines(True)[before:]), "\n")
+    line = recorded.access_log().splitlines()[before]
+    assert f'"GET {logged} HTTP/1.1" 200 ' in line, line
+
+
 def test_nginx_tells_the_app_the_real_client_scheme_and_host(nginx_binary, tmp_path):
     upstream = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
     threading.Thread(target=upstream.serve_forever, daemon=True).start()
@@ -407,6 +582,10 @@ def test_the_https_example_serves_the_app_with_its_secure_cookie_and_checks(http
     plain = requests.get(front.url + "/some/page?x=1", allow_redirects=False, timeout=5)
     assert plain.status_code == 301
     assert plain.headers["Location"] == "https://127.0.0.1/some/page?x=1"  # $host: no port
+    # The redirect logs to the chat log too, ids masked (the http-level default log keeps them whole)
+    requests.get(front.url + "/c/plain-conversation-id", allow_redirects=False, timeout=5)
+    log = wait_for_text(front.access_log, '"GET /c/... HTTP/1.1" 301 ')
+    assert "plain-conversation-id" not in log and '"GET /some/page HTTP/1.1" 301 ' in log
 
     browser = Browser(front.https_url)
     browser.verify = cert

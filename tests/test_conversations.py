@@ -645,10 +645,18 @@ def test_a_turn_that_would_not_fit_is_not_sent_and_drop_oldest_turns_drops_just_
 
     dropped = client.post(f"/c/{cid}/drop", data={"message": third})
     assert dropped.status_code == 303
+    assert dropped.headers["Location"].endswith("#dropped")  # the page opens at the divider
     html = get(client, f"/c/{cid}")
     assert textarea(html) == third
+    # The red banner and the Drop button are gone (pressing it again would drop more); a neutral
+    # notice says how many turns stopped being sent.
+    assert alert(html) is None and "Drop oldest turns" not in html and "Retry" not in html
+    notice = unescape(re.search(r'id="notice"[^>]*>(.*?)</p>', html, re.S).group(1))
+    assert notice == ("The oldest turn (2 messages) is no longer sent to the model; it stays above the "
+                      "divider. Your message fits now: send it.")
     assert len(messages(html)) == 4  # still visible...
-    before, _, after = html.partition('<p class="divider" role="note">')
+    assert re.search(r'<p class="divider" id="dropped" role="note">', html)
+    before, _, after = html.partition('<p class="divider" id="dropped" role="note">')
     assert after, "no divider"
     assert "no longer sent" in after.split("</p>")[0]
     assert len(messages(before)) == 2 and len(messages(after)) == 2  # ...one turn above the divider, just enough
@@ -690,7 +698,7 @@ def test_drop_oldest_turns_after_an_upstream_context_error_drops_at_least_one_tu
     send(client, cid, "third")
     assert client.post(f"/c/{cid}/drop", data={"message": "third"}).status_code == 303
     html = get(client, f"/c/{cid}")
-    assert '<p class="divider" role="note">' in html
+    assert '<p class="divider" id="dropped" role="note">' in html and "maximum context length" not in html
     send(client, cid, "third")
     texts = [item["content"][0]["text"] for item in fake.requests[-1]["body"]["input"]]
     assert "first" not in texts and texts[-1] == "third"

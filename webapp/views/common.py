@@ -439,7 +439,9 @@ def render_chat(cid, conv, *, draft="", error=None, hint=None, notice=None, stat
     failed = conv.get("failed")
     if failed and not draft:
         draft = failed["text"]
-        if failed.get("stopped"):
+        if failed.get("notice"):  # not a failure: e.g. turns were dropped, the message fits now
+            notice = notice or failed["error"]
+        elif failed.get("stopped"):
             notice = notice or f"{failed['error']} Your message is back in the box."
         else:
             error = error or failed["error"]
@@ -465,7 +467,8 @@ def render_chat(cid, conv, *, draft="", error=None, hint=None, notice=None, stat
         "chat.html", cid=cid, entries=entries, earlier=earlier, first=first, messages=shown,
         pending=conv.get("pending"),
         draft=draft, error=error, hint=hint, notice=notice,
-        failed=bool(failed) and not failed.get("stopped"), context_full=bool(failed and failed.get("context")),
+        failed=bool(failed) and not failed.get("stopped") and not failed.get("notice"),
+        context_full=bool(failed and failed.get("context")),
         editing=editing, last_reply=conversation.last_reply_id(conv), title=title,
         dropped=dropped, totals=usage.totals(conv, prices),
         model_options=on_offer.options_html(chosen), chosen=chosen, model=model, settings=settings,

@@ -69,16 +69,28 @@ def drop_oldest(cid):
             # Upstream refused it as too long although the estimate says it fits: drop a turn more.
             dropped = min(dropped + 2, max(0, len(conv["items"]) - 2))
         if dropped is not None and dropped != conv.get("dropped", 0):
+            newly = min(dropped, len(conv["items"])) - conv.get("dropped", 0)
             conv["dropped"] = min(dropped, len(conv["items"]))
             conv["rev"] = conv.get("rev", 0) + 1
-            if conv.get("failed"):
-                conv["failed"] = dict(conv["failed"], text=message or conv["failed"]["text"])
+            failed = conv.get("failed") or {}
+            # The message is kept for sending, now as a neutral notice: the red "longer than the
+            # context" banner and its Drop button would invite dropping more than needed.
+            conv["failed"] = {"text": message or failed.get("text", ""), "error": dropped_notice(newly),
+                              "replace": failed.get("replace", False), "stopped": False, "notice": True}
     if dropped is None:
         return common.render_chat(cid, common.current(cid), draft=message, status=400,
                                   error="Even without earlier turns this message does not fit the "
                                         "model's context: shorten it, or pick a model with a larger "
                                         "context.")
-    return redirect(url_for("chat.conversation_page", cid=cid, _anchor="message"), code=303)
+    return redirect(url_for("chat.conversation_page", cid=cid, _anchor="dropped"), code=303)
+
+
+def dropped_notice(messages):
+    """What a drop did, in words: how many turns (and messages) stopped being sent."""
+    turns_ = (messages + 1) // 2
+    what = ("The oldest turn" if turns_ == 1 else f"The {turns_} oldest turns") + f" ({messages} messages)"
+    return (f"{what} {'is' if turns_ == 1 else 'are'} no longer sent to the model; "
+            f"{'it stays' if turns_ == 1 else 'they stay'} above the divider. Your message fits now: send it.")
 
 
 def title_of(cid, conv):

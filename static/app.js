@@ -122,7 +122,24 @@
     box.style.height = "auto";
     box.style.height = Math.min(box.scrollHeight + 2, window.innerHeight * 0.4) + "px";
   }
-  box.addEventListener("input", grow);
+  // What is typed but not sent is kept per conversation in this browser (New chat, a sidebar link, a
+  // reload or a closed tab would otherwise lose it), and cleared once a send is accepted. While an
+  // earlier message is being edited, the box holds that message, not the draft: Cancel puts the
+  // draft back.
+  function draftKey() { return "chat.draft." + form.dataset.conversation; }
+  function keepDraft(text) {
+    try {
+      if (text) localStorage.setItem(draftKey(), text); else localStorage.removeItem(draftKey());
+    } catch (e) { /* storage full or off: the box itself still holds the text */ }
+  }
+  function savedDraft() {
+    try { return localStorage.getItem(draftKey()) || ""; } catch (e) { return ""; }
+  }
+  let beforeEdit = null; // the draft that was in the box when Edit replaced it
+  box.addEventListener("input", function () {
+    grow();
+    if (!editField.value) keepDraft(box.value);
+  });
   box.addEventListener("keydown", function (event) {
     if (event.key === "Enter" && !event.shiftKey && !event.isComposing && !touch) {
       event.preventDefault();
@@ -132,7 +149,11 @@
       cancelEdit();
     }
   });
+  if (editField.value) beforeEdit = savedDraft();
+  else if (!box.value) box.value = savedDraft(); // the server's own text (a failed send) comes first
   grow();
+  // "Enter sends" is true only with this script and a keyboard (touch screens: CSS hides it).
+  enterHint.hidden = !!editField.value;
   // The skip link lands in the box itself (a fragment alone would only scroll to it).
   const skip = document.querySelector(".skip");
   if (skip) skip.addEventListener("click", function (event) { event.preventDefault(); box.focus(); });
@@ -148,9 +169,17 @@
     cancelButton.hidden = !replyId;
     enterHint.hidden = !!replyId;
   }
+  function startEdit(replyId, text) {
+    if (!editField.value) beforeEdit = box.value;
+    setEditing(replyId);
+    box.value = text;
+    grow();
+    box.focus();
+  }
   function cancelEdit() {
     setEditing(null);
-    box.value = "";
+    box.value = beforeEdit || "";
+    beforeEdit = null;
     grow();
     box.focus();
   }
@@ -202,9 +231,8 @@
       actions.append(el("a", { href: path + "/rename" }, "Rename"),
         el("a", { href: path + "/export.md" }, "Export Markdown"),
         el("a", { href: path + "/export.json" }, "Export JSON"));
-      const remove = el("form", { method: "get", action: path + "/delete", class: "inline" });
-      remove.appendChild(el("button", { type: "submit", class: "secondary small danger" }, "Delete"));
-      actions.appendChild(remove);
+      actions.appendChild(el("a", { href: path + "/delete", role: "button", class: "button secondary small danger" },
+        "Delete"));
       bar.appendChild(actions);
     }
   }
@@ -218,20 +246,53 @@
     const timer = setInterval(function () {
       thinking.textContent = "Thinking… " + Math.round((Date.now() - started) / 1000) + " s";
     }, 1000);
-    return { article, text, thinking, timer, turn: turn || null, tail: null };
+    return { article, text, thinking, timer, turn: turn || null, tail: null, raw: "", mark: 0 };
   }
 
   // The reply so far: the server's last rendering, then the words that came after it as plain text.
+  // `raw` is every word received; `mark` is how much of it the last rendering covered.
   function showRendered(view, html) {
     view.text.innerHTML = html; // sanitised on the server (markdown-it-py + nh3)
     view.text.classList.add("rendered");
+    view.mark = view.raw.length;
     view.tail = el("span", { class: "tail" });
     view.text.appendChild(view.tail);
   }
   function showDelta(view, delta) {
     view.thinking.hidden = true;
+    view.raw += delta;
     if (!view.tail) { view.tail = el("span", { class: "tail" }); view.text.appendChild(view.tail); }
-    view.tail.textContent += delta; // text, never HTML
+    view.tail.textContent = plainTail(view.raw, view.mark); // text, never HTML
+  }
+
+  // The newest words, until the server renders them, as the text a reader will see rather than
+  // half-parsed markdown: no fences, heading marks, list dashes, quote marks, emphasis or link
+  // syntax. Inside a code fence the text stays as it is.
+  const FENCE = /^\s{0,3}(```|~~~)/;
+  function plainTail(raw, mark) {
+    const before = raw.slice(0, mark).split("\n");
+    let inFence = false;
+    before.slice(0, -1).forEach(function (line) { if (FENCE.test(line)) inFence = !inFence; });
+    const lines = raw.slice(mark).split("\n");
+    // The tail may start mid-line: that line's start decides what its beginning is.
+    const started = before[before.length - 1];
+    return lines.map(function (line, i) {
+      const whole = i === 0 ? started + line : line;
+      if (FENCE.test(whole)) { inFence = !inFence; return ""; }
+      if (inFence) return line;
+      let shown = whole
+        .replace(/^\s{0,3}#{1,6}(\s+|$)/, "")
+        .replace(/^\s{0,3}(>\s?)+/, "")
+        .replace(/^(\s*)[-*+](\s+)/, "$1\u2022$2")
+        .replace(/^\s{0,3}([-*_])(\s*\1){2,}\s*$/, "")
+        .replace(/^\s*\|?(\s*:?-+:?\s*\|)+\s*:?-*:?\s*$/, "")
+        .replace(/\[([^\]]*)\]\([^)]*\)?/g, "$1")
+        .replace(/(\*\*|__|~~|`)/g, "")
+        .replace(/\s*\|\s*/g, function (bar, offset) { return offset === 0 ? "" : "  "; });
+      if (/^[\s#>*_`|~-]+$/.test(shown)) shown = ""; // only markup so far (a line being started)
+      // The first line continues text already on screen: show only its new part.
+      return i === 0 ? shown.slice(Math.max(0, shown.length - line.length)) : shown;
+    }).join("\n");
   }
 
   async function stopTurn() {
@@ -285,6 +346,7 @@
     await readEvents(response, function (kind, data) {
       if (kind === "snapshot") {
         view.turn = data.turn || view.turn;
+        if (data.session) { form.dataset.session = data.session; rememberSession(data.session); }
         if (data.conversation && form.dataset.conversation === "new") adopt(data.conversation, data.url, view);
       } else if (kind === "queued") {
         view.thinking.textContent = data.message;
@@ -315,6 +377,7 @@
     (view.removed || []).forEach(function (article) { log.appendChild(article); });
     log.querySelector(".empty").hidden = messageCount() > 0;
     box.value = text;
+    keepDraft(text); // unsent: a draft again
     grow();
     refreshTools(view.previousReply);
     box.focus();
@@ -394,6 +457,8 @@
           { headers: { Accept: "text/event-stream" } });
         if (!response.ok) break;
         view.tail = null;
+        view.raw = "";
+        view.mark = 0;
         view.text.textContent = "";
         if (await follow(response, view)) return;
       } catch (e) { /* network trouble: wait and try again */ }
@@ -461,7 +526,13 @@
     view.replaced = replaced;
     log.append(user, view.article);
     addCopyButtons(user);
-    if (!regenerate) { box.value = ""; grow(); }
+    if (!regenerate) {
+      // Sent: the draft is done with. After an edit, the draft from before it comes back.
+      box.value = replaced && beforeEdit ? beforeEdit : "";
+      keepDraft(box.value);
+      grow();
+    }
+    beforeEdit = null;
     setEditing(null);
     const retry = form.querySelector('[data-action="retry"]');
     if (retry) retry.remove(); // the failed message is on its way again
@@ -497,10 +568,7 @@
     event.preventDefault();
     const users = log.querySelectorAll('[data-role="user"]');
     const regenerate = log.querySelector('[data-action="regenerate"]');
-    box.value = users[users.length - 1].textContent;
-    setEditing(button.dataset.reply || (regenerate && regenerate.value));
-    grow();
-    box.focus();
+    startEdit(button.dataset.reply || (regenerate && regenerate.value), users[users.length - 1].textContent);
   });
 
   // --- settings: only the options the chosen model supports are offered --------------------------
@@ -578,8 +646,9 @@
   });
 
   // A reply still being written when the page loaded (a reload, another tab): pick it up again.
-  const writing = log.querySelector("[data-pending-turn]");
-  if (writing) {
+  function pickUp() {
+    const writing = log.querySelector("[data-pending-turn]");
+    if (!writing) return;
     const view = pendingArticle(writing.dataset.pendingTurn);
     view.user = writing.previousElementSibling;
     writing.replaceWith(view.article);
@@ -587,4 +656,66 @@
     setWriting(view);
     resume(view).catch(function () { window.location.reload(); });
   }
+  pickUp();
+
+  // --- another tab wrote here meanwhile: show it when this tab is looked at again -----------------
+  function shape(root) {
+    return Array.from(root.querySelectorAll("article.msg")).map(function (article) {
+      const text = article.querySelector("[data-role]");
+      return (article.dataset.pendingTurn || "") + ":" + (text ? text.textContent.length : 0);
+    }).join("|");
+  }
+  async function refresh() {
+    if (current || editField.value || form.dataset.conversation === "new") return;
+    let fresh;
+    try {
+      const response = await fetch(conversationUrl(""), { headers: { Accept: "text/html" } });
+      if (!response.ok) return;
+      fresh = new DOMParser().parseFromString(await response.text(), "text/html");
+    } catch (e) { return; }
+    const freshLog = fresh.querySelector('[data-role="log"]');
+    if (!freshLog || current || editField.value || shape(freshLog) === shape(log)) return;
+    keepPlace(function () { log.innerHTML = freshLog.innerHTML; }); // the server's own rendering
+    ['[data-role="total"]', "#budget-text", "#conversation-title", 'nav[aria-label="Conversations"] ul']
+      .forEach(function (selector) {
+        const mine = document.querySelector(selector), theirs = fresh.querySelector(selector);
+        if (mine && theirs) mine.innerHTML = theirs.innerHTML;
+      });
+    log.querySelectorAll("time[datetime]").forEach(localTime);
+    log.querySelectorAll("article.msg:not(.writing)").forEach(addCopyButtons);
+    pickUp();
+  }
+  document.addEventListener("visibilitychange", function () {
+    if (document.visibilityState === "visible") refresh();
+  });
+
+  // --- a session swapped in by another page on this host (cookies ignore ports) ------------------
+  // localStorage is per origin, port included, so what it remembers of this browser's session
+  // cannot be written by a page on another port: a different session arriving unasked is shown.
+  const SESSION = "chat.session";
+  function rememberSession(fingerprint) {
+    try { if (fingerprint) localStorage.setItem(SESSION, fingerprint); } catch (e) { /* storage off */ }
+  }
+  function checkSession() {
+    let known = null;
+    try { known = localStorage.getItem(SESSION); } catch (e) { return; }
+    const seen = form.dataset.session;
+    if (!seen) return; // a fresh session, not yet holding anything
+    if (!known) { rememberSession(seen); return; }
+    if (known === seen) return;
+    const warning = document.getElementById("session-warning");
+    if (!warning) return;
+    warning.setAttribute("role", "alert"); // announced as it appears
+    warning.hidden = false;
+    actionButton.disabled = true; // nothing goes into a session the person has not accepted
+    warning.querySelector('[data-action="keep-session"]').addEventListener("click", function () {
+      rememberSession(seen);
+      warning.hidden = true;
+      actionButton.disabled = false;
+    });
+    warning.querySelector("form").addEventListener("submit", function () {
+      try { localStorage.removeItem(SESSION); } catch (e) { /* storage off */ }
+    });
+  }
+  checkSession();
 })();

@@ -245,7 +245,8 @@ def test_delete_asks_on_a_page_then_removes_it_from_the_store_and_the_sidebar(ap
     gone = start(client, "delete me")
     html = get(client, f"/c/{gone}")
     # The button named Delete leads (JS off) to a confirmation page whose button is also Delete.
-    form = re.search(rf'<form method="get" action="/c/{gone}/delete"[^>]*>\s*<button[^>]*>Delete</button>', html)
+    # A link (a GET form would leave the page's URL ending in "?"), shown as a button.
+    form = re.search(rf'<a href="/c/{gone}/delete" role="button"[^>]*>Delete</a>', html)
     assert form, "no Delete button leading to the confirmation page"
     confirm = get(client, f"/c/{gone}/delete")
     assert re.search(rf'<form method="post" action="/c/{gone}/delete">', confirm)
@@ -425,6 +426,20 @@ def test_a_catalogue_of_hundreds_of_models_is_worked_out_once_per_fetch(make_app
     assert listed.json["models"]["acme3/model-12"] == {"context": 131072, "params": "max_tokens temperature"}
     assert listed.json["models"]["openai/o4-mini"] == {"context": 200000, "params": "max_tokens reasoning"}
     assert len(worked_out) == 1
+
+
+def test_new_chat_starts_on_the_model_last_used(client, fake):
+    cid = start(client, "use the small one", model="openai/gpt-4o-mini")
+    # New chat submits the page's form (its picker included), as the button does.
+    opened = client.post("/new", data={"model": "openai/gpt-4o-mini"})
+    assert opened.status_code == 303
+    html = get(client, opened.headers["Location"])
+    assert selected_model(html) == "openai/gpt-4o-mini" and 'action="/c/new"' in composer(html)
+    other = start(client, "in the new chat", model=selected_model(html))
+    assert other != cid and fake.requests[-1]["body"]["model"] == "openai/gpt-4o-mini"
+    # A model that is not offered is no way in: the default.
+    refused = client.post("/new", data={"model": "evil/model"})
+    assert selected_model(get(client, refused.headers["Location"])) == "openai/o4-mini"
 
 
 def test_a_conversation_keeps_its_model_and_new_ones_start_on_the_default(client, fake):

@@ -65,3 +65,18 @@ def logout():
     session.pop("authed", None)
     sessions.rotate(current_app, session)
     return redirect(url_for("access.login"), code=303)
+
+
+@bp.post("/session/new")
+def new_session():
+    """Leave this session for a fresh one (the page offers it when the session changed unasked: a page
+    on another port of this host can replace the cookie). The stored session is left alone (it may be
+    someone else's); only this browser's cookie is dropped, and the next page starts a new session."""
+    session.clear()
+    session.modified = False  # nothing to save or delete in the store
+    response = redirect(url_for("chat.index"), code=303)
+    config = current_app.config
+    response.delete_cookie(config["SESSION_COOKIE_NAME"], path=config.get("SESSION_COOKIE_PATH") or "/",
+                           domain=config.get("SESSION_COOKIE_DOMAIN"), secure=config["SESSION_COOKIE_SECURE"],
+                           httponly=True, samesite=config["SESSION_COOKIE_SAMESITE"])
+    return response

@@ -10,6 +10,8 @@
 - Session data in Redis is JSON only (`JSONOnly`): never unpickled.
 """
 
+import hashlib
+import hmac
 from datetime import date
 
 import msgspec
@@ -108,6 +110,16 @@ def rotate(app, session):
     interface = app.session_interface
     interface.regenerate(session)
     interface._upsert_session(app.permanent_session_lifetime, session, interface._get_store_id(session.sid))
+
+
+def fingerprint(session, secret):
+    """A public mark of which browser record this session holds ("" while it holds none): the page
+    keeps it in localStorage, which no page on another port can write, to notice a session cookie
+    swapped in from there (cookies ignore ports). An HMAC: it reveals nothing of the session id."""
+    bid = session.get("browser")
+    if not bid:
+        return ""
+    return hmac.new(secret.encode(), f"browser:{bid}".encode(), hashlib.sha256).hexdigest()[:20]
 
 
 def duplicate_cookie(request, name):

@@ -34,8 +34,8 @@ class Attacker:
     """Serves the HTML pages a test gives it, each at a path of its own, on one loopback port."""
 
     def __init__(self):
-        self.pages, self.numbers = {}, itertools.count()
-        pages = self.pages
+        self.pages, self.numbers, self.headers = {}, itertools.count(), {}
+        pages, headers = self.pages, self.headers
 
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *args):
@@ -44,6 +44,8 @@ class Attacker:
             def do_GET(self):
                 body = pages.get(self.path.split("?")[0])
                 self.send_response(200 if body else 404)
+                for cookie in headers.get(self.path.split("?")[0], ()):
+                    self.send_header("Set-Cookie", cookie)  # an HTTP cookie can replace an HttpOnly one
                 self.send_header("Content-Type", "text/html; charset=utf-8")
                 self.send_header("Content-Length", str(len(body or b"")))
                 self.end_headers()
@@ -54,9 +56,11 @@ class Attacker:
         self.port = self.server.server_address[1]
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
-    def page(self, host, html):
-        """The URL of a new page holding `html`, on `host` (localhost: cross-site; 127.0.0.1: same-site)."""
+    def page(self, host, html, set_cookies=()):
+        """The URL of a new page holding `html`, on `host` (localhost: cross-site; 127.0.0.1: same-site),
+        answered with `set_cookies` as Set-Cookie headers."""
         path = f"/p{next(self.numbers)}"
+        self.headers[path] = list(set_cookies)
         self.pages[path] = f"<!doctype html><html lang=en><title>prize</title>{html}</html>".encode()
         return f"http://{host}:{self.port}{path}"
 
@@ -277,6 +281,56 @@ def test_a_planted_session_id_with_a_conversation_is_replaced_at_the_first_send(
     their_context.close()
     assert not leaked, "the attacker's own browser shows the victim's message"
     assert not kept, "the victim's first send kept the planted session id"
+
+
+def swap(context, attacker, planted):
+    """A page on another port of this host replaces the session cookie outright: an HTTP Set-Cookie
+    with the same name and path (no cookie attribute stops that: cookies ignore ports)."""
+    evil = context.new_page()
+    evil.goto(attacker.page(SAME_SITE, '<script>document.title = "swapped";</script>',
+                            [f"session={planted}; Path=/; HttpOnly; SameSite=Lax"]))
+    expect(evil).to_have_title("swapped")
+    evil.close()
+
+
+def test_a_session_swapped_in_from_another_port_is_caught_by_the_page(browser, context, server, fake, attacker):
+    their_context = browser.new_context()
+    theirs = converse(their_context, server, "the attacker's own question")
+    victim = converse(context, server, "the victim's question")  # its page remembers its session
+    victim.reload()
+    expect(victim.locator("#session-warning")).to_be_hidden()  # its own session: no alarm
+    swap(context, attacker, sid(their_context))
+    assert sid(context) == sid(their_context)
+    victim.goto(server.url + "/")
+    warning = victim.locator("#session-warning")
+    expect(warning).to_be_visible()
+    expect(victim.get_by_role("alert")).to_contain_text("session changed")
+    expect(victim.get_by_role("button", name="Send")).to_be_disabled()  # nothing goes in unasked
+    victim.get_by_role("button", name="Start a fresh session").click()
+    expect(victim.locator(USER)).to_have_count(0)  # none of the attacker's conversations
+    expect(victim.locator("#session-warning")).to_be_hidden()
+    send(victim, "the victim's secret")
+    expect(victim.locator(ASSISTANT).last).to_have_text("Reply 1: the victim's secret")
+    assert sid(context) != sid(their_context)
+    theirs.goto(server.url + "/")
+    assert "the victim's secret" not in theirs.content()
+    victim.reload()
+    expect(victim.locator("#session-warning")).to_be_hidden()  # the new session is the one it knows
+    their_context.close()
+
+
+def test_keeping_a_changed_session_is_the_persons_choice(browser, context, server, fake, attacker):
+    their_context = browser.new_context()
+    converse(their_context, server, "another session's question")
+    victim = converse(context, server, "my question")
+    swap(context, attacker, sid(their_context))
+    victim.goto(server.url + "/")
+    victim.get_by_role("button", name="Keep this session").click()
+    expect(victim.locator("#session-warning")).to_be_hidden()
+    expect(victim.get_by_role("button", name="Send")).to_be_enabled()
+    victim.reload()
+    expect(victim.locator("#session-warning")).to_be_hidden()  # remembered
+    their_context.close()
 
 
 # --- 5: the app's own page under its Content-Security-Policy ------------------------------------------

@@ -49,7 +49,12 @@ def models():
 
 @bp.get("/new")
 def blank():
-    return common.render_chat(None, common.current(None))
+    """An empty conversation, on `?model=` when that model is offered (New chat keeps the last one)."""
+    conv = common.current(None)
+    model = request.args.get("model", "")
+    if model and model in common.offered(common.model_list()):
+        conv["settings"] = {"model": model}
+    return common.render_chat(None, conv)
 
 
 @bp.get("/c/<cid>")

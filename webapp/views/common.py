@@ -323,6 +323,7 @@ class Send:
         if self.cid:
             turns.refuse_if_queue_full(store(), self.cid, self.waiter)
         browser(create=True)
+        self.session_mark = sessions.fingerprint(session, current_app.config["SECRET_KEY"])
         self.options = turn_options()
         self.cid = self.cid or new_id()
         touch(self.cid, self.text)
@@ -477,4 +478,5 @@ def render_chat(cid, conv, *, draft="", error=None, hint=None, notice=None, stat
         supports=lambda param: bool(model) and models.supports(model, param),
         models_unavailable=models_list is None, budget=budget, efforts=EFFORTS,
         missing_key=not current_app.config["OPENROUTER_API_KEY"],
+        session_mark=sessions.fingerprint(session, current_app.config["SECRET_KEY"]),
     ), status

@@ -1,7 +1,7 @@
 """A browser's conversations as a list: start a new one, rename, delete, and drop the oldest turns
 of one that outgrew its model's context. Every route checks the conversation is this browser's."""
 
-from flask import Blueprint, redirect, render_template, request, url_for
+from flask import Blueprint, current_app, redirect, render_template, request, url_for
 
 from .. import conversation, turns, usage
 from .. import catalogue as models
@@ -13,7 +13,11 @@ TITLE_LIMIT = 200
 
 @bp.post("/new")
 def new_chat():
-    """New chat: the open conversation stays in the list; an empty one opens (stored at its first send)."""
+    """New chat: the open conversation stays in the list; an empty one opens (stored at its first send),
+    on the model the page's picker showed (the button submits the page's form), when it is offered."""
+    model = request.form.get("model", "")
+    if model and model != current_app.config["OPENROUTER_MODEL"] and model in common.offered(common.model_list()):
+        return redirect(url_for("chat.blank", model=model), code=303)
     return redirect(url_for("chat.blank"), code=303)
 
 

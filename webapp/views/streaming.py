@@ -179,7 +179,7 @@ def _start_when_free(sending, begun, snapshots):
             sending.release()
     cid = sending.cid
     yield "snapshot", {"turn": begun.turn, "text": "", "conversation": cid,
-                       "url": url_for("chat.conversation_page", cid=cid)}
+                       "url": url_for("chat.conversation_page", cid=cid), "session": sending.session_mark}
     yield from turns.start(common.store(), common.client(), cid, begun.turn, begun.items,
                            request=begun.request, **sending.options).listen(snapshots.wait)
 

@@ -429,7 +429,7 @@
       refreshTools(data.last_reply);
     });
     const total = document.querySelector('[data-role="total"]');
-    if (total && data.total) total.textContent = "Total: " + data.total;
+    if (total && data.total) total.textContent = total.title = "Total: " + data.total;
     if (data.budget) showBudget(data.budget.used, data.budget.limit, data.budget.text);
     if (document.title === "Chat") {
       const first = log.querySelector('[data-role="user"]').textContent.replace(/\s+/g, " ").trim();

@@ -7,7 +7,8 @@ import pytest
 
 from tests.fake_openrouter import MODELS, TINY_MODEL
 from webapp import catalogue
-from webapp.catalogue import Catalogue, context_length, find, options, pricing, supported_options, supports
+from webapp.catalogue import (Catalogue, context_length, find, label, options, pricing, supported_options,
+                              supports)
 from webapp.openrouter import UpstreamError
 
 O4, GPT = MODELS["data"]
@@ -215,17 +216,20 @@ def test_options_group_by_provider_and_sort_by_name():
     o4 = groups[2]["models"][2]
     assert o4 == {"id": "openai/o4-mini", "name": "OpenAI: o4-mini", "context_length": 200000,
                   "prompt_price": 1.1e-6, "completion_price": 4.4e-6,
-                  "label": "OpenAI: o4-mini \u00b7 200K context \u00b7 $1.10/$4.40 per M tokens",
+                  "label": "o4-mini \u00b7 200K context \u00b7 $1.10/$4.40 per M",
                   "params": ["max_tokens", "reasoning"], "page_params": "max_tokens reasoning"}
 
 
 def test_labels():
     by_id = {m["id"]: m["label"] for g in options(many()) for m in g["models"]}
-    assert by_id["openai/gpt-4o-mini"] == "OpenAI: GPT-4o-mini \u00b7 128K context \u00b7 $0.15/$0.60 per M tokens"
-    assert by_id["tiny/4k"] == "Tiny: 4K \u00b7 4K context \u00b7 free"
-    assert by_id["anthropic/claude-x"] == "Anthropic: Claude X \u00b7 1.05M context \u00b7 $3.00/$15.00 per M tokens"
-    assert by_id["openai/a-model"] == "OpenAI: a-model"  # unknown context and prices left out
-    assert by_id["mistral/cheap"] == "Mistral: Cheap \u00b7 32K context \u00b7 $0.0013/$0 per M tokens"
+    # The provider prefix is left out: the picker's group says it.
+    assert by_id["openai/gpt-4o-mini"] == "GPT-4o-mini \u00b7 128K context \u00b7 $0.15/$0.60 per M"
+    assert by_id["tiny/4k"] == "4K \u00b7 4K context \u00b7 free"
+    assert by_id["anthropic/claude-x"] == "Claude X \u00b7 1.05M context \u00b7 $3.00/$15.00 per M"
+    assert by_id["openai/a-model"] == "a-model"  # unknown context and prices left out
+    assert by_id["mistral/cheap"] == "Cheap \u00b7 32K context \u00b7 $0.0013/$0 per M"
+    assert [g["title"] for g in options(many())] == ["Anthropic", "Mistral", "OpenAI", "Tiny"]
+    assert label({"id": "solo/x", "name": "No prefix here"}) == "No prefix here"
 
 
 def test_options_filtered_to_allowed_ids_keep_the_default():

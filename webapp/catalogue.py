@@ -162,10 +162,12 @@ def _per_million(price):
 
 
 def label(model):
-    """A short line for a picker: "OpenAI: o4-mini · 200K context · $1.10/$4.40 per M tokens"
-    ("free" for a free model; an unknown context length or price is left out)."""
-    parts = [model.get("name") if isinstance(model.get("name"), str) and model["name"].strip()
-             else model["id"]]
+    """A short line for a picker: "o4-mini · 200K context · $1.10/$4.40 per M" (the name without
+    its "OpenAI: " provider prefix, which the picker's group already shows; "free" for a free model;
+    an unknown context length or price is left out). Short, so a closed picker shows it whole."""
+    name = model.get("name") if isinstance(model.get("name"), str) and model["name"].strip() else model["id"]
+    _, colon, rest = name.partition(": ")
+    parts = [rest.strip() if colon and rest.strip() else name]
     length = context_length(model)
     if length:
         parts.append(f"{_tokens(length)} context")
@@ -173,7 +175,7 @@ def label(model):
     if prompt == 0 and completion == 0:
         parts.append("free")
     elif prompt is not None and completion is not None:
-        parts.append(f"{_per_million(prompt)}/{_per_million(completion)} per M tokens")
+        parts.append(f"{_per_million(prompt)}/{_per_million(completion)} per M")
     return " \u00b7 ".join(parts)
 
 
@@ -204,7 +206,8 @@ def provider(model_id):
 
 
 def options(models, allowed=None, default=None):
-    """The models for a picker, grouped by provider: `[{"label": provider, "models": [entry, ...]}]`,
+    """The models for a picker, grouped by provider: `[{"label": provider id, "title": its name,
+    "models": [entry, ...]}]`,
     groups sorted by label and models by name. An entry is `{"id", "name", "context_length",
     "prompt_price", "completion_price" (USD per token, or None), "label", "params"}`.
 
@@ -225,5 +228,16 @@ def options(models, allowed=None, default=None):
     groups = {}
     for entry in entries:
         groups.setdefault(provider(entry["id"]), []).append(entry)
-    return [{"label": name, "models": sorted(group, key=lambda e: (e["name"].casefold(), e["id"]))}
+    return [{"label": name, "title": _provider_title(name, group),
+             "models": sorted(group, key=lambda e: (e["name"].casefold(), e["id"]))}
             for name, group in sorted(groups.items(), key=lambda kv: (kv[0].casefold(), kv[0]))]
+
+
+def _provider_title(provider_id, entries):
+    """The group's heading in a picker: the provider as its models' names spell it ("OpenAI" from
+    "OpenAI: o4-mini"), since their labels leave it out; else its id."""
+    for entry in entries:
+        prefix, colon, rest = entry["name"].partition(": ")
+        if colon and prefix.strip() and rest.strip():
+            return prefix.strip()
+    return provider_id

@@ -209,7 +209,9 @@ def test_the_model_picker_sends_the_chosen_model_and_keeps_it(tab, fake, js):
     expect(picker).to_have_value("openai/o4-mini")
     expect(picker.locator("option")).to_have_count(3)
     expect(picker.locator('option[value="openai/gpt-4o-mini"]')).to_have_text(
-        "OpenAI: GPT-4o-mini · 128K context · $0.15/$0.60 per M tokens")
+        "GPT-4o-mini · 128K context · $0.15/$0.60 per M")
+    # A closed picker shows its model's whole label, not a cut one.
+    assert picker.evaluate("s => s.scrollWidth <= s.clientWidth + 1")
     temperature = page.locator('[data-param="temperature"]')
     expect(temperature).to_be_hidden()
     picker.select_option("openai/gpt-4o-mini")

@@ -1,6 +1,7 @@
 """Unit tests of webapp.settings: the checks an operator meets at startup and the startup line."""
 
 import os
+import re
 
 import pytest
 
@@ -166,3 +167,16 @@ def test_describe_drops_credentials_from_the_upstream_url():
     config = from_env({"OPENROUTER_BASE_URL": "https://me:s3cret@proxy.example:8443/api/v1/"})
     line = describe(config)
     assert "upstream https://proxy.example:8443/api/v1, store" in line and "s3cret" not in line
+
+
+def test_every_setting_is_documented_in_the_readme_and_env_example():
+    """Each variable settings.py reads is in the README and in .env.example (which says it lists them all)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "webapp", "settings.py")) as f:
+        names = set(re.findall(r'env(?:\.get\(|, )"([A-Z][A-Z0-9_]+)"', f.read()))
+    assert {"SECRET_KEY_FILE", "MAX_LISTENERS_PER_SESSION", "OPENROUTER_API_KEY"} <= names
+    for doc in ("README.md", ".env.example"):
+        with open(os.path.join(root, doc)) as f:
+            text = f.read()
+        missing = sorted(name for name in names if name not in text)
+        assert missing == [], f"{doc} does not mention {missing}"

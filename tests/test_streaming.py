@@ -1,8 +1,11 @@
 """Streamed turns (the JS path) under a real gunicorn: deltas as they come, nothing lost, Stop, queueing."""
 
 import re
+import socket
+import struct
 import threading
 import time
+from urllib.parse import urlencode, urlsplit
 from html import unescape
 
 import pytest
@@ -263,3 +266,25 @@ def test_stop_of_a_js_off_turn_waiting_for_the_model_returns_its_page_at_once(tw
     assert textarea(page) == "whole reply please" and alert(page) is None
     assert "Stopped before the model answered" in page
     assert wait_for(lambda: fake.disconnects == 1)
+
+
+def test_a_turn_whose_client_left_right_after_posting_is_still_answered(server, fake):
+    """The turn is started before its response is returned: a client that is gone before the first
+    byte (a closed tab, a dropped connection) must not leave the turn pending with nobody writing it
+    (the conversation would show "writing" and hold new sends for 30 s, then say "interrupted")."""
+    browser = Browser()
+    first = browser.post(server.url + "/", data={"message": "a conversation"}, timeout=30)
+    conv = urlsplit(first.url).path
+    token = browser.token(server.url)
+    body = urlencode({"message": "gone at once", "csrf_token": token})
+    cookie = "; ".join(f"{c.name}={c.value}" for c in browser.cookies)
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.sendall((f"POST {conv}/turns HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
+                      f"Cookie: {cookie}\r\nX-CSRFToken: {token}\r\nAccept: text/event-stream\r\n"
+                      f"Content-Type: application/x-www-form-urlencoded\r\n"
+                      f"Content-Length: {len(body)}\r\n\r\n{body}").encode())
+        # Gone without reading a byte: a reset, so the server's first write fails.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    expected = [("user", "a conversation"), ("assistant", "Reply 1: a conversation"),
+                ("user", "gone at once"), ("assistant", "Reply 2: gone at once")]
+    assert wait_for(lambda: shown(browser, server) == expected, timeout=10), shown(browser, server)

@@ -150,10 +150,16 @@ def _stream_response(events, cid, snapshots):
     return response
 
 
-def _start_when_free(sending, begun, snapshots):
-    """Events of a new turn; while another reply in this conversation is written, say it is queued
-    (this send holds the conversation's one waiting place until it starts, gives up or its client
-    leaves)."""
+def _start(sending, begun):
+    """Run a begun turn in the background (its reader outlives the request) and return its relay."""
+    return turns.start(common.store(), common.client(), sending.cid, begun.turn, begun.items,
+                       request=begun.request, **sending.options)
+
+
+def _start_when_free(sending, begun, relay, snapshots):
+    """Events of a new turn (`relay`: already started, when `begun` is); while another reply in this
+    conversation is written, say it is queued (this send holds the conversation's one waiting place
+    until it starts, gives up or its client leaves: then no turn was begun)."""
     try:
         deadline = time.monotonic() + common.queue_limit()
         while begun is None:
@@ -177,11 +183,11 @@ def _start_when_free(sending, begun, snapshots):
     finally:
         if begun is None:
             sending.release()
+    relay = relay or _start(sending, begun)
     cid = sending.cid
     yield "snapshot", {"turn": begun.turn, "text": "", "conversation": cid,
                        "url": url_for("chat.conversation_page", cid=cid), "session": sending.session_mark}
-    yield from turns.start(common.store(), common.client(), cid, begun.turn, begun.items,
-                           request=begun.request, **sending.options).listen(snapshots.wait)
+    yield from relay.listen(snapshots.wait)
 
 
 @bp.post("/turns")
@@ -202,8 +208,11 @@ def stream(cid=None):
         return {"error": message}, status
     except turns.Busy:
         begun = None  # this send holds the waiting place: the stream says "queued" until it starts
+    # Started before the response is returned: a client gone before the stream's first byte must not
+    # leave a pending turn that nobody writes.
+    relay = _start(sending, begun) if begun else None
     snapshots = _Snapshots()
-    return _stream_response(_start_when_free(sending, begun, snapshots), sending.cid, snapshots)
+    return _stream_response(_start_when_free(sending, begun, relay, snapshots), sending.cid, snapshots)
 
 
 @bp.get("/turns/<turn>")

@@ -24,6 +24,7 @@ from tests.test_streaming import start_turn
 from webapp import create_app
 from webapp.factory import startup_warnings
 from webapp.limits import limiter
+from webapp import turns
 from webapp.turns import Listeners
 from webapp.settings import from_env
 
@@ -951,6 +952,57 @@ def test_listeners_to_a_reply_are_capped_per_session_and_per_turn(capped, fake):
         for listener in listeners:
             listener.close()
     assert until("done", first)[0]["count"] == 2
+
+
+def test_running_turns_never_pass_the_cap_however_many_sends_arrive_at_once(fake_server, fake, tmp_path):
+    """MAX_RUNNING_TURNS is reserved under the lock that registers a turn: checked long before
+    (check-then-act), sends arriving together all passed the check and all started."""
+    env = gunicorn_env(fake_server, tmp_path, MAX_RUNNING_TURNS="3", MAX_TURNS_PER_SESSION="50")
+    gate = threading.Event()
+    with Gunicorn(env, tmp_path / "cap.log", workers=1) as server:
+        browsers = [Browser() for _ in range(12)]
+        for browser in browsers:
+            browser.token(server.url)  # each its page first, as people do
+        fake.queue(*[reply("held", gate=gate, chunks=["he", "ld"]) for _ in range(12)])
+        threads, results = flood(12, lambda i: browsers[i].post(
+            server.url + "/c/new/turns", data={"message": f"at once {i}"}, stream=True, timeout=60,
+            headers={"Accept": "text/event-stream"}))
+        for t in threads:
+            t.join(60)
+        try:
+            statuses = sorted(r.status_code for r, _ in results.values())
+            assert statuses == [200] * 3 + [503] * 9, statuses
+            assert not fake.wait_for_requests(4, timeout=1)  # only three reached the model
+        finally:
+            gate.set()
+            for response, _ in results.values():
+                if hasattr(response, "close"):
+                    response.close()
+
+
+def test_a_reserved_place_counts_until_released_or_taken_by_its_running_turn():
+    first, second = turns.reserve(2, "alice", 5), turns.reserve(2, "bob", 5)
+    try:
+        with pytest.raises(turns.Full):
+            turns.reserve(2, "carol", 5)
+        first.release()
+        first.release()  # giving up twice frees one place, once
+        third = turns.reserve(2, "carol", 5)
+        with pytest.raises(turns.Full):
+            turns.reserve(2, "dave", 5)
+        relay = turns._register(None, "c", "t-reserved", slot=third)  # the turn takes its place
+        with pytest.raises(turns.Full):
+            turns.reserve(2, "dave", 5)
+        third.release()  # already taken: changes nothing
+        with pytest.raises(turns.Full):
+            turns.reserve(2, "dave", 5)
+        with pytest.raises(turns.Full) as per_session:
+            turns.reserve(10, "bob", 1)
+        assert per_session.value.too_many_for_session
+    finally:
+        turns.LIVE.pop("t-reserved", None)
+        second.release()
+    assert relay.owner is None and not turns._RESERVED
 
 
 def test_the_listener_counts_cap_each_turn_and_each_session_and_free_what_leaves():

@@ -211,15 +211,38 @@ def waiter_cancelled(store, waiter):
     return bool(store.backend.get("cancel:" + waiter))
 
 
-def check_capacity(max_running, owner, max_per_owner):
-    """Refuse a new turn when this process already runs `max_running` (503), or this session already
-    runs `max_per_owner` here (429): background turns outlive their requests, so gunicorn's thread
-    count does not bound them."""
-    running = list(LIVE.values())
-    if len(running) >= max_running:
-        raise Full()
-    if owner and sum(1 for relay in running if relay.owner == owner) >= max_per_owner:
-        raise Full(too_many_for_session=True)
+class Slot:
+    """A place among the turns this process runs, reserved for one send from the moment it is
+    admitted (a send queued behind another reply keeps it while it waits), until its turn runs
+    (`_register` takes it over) or the send gives up (`release`)."""
+
+    def __init__(self, owner):
+        self.owner, self.held = owner, True
+
+    def release(self):
+        with _LIVE_LOCK:
+            self._drop()
+
+    def _drop(self):  # with _LIVE_LOCK held
+        if self.held:
+            self.held = False
+            _RESERVED[self.owner] -= 1
+            if _RESERVED[self.owner] <= 0:
+                del _RESERVED[self.owner]
+
+
+def reserve(max_running, owner, max_per_owner):
+    """A `Slot` for a new turn, or `Full` when this process already runs or has reserved `max_running`
+    (503), or this session `max_per_owner` here (429). Checked and reserved under the lock that
+    registers turns, so sends arriving together cannot all pass the check: background turns outlive
+    their requests, so gunicorn's thread count does not bound them."""
+    with _LIVE_LOCK:
+        if len(LIVE) + sum(_RESERVED.values()) >= max_running:
+            raise Full()
+        if owner and sum(1 for relay in LIVE.values() if relay.owner == owner) + _RESERVED[owner] >= max_per_owner:
+            raise Full(too_many_for_session=True)
+        _RESERVED[owner] += 1
+    return Slot(owner)
 
 
 def _settle(store, cid, turn, change):
@@ -329,7 +352,8 @@ def coalesced(events):
 
 
 LIVE = {}  # turn id -> Relay, for turns running in this process
-_LIVE_LOCK = threading.Lock()
+_RESERVED = Counter()  # owner -> slots reserved for sends not running yet (see `reserve`)
+_LIVE_LOCK = threading.Lock()  # guards both
 
 
 class Listeners:
@@ -522,10 +546,12 @@ def _save_progress_forever():
 _saver = None
 
 
-def _register(store, cid, turn, streaming=True, model=None, owner=None, limit=None):
+def _register(store, cid, turn, streaming=True, model=None, owner=None, limit=None, slot=None):
     global _saver
     relay = Relay(store, cid, turn, streaming, model, owner, limit)
     with _LIVE_LOCK:
+        if slot is not None:
+            slot._drop()  # the running turn takes the reserved place, under the same lock
         LIVE[turn] = relay
         if _saver is None or not _saver.is_alive():  # started lazily: after gunicorn's fork
             _saver = threading.Thread(target=_save_progress_forever, name="progress", daemon=True)
@@ -541,17 +567,17 @@ def _run(store, client, cid, turn, items, relay, stream, request):
             LIVE.pop(turn, None)
 
 
-def run(store, client, cid, turn, items, owner=None, limit=None, request=None):
+def run(store, client, cid, turn, items, owner=None, limit=None, request=None, slot=None):
     """Run a begun turn in this thread with a whole (non-streamed) reply: the JS-off form post."""
     model = (request or {}).get("model") or client.model
-    relay = _register(store, cid, turn, False, model, owner, limit)
+    relay = _register(store, cid, turn, False, model, owner, limit, slot)
     return _run(store, client, cid, turn, items, relay, False, request)
 
 
-def start(store, client, cid, turn, items, owner=None, limit=None, request=None):
+def start(store, client, cid, turn, items, owner=None, limit=None, request=None, slot=None):
     """Run a begun turn, streamed, in a background thread that outlives the request; return its Relay."""
     model = (request or {}).get("model") or client.model
-    relay = _register(store, cid, turn, True, model, owner, limit)
+    relay = _register(store, cid, turn, True, model, owner, limit, slot)
     # Not a daemon, said outright (a thread started from a gevent greenlet would inherit daemon=True):
     # on a graceful shutdown the interpreter waits for replies still being written.
     threading.Thread(target=_run, args=(store, client, cid, turn, items, relay, True, request),

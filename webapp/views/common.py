@@ -324,14 +324,30 @@ class Send:
             turns.refuse_if_queue_full(store(), self.cid, self.waiter)
         browser(create=True)
         self.session_mark = sessions.fingerprint(session, current_app.config["SECRET_KEY"])
-        self.options = turn_options()
+        self.options = turn_options()  # reserves this send's place among the running turns
         self.cid = self.cid or new_id()
-        touch(self.cid, self.text)
-        return self._try(wait, first=True)
+        try:
+            touch(self.cid, self.text)
+            return self._try(wait, first=True)
+        except turns.Busy as busy:
+            if wait or isinstance(busy, turns.QueueFull):
+                self.options["slot"].release()  # refused; only a send left queued keeps its place
+            raise
+        except BaseException:
+            self.options["slot"].release()
+            raise
 
     def again(self, wait=0):
         """Try again after `turns.Busy` (the conversation's reply before this one still runs)."""
-        return self._try(wait)
+        try:
+            return self._try(wait)
+        except turns.Busy as busy:
+            if isinstance(busy, turns.QueueFull):
+                self.options["slot"].release()
+            raise
+        except BaseException:
+            self.options["slot"].release()
+            raise
 
     def _try(self, wait, first=False):
         if not first and turns.waiter_cancelled(store(), self.waiter):
@@ -342,15 +358,17 @@ class Send:
                            self.settings, self.plan)
 
     def release(self):
+        """Give the send up: its waiting place behind another reply, and its reserved place."""
+        self.options["slot"].release()
         turns.release(store(), self.cid, self.waiter)
 
 
 def turn_options():
-    """Where this process stands on running turns (refuses with `turns.Full`), and the options every
-    turn of this request runs with."""
+    """The options every turn of this request runs with, its place among the turns this process
+    runs reserved among them (refuses with `turns.Full`)."""
     config = current_app.config
-    turns.check_capacity(config["MAX_RUNNING_TURNS"], owner(), config["MAX_TURNS_PER_SESSION"])
-    return {"owner": owner(), "limit": config["OPENROUTER_TURN_TIMEOUT"]}
+    slot = turns.reserve(config["MAX_RUNNING_TURNS"], owner(), config["MAX_TURNS_PER_SESSION"])
+    return {"owner": owner(), "limit": config["OPENROUTER_TURN_TIMEOUT"], "slot": slot}
 
 
 def refusal_for(exc):

@@ -1,9 +1,15 @@
 """Assistant markdown becomes safe HTML: hostile model output stays text, markdown still renders."""
 
+import ast
+import itertools
 import os
+import subprocess
+import sys
+import textwrap
 import time
 from html.parser import HTMLParser
 
+import pygments.lexer
 import pytest
 
 from webapp import render
@@ -139,3 +145,189 @@ def test_a_resumed_reply_is_rendered_at_once(monkeypatch):
     assert "<table>" in html and "<strong>more</strong>" in html
     snapshots.add(" then")
     assert snapshots.due(time.monotonic()) is None  # later renders are spaced as usual
+
+
+# Rendering cost. Speed is measured by benchmarks, never by timed assertions: these tests spy on
+# what runs (lexers, markdown-it's parser, the clock, time.sleep) instead.
+
+def _spy_parse(monkeypatch):
+    """The sizes of the texts markdown-it parses."""
+    sizes, real = [], render._MD.parse
+
+    def parse(src, env=None):
+        sizes.append(len(src))
+        return real(src, env)
+
+    monkeypatch.setattr(render._MD, "parse", parse)
+    return sizes
+
+
+def _counting_clock(monkeypatch, step):
+    """render's clock, reading `step` seconds later at each call."""
+    ticks = itertools.count()
+    monkeypatch.setattr(render, "_clock", lambda: next(ticks) * step)
+
+
+@pytest.mark.parametrize("lang", ["autoit", "yaml", "make", "perl", "console", "ini", "nosuchlang"])
+def test_code_in_a_language_outside_the_allowlist_is_never_lexed(monkeypatch, lang):
+    """Some lexers are super-linear (30,000 spaces of autoit froze a worker for a minute): code in a
+    language outside the allowlist stays plain escaped text, and no lexer runs at all."""
+    def lexing(*args, **kwargs):
+        raise AssertionError("a lexer ran")
+
+    monkeypatch.setattr(pygments.lexer.Lexer, "get_tokens", lexing)
+    for code in ("<b>x</b>\n", "<b>" + " " * 30_000 + "x\n"):
+        html = str(render.markdown(f"```{lang}\n{code}```"))
+        assert html.startswith(f'<pre><code class="language-{lang}">&lt;b&gt;')
+        assert "<span" not in html and html.count(" ") == code.count(" ") + 1  # all of it, as text
+
+
+def test_language_names_reach_pygments_only_through_the_allowlist(monkeypatch):
+    asked, real = [], render.get_lexer_by_name
+    monkeypatch.setattr(render, "get_lexer_by_name", lambda name: asked.append(name) or real(name))
+    render._lexer.cache_clear()
+    for lang in ("autoit", "YAML", "Python", "py", "c++", "JS", "sh", "rs", "../x", "python3"):
+        render.markdown(f"```{lang}\nx = 1\n```")
+    render._lexer.cache_clear()
+    assert asked and set(asked) <= set(render.LANGUAGES.values())
+
+
+@pytest.mark.parametrize("lang", ["python", "Python", "py", "js", "ts", "c++", "cs", "go", "rs", "rb",
+                                  "sh", "sql"])
+def test_allowlisted_languages_and_their_aliases_are_highlighted(lang):
+    html = str(render.markdown(f"```{lang}\nx = f(1)\n```"))
+    assert html.startswith(f'<pre><code class="language-{lang}"><span class="')
+
+
+def test_code_is_highlighted_up_to_a_size_cap_and_stays_plain_beyond_it():
+    line = "x = 1  # n\n"
+    below = line * (render.HIGHLIGHT_MAX // len(line))
+    above = below + line
+    assert '<span class="n">x</span>' in str(render.markdown(f"```python\n{below}```"))
+    html = str(render.markdown(f"```python\n{above}```"))
+    assert "<span" not in html and html.count(line) == above.count(line)
+
+
+def test_highlighting_stops_where_its_time_runs_out(monkeypatch):
+    """Allowlisted lexers can be super-linear too (Python's on lines of one space: 8,000 characters
+    take over a second): lexing stops at the deadline and the code stays plain."""
+    _counting_clock(monkeypatch, 0.01)
+    lexed, real = [], pygments.lexer.Lexer.get_tokens
+
+    def get_tokens(self, text, *args):
+        for token in real(self, text, *args):
+            lexed.append(token)
+            yield token
+
+    monkeypatch.setattr(pygments.lexer.Lexer, "get_tokens", get_tokens)
+    html = str(render.markdown("```python\n" + "x = 1\n" * 1000 + "```"))
+    assert "<span" not in html and html.count("x = 1\n") == 1000
+    assert 0 < len(lexed) < 1000  # the lexer was left early, not run to the end
+
+
+def test_a_lexers_first_use_costs_neither_the_deadline_nor_the_budget(monkeypatch):
+    """A lexer compiles its patterns on its first use in the process (Julia's take 0.18 s): that
+    one-off must not leave the code plain, nor the rest of the message unrendered."""
+    now = [0.0]
+    monkeypatch.setattr(render, "_clock", lambda: now[0])
+    real = render.get_lexer_by_name
+
+    def compiling(name):
+        now[0] += 1.0
+        return real(name)
+
+    monkeypatch.setattr(render, "get_lexer_by_name", compiling)
+    render._lexer.cache_clear()
+    html = str(render.markdown("```julia\nx = 1\n```\n\n" + "filler\n\n" * 2000 + "**last**"))
+    render._lexer.cache_clear()
+    assert html.startswith('<pre><code class="language-julia"><span') and "<strong>last</strong>" in html
+
+
+def test_a_megabyte_of_brackets_is_never_parsed_whole(monkeypatch):
+    """1 MB of `[` took markdown-it 16 s: a block longer than a chunk is shown as text instead."""
+    sizes = _spy_parse(monkeypatch)
+    text = "Intro **bold**\n\n<img src=x onerror=alert(1)>" + "[" * 1_000_000 + "\n\nOutro *em*"
+    html = str(render.markdown(text))
+    assert max(sizes) <= render.CHUNK
+    assert "<strong>bold</strong>" in html and "<em>em</em>" in html
+    assert '<p class="plain">&lt;img src=x onerror=alert(1)&gt;[[[' in html
+    assert html.count("[") == 1_000_000 and "<img" not in html
+    assert str(render.markdown("[" * 20_000)) == '<p class="plain">' + "[" * 20_000 + "</p>\n"
+
+
+def test_a_long_reply_renders_in_chunks_as_it_would_whole(monkeypatch):
+    """Split at blank lines outside code blocks, a long reply renders as it did in one piece; a
+    fence longer than a chunk, blank lines and all, is parsed whole (markdown-it reads a fence's
+    body in linear time)."""
+    section = ("## Step {n}\n\nSome **bold** text, `code` and a [link](https://example.com/{n}).\n\n"
+               "> a quote\n> on two lines\n\n- a\n- list\n\n"
+               "```python\ndef f{n}():\n    return {n}\n```\n\n")
+    fence = "```python\n" + "".join(f"def g{i}():\n\n    return {i}\n\n" for i in range(300)) + "```\n\n"
+    text = ("".join(section.format(n=n) for n in range(60)) + "Then:\n" + fence
+            + "".join(section.format(n=n) for n in range(60, 120)))
+    assert render.CHUNK < len(fence) <= render.HIGHLIGHT_MAX
+    sizes = _spy_parse(monkeypatch)
+    chunked = str(render.markdown(text))
+    assert len(sizes) > 3 and sorted(sizes)[-2] <= render.CHUNK  # only the fence is longer
+    monkeypatch.setattr(render, "CHUNK", len(text))
+    assert chunked == str(render.markdown(text))
+    assert chunked.count("<h2>") == 120 and chunked.count("<pre>") == 121
+    assert '<span class="nf">g0</span>' in chunked and '<span class="nf">g299</span>' in chunked
+
+
+def test_a_table_or_list_longer_than_a_chunk_keeps_its_rows(monkeypatch):
+    """A block with no blank line is cut at line ends; a table's pieces repeat its header."""
+    table = "| n | name |\n|---|:--|\n" + "".join(f"| {n} | item {n} |\n" for n in range(1000))
+    items = "".join(f"{n + 1}. item {n}\n" for n in range(1000))
+    sizes = _spy_parse(monkeypatch)
+    html = str(render.markdown(table + "\n" + items))
+    assert max(sizes) <= render.CHUNK
+    assert html.count('<td class="align-left">item') == 1000 and "| item" not in html
+    assert html.count("<th>n</th>") == html.count("<table>") > 1
+    assert html.count("<li>") == 1000 and '<ol start="' in html
+
+
+def test_past_the_time_budget_the_rest_is_escaped_text(monkeypatch):
+    _counting_clock(monkeypatch, 1.0)  # the first chunk "takes" a second: the budget is spent
+    text = ("**first**\n\n" + "filler text\n\n" * 1000
+            + "<script>alert(1)</script> **late** [x](javascript:alert(1))\n\n```python\nx = 1\n```")
+    html = str(render.markdown(text))
+    assert html.startswith("<p><strong>first</strong></p>")
+    assert "&lt;script&gt;alert(1)&lt;/script&gt; **late** [x](javascript:alert(1))" in html
+    assert "<strong>late</strong>" not in html and "<a" not in html and "<span" not in html
+    assert html.count("filler text") == 1000 and "```python\nx = 1\n```" in html
+
+
+def test_a_long_message_pauses_between_chunks_and_a_short_one_never(monkeypatch):
+    slept = []
+    monkeypatch.setattr(render.time, "sleep", slept.append)
+    text = "A paragraph of *prose*.\n\n" * 2000
+    render.markdown(text)
+    assert set(slept) == {render.PAUSE} and len(slept) >= len(text) // render.CHUNK - 1
+    slept.clear()
+    render.markdown("A short reply.")
+    assert slept == []
+
+
+def test_under_gevent_a_request_waiting_on_its_socket_runs_between_chunks():
+    """As under gunicorn's gevent worker (time.sleep monkey-patched): a greenlet whose socket is
+    ready runs while a long message renders, between its chunks (after gevent's sleep(0) the
+    rendering would go on at once, its loop never polling the socket)."""
+    script = textwrap.dedent("""
+        from gevent import monkey; monkey.patch_all()
+        import gevent, socket
+        from webapp import render
+        events, (a, b) = [], socket.socketpair()
+        gevent.spawn(lambda: b.recv(1) and events.append("request"))
+        gevent.sleep(0.01)  # the request waits on its socket
+        a.send(b"x")  # and can run as soon as gevent's loop polls
+        real = render._MD.render
+        render._MD.render = lambda src, env: events.append("chunk") or real(src, env)
+        render.markdown("A paragraph of *prose*.\\n\\n" * 2000)
+        print(events)
+    """)
+    root = os.path.join(os.path.dirname(__file__), "..")
+    out = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True,
+                         check=True).stdout
+    events = ast.literal_eval(out)
+    assert events.count("chunk") > 5 and 0 < events.index("request") < len(events) - 1

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from html.parser import HTMLParser
 
@@ -199,7 +200,11 @@ def test_allowlisted_languages_and_their_aliases_are_highlighted(lang):
     assert html.startswith(f'<pre><code class="language-{lang}"><span class="')
 
 
-def test_code_is_highlighted_up_to_a_size_cap_and_stays_plain_beyond_it():
+def test_code_is_highlighted_up_to_a_size_cap_and_stays_plain_beyond_it(monkeypatch):
+    # The size cap alone: 7,000 tokens near the cap must not also meet the time limit (a garbage
+    # collection in a long test run can spend it).
+    monkeypatch.setattr(render, "HIGHLIGHT_TIME", 60.0)
+    monkeypatch.setattr(render, "BUDGET", 60.0)
     line = "x = 1  # n\n"
     below = line * (render.HIGHLIGHT_MAX // len(line))
     above = below + line
@@ -299,8 +304,10 @@ def test_past_the_time_budget_the_rest_is_escaped_text(monkeypatch):
 
 
 def test_a_long_message_pauses_between_chunks_and_a_short_one_never(monkeypatch):
-    slept = []
-    monkeypatch.setattr(render.time, "sleep", slept.append)
+    slept, me, real = [], threading.get_ident(), time.sleep
+    # time.sleep is the time module's: count this thread's calls only (others may sleep meanwhile).
+    monkeypatch.setattr(render.time, "sleep",
+                        lambda seconds: slept.append(seconds) if threading.get_ident() == me else real(seconds))
     text = "A paragraph of *prose*.\n\n" * 2000
     render.markdown(text)
     assert set(slept) == {render.PAUSE} and len(slept) >= len(text) // render.CHUNK - 1

@@ -9,7 +9,6 @@ once failed about half of all first sends and Stops."""
 
 import os
 import shutil
-import signal
 import socket
 import stat
 import subprocess
@@ -20,7 +19,7 @@ import requests
 
 from tests.conftest import messages
 from tests.fake_openrouter import reply
-from tests.serving import ROOT, Browser, stop_process
+from tests.serving import ROOT, Browser, Gunicorn
 from tests.sse import events, until
 
 PORT = 8000  # run.sh's: the README's command sets no BIND
@@ -43,44 +42,34 @@ def fresh_copy(path):
     return path
 
 
-class RunSh:
-    """`./run.sh` in `copy`, with the environment the README's command gives it."""
+class RunSh(Gunicorn):
+    """`./run.sh` in `copy`, with the environment the README's command gives it (run.sh execs
+    gunicorn, so stopping it stops gunicorn's master)."""
 
     def __init__(self, copy, fake, log_path):
-        self.copy, self.log_path = copy, log_path
+        self.copy, self.log_path, self.proc = copy, log_path, None
         self.env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root"),
                     "OPENROUTER_API_KEY": fake.api_key, "OPENROUTER_BASE_URL": fake.base_url}
-        self.proc = None
 
     def start(self, timeout=120):
         with socket.socket() as probe:
             if probe.connect_ex(("127.0.0.1", PORT)) == 0:
                 pytest.fail(f"port {PORT} is in use: the README's command needs it free")
         self.log = open(self.log_path, "ab")
+        before = len(self.output())
         self.proc = subprocess.Popen(["./run.sh"], cwd=self.copy, env=self.env, stdout=self.log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+                                     stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             assert self.proc.poll() is None, self.output()
             try:
                 # Both workers up: run.sh's "Chat ready" line is logged once per worker.
-                if requests.get(URL + "/healthz", timeout=1).ok and self.output().count("Chat ready") >= 2:
+                if requests.get(URL + "/healthz", timeout=1).ok and self.output()[before:].count("Chat ready") >= 2:
                     return self
             except requests.RequestException:
                 pass
             time.sleep(0.2)
         raise AssertionError(f"./run.sh did not serve in {timeout} s: {self.output()}")
-
-    def stop(self):
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)  # run.sh execs gunicorn: the group is its master's
-        stop_process(self.proc, timeout=30)
-        if self.proc:
-            self.log.close()
-
-    def output(self):
-        with open(self.log_path, "rb") as f:
-            return f.read().decode(errors="replace")
 
 
 def fresh_browser():

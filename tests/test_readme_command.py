@@ -64,7 +64,8 @@ class RunSh(Gunicorn):
             assert self.proc.poll() is None, self.output()
             try:
                 # Both workers up: run.sh's "Chat ready" line is logged once per worker.
-                if requests.get(URL + "/healthz", timeout=1).ok and self.output()[before:].count("Chat ready") >= 2:
+                ready = self.output()[before:].count("Chat ready") >= 2
+                if ready and requests.get(URL + "/healthz", timeout=1).ok:
                     return self
             except requests.RequestException:
                 pass

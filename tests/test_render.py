@@ -263,7 +263,10 @@ def test_a_megabyte_of_brackets_is_never_parsed_whole(monkeypatch):
 def test_a_long_reply_renders_in_chunks_as_it_would_whole(monkeypatch):
     """Split at blank lines outside code blocks, a long reply renders as it did in one piece; a
     fence longer than a chunk, blank lines and all, is parsed whole (markdown-it reads a fence's
-    body in linear time)."""
+    body in linear time). Chunking alone: the time limits are lifted (one chunk of it all shares one
+    highlighting deadline, which a loaded machine can spend)."""
+    monkeypatch.setattr(render, "HIGHLIGHT_TIME", 60.0)
+    monkeypatch.setattr(render, "BUDGET", 60.0)
     section = ("## Step {n}\n\nSome **bold** text, `code` and a [link](https://example.com/{n}).\n\n"
                "> a quote\n> on two lines\n\n- a\n- list\n\n"
                "```python\ndef f{n}():\n    return {n}\n```\n\n")

@@ -102,10 +102,10 @@ def worker_exit(server, worker):
     """On a graceful stop or reload, wait (up to graceful_timeout) for the replies this worker is still
     writing, so each one is stored whole. Not left to the interpreter's join of non-daemon threads:
     under gevent a thread started from a request greenlet inherits daemon=True from its dummy thread,
-    and the process would exit under it (webapp/turns.py should pass daemon=False too)."""
+    and the process would exit under it (webapp/turns/runner.py passes daemon=False too)."""
     turns = sys.modules.get("webapp.turns")
     if turns is None:
         return
     deadline = time.monotonic() + worker.cfg.graceful_timeout
-    for relay in list(turns.LIVE.values()):
-        relay.wait(max(0.0, deadline - time.monotonic()))
+    for running in list(turns.LIVE.values()):
+        running.wait(max(0.0, deadline - time.monotonic()))

@@ -330,12 +330,13 @@
       while ((cut = buffer.indexOf("\n\n")) >= 0) {
         const block = buffer.slice(0, cut);
         buffer = buffer.slice(cut + 2);
-        let kind = "message", data = "";
+        let kind = "message", data = "", id = null;
         for (const line of block.split("\n")) {
           if (line.startsWith("event: ")) kind = line.slice(7);
           else if (line.startsWith("data: ")) data += line.slice(6);
+          else if (line.startsWith("id: ")) id = line.slice(4);
         }
-        if (data) handle(kind, JSON.parse(data));
+        if (data) handle(kind, JSON.parse(data), id);
       }
     }
   }
@@ -343,8 +344,15 @@
   // Apply one stream's events to the pending view. Resolves to true once the reply has ended.
   async function follow(response, view) {
     let ended = false;
-    await readEvents(response, function (kind, data) {
-      if (kind === "snapshot") {
+    await readEvents(response, function (kind, data, id) {
+      if (id) view.lastId = id; // a reconnect asks for what came after it
+      if (kind === "resumed" && !data.after) {
+        // The server starts this reply over: show it from its first word again.
+        view.tail = null;
+        view.raw = "";
+        view.mark = 0;
+        view.text.textContent = "";
+      } else if (kind === "started") {
         view.turn = data.turn || view.turn;
         if (data.session) { form.dataset.session = data.session; rememberSession(data.session); }
         if (data.conversation && form.dataset.conversation === "new") adopt(data.conversation, data.url, view);
@@ -453,13 +461,10 @@
     // After a reload or a dropped connection: follow the reply from the server again.
     for (let attempt = 0; attempt < 30; attempt++) {
       try {
-        const response = await fetch(conversationUrl("/turns/" + encodeURIComponent(view.turn)),
-          { headers: { Accept: "text/event-stream" } });
+        const headers = { Accept: "text/event-stream" };
+        if (view.lastId) headers["Last-Event-ID"] = view.lastId; // only what this page missed
+        const response = await fetch(conversationUrl("/turns/" + encodeURIComponent(view.turn)), { headers });
         if (!response.ok) break;
-        view.tail = null;
-        view.raw = "";
-        view.mark = 0;
-        view.text.textContent = "";
         if (await follow(response, view)) return;
       } catch (e) { /* network trouble: wait and try again */ }
       await new Promise(function (r) { setTimeout(r, 2000); });

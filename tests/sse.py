@@ -4,19 +4,24 @@ import json
 import time
 
 
-def events(response):
-    """(kind, data) pairs from an SSE response as they arrive; comment lines come as ("comment", text)."""
-    kind, data = "message", []
+def events(response, ids=None):
+    """(kind, data) pairs from an SSE response as they arrive; comment lines come as ("comment", text).
+    `ids`: a list that gets each event's id (None for an event without one), in step with the events."""
+    kind, data, event_id = "message", [], None
     for line in response.iter_lines(chunk_size=1, decode_unicode=True):
         if line.startswith(":"):
             yield "comment", line[1:].strip()
         elif line.startswith("event: "):
             kind = line[7:]
+        elif line.startswith("id: "):
+            event_id = line[4:]
         elif line.startswith("data: "):
             data.append(line[6:])
         elif line == "" and data:
+            if ids is not None:
+                ids.append(event_id)
             yield kind, json.loads("\n".join(data))
-            kind, data = "message", []
+            kind, data, event_id = "message", [], None
 
 
 def sse_events(body):

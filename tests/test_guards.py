@@ -25,7 +25,7 @@ from webapp import create_app
 from webapp.factory import startup_warnings
 from webapp.limits import limiter
 from webapp import turns
-from webapp.turns import Listeners
+from webapp.turns import Listeners, admission, runner
 from webapp.settings import from_env
 
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
@@ -723,9 +723,9 @@ def test_another_browser_can_neither_follow_nor_stop_nor_reach_a_reply(servers, 
     fake.reset()
     fake.queue(reply("A's private answer, whole", gate=gate, chunks=["A's private", " answer, whole"]))
     stream = events(start_turn(owner, server, "A's question"))
-    snapshot, _ = until("snapshot", stream)
+    started, _ = until("started", stream)
     until("delta", stream)
-    turn = snapshot["turn"]
+    turn = started["turn"]
     json_accept = {"Accept": "application/json", **CLOSE}
     try:
         for _ in range(4):  # a new connection each time: with 2 workers, both get asked
@@ -853,9 +853,9 @@ def test_running_turns_are_capped_per_process_and_the_refusal_never_hangs(capped
     for i in range(3):
         browser = Browser()
         response = start_turn(browser, capped, f"held {i}")
-        snapshot, _ = until("snapshot", events(response))
+        started, _ = until("started", events(response))
         response.close()  # the tab is gone: its turn goes on in the background
-        orphans.append((browser, snapshot["turn"]))
+        orphans.append((browser, started["turn"]))
     assert fake.wait_for_requests(3)
     late = Browser()
     late.get(capped.url + "/", timeout=10)
@@ -990,7 +990,7 @@ def test_a_reserved_place_counts_until_released_or_taken_by_its_running_turn():
         third = turns.reserve(2, "carol", 5)
         with pytest.raises(turns.Full):
             turns.reserve(2, "dave", 5)
-        relay = turns._register(None, "c", "t-reserved", slot=third)  # the turn takes its place
+        running = runner.register(None, "c", "t-reserved", slot=third)  # the turn takes its place
         with pytest.raises(turns.Full):
             turns.reserve(2, "dave", 5)
         third.release()  # already taken: changes nothing
@@ -1002,7 +1002,7 @@ def test_a_reserved_place_counts_until_released_or_taken_by_its_running_turn():
     finally:
         turns.LIVE.pop("t-reserved", None)
         second.release()
-    assert relay.owner is None and not turns._RESERVED
+    assert running.owner is None and not admission._RESERVED
 
 
 def test_the_listener_counts_cap_each_turn_and_each_session_and_free_what_leaves():

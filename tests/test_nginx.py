@@ -231,8 +231,8 @@ def test_a_reply_streams_through_nginx_on_the_pages_own_paths(proxy, fake):
     browser = Browser(proxy.url)
     browser.refresh_token()
     stream = events(start_turn(browser, "hi"))
-    snapshot, _ = until("snapshot", stream)
-    cid, turn = snapshot["conversation"], snapshot["turn"]
+    started, _ = until("started", stream)
+    cid, turn = started["conversation"], started["turn"]
     first, _ = until("delta", stream)
     assert first == "Hello" and not gate.is_set()  # nginx passed it on while the fake holds the rest
     # A reload picks the reply up where the page found it (from this worker's relay or the store)
@@ -250,8 +250,8 @@ def test_a_reply_streams_through_nginx_on_the_pages_own_paths(proxy, fake):
     second = threading.Event()
     fake.queue(reply("A second answer", gate=second, chunks=["A second", " answer"]))
     stream = events(start_turn(browser, "and again", cid=cid))
-    snapshot, _ = until("snapshot", stream)
-    assert snapshot["conversation"] == cid
+    started, _ = until("started", stream)
+    assert started["conversation"] == cid
     first, _ = until("delta", stream)
     assert first == "A second" and not second.is_set()
     second.set()
@@ -268,8 +268,8 @@ def test_nginx_logs_the_streaming_paths_without_conversation_or_turn_ids(proxy, 
     browser.refresh_token()
     before = len(proxy.access_log())
     stream = events(start_turn(browser, "log me"))
-    snapshot, _ = until("snapshot", stream)
-    cid, turn = snapshot["conversation"], snapshot["turn"]
+    started, _ = until("started", stream)
+    cid, turn = started["conversation"], started["turn"]
     until("delta", stream)
     resumed = browser.get(f"{proxy.url}/c/{cid}/turns/{turn}", stream=True, timeout=30)
     gate.set()

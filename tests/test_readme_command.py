@@ -110,8 +110,8 @@ def test_the_readme_command_answers_every_fresh_browser_and_keeps_pages_across_a
     browser = fresh_browser()
     stream = events(browser.post(URL + "/c/new/turns", data={"message": "stop me"}, stream=True,
                                  headers={"Accept": "text/event-stream"}, timeout=30))
-    snapshot, _ = until("snapshot", stream)
-    stopped = browser.post(URL + snapshot["url"] + "/stop", data={"turn": snapshot["turn"]},
+    started, _ = until("started", stream)
+    stopped = browser.post(URL + started["url"] + "/stop", data={"turn": started["turn"]},
                            headers={"Accept": "application/json"}, timeout=30)
     assert stopped.status_code == 200 and stopped.json() == {"stopped": True}, stopped.text
     done, _ = until("done", stream)

@@ -9,6 +9,7 @@ import pytest
 from cachelib.file import FileSystemCache
 
 from webapp import conversation, turns, usage
+from webapp.turns import runner
 from webapp.store import FileBackend, Store
 
 
@@ -210,9 +211,9 @@ def test_a_store_failure_mid_turn_still_ends_the_stream_with_a_message(tmp_path,
     client = Client(fake.api_key, fake.base_url, "openai/o4-mini", 100)
     turn, items, _, _ = turns.begin(store, "c", "hello")
     backend.armed = True
-    relay = turns.start(store, client, "c", turn, items)
-    events = list(relay.listen(tick=1.0))
-    assert events[-1][0] == "error" and "could not be saved" in events[-1][1]["message"]
+    running = turns.start(store, client, "c", turn, items)
+    events = list(running.relay.listen(tick=1.0))
+    assert events[-1][1] == "error" and "could not be saved" in events[-1][2]["message"]
     backend.armed = False
     assert store.load("c")["pending"]["text"] == "hello"  # still there, to be recovered
 
@@ -284,31 +285,20 @@ def test_ping_says_whether_the_file_store_is_writable(tmp_path):
         raise AssertionError("ping passed on a store whose lock directory is gone")
 
 
-def test_a_listener_that_fell_behind_gets_adjacent_deltas_as_one():
-    assert turns.coalesced([("delta", "a"), ("delta", "b"), ("alive", None), ("delta", "c"),
-                            ("delta", "d"), ("done", {})]) == [
-        ("delta", "ab"), ("alive", None), ("delta", "cd"), ("done", {})]
-    relay = turns.Relay(None, "c", "t")
-    for piece in ("one ", "two ", "three"):
-        relay.publish("delta", piece)
-    relay.publish("done", {"text": "one two three"}, final=True)
-    assert list(relay.listen()) == [("delta", "one two three"), ("done", {"text": "one two three"})]
-
-
 def test_progress_saves_are_spaced_out_when_many_replies_stream_at_once(tmp_path, monkeypatch):
     """Each save is a locked store write: with hundreds of replies streaming in one process, each is
     saved less often (never less than a heartbeat), so the process makes about 100 saves a second."""
-    assert turns.flush_interval(1) == turns.flush_interval(50) == turns.FLUSH_EVERY
-    assert turns.flush_interval(300) == pytest.approx(3.0)
-    assert turns.flush_interval(5000) == turns.HEARTBEAT
+    assert runner.flush_interval(1) == runner.flush_interval(50) == runner.FLUSH_EVERY
+    assert runner.flush_interval(300) == pytest.approx(3.0)
+    assert runner.flush_interval(5000) == runner.HEARTBEAT
     store = file_store(tmp_path)
     saves = []
-    monkeypatch.setattr(turns, "_flush", lambda *args: saves.append(args) or "running")
-    relay = turns.Relay(store, "c", "t")
-    start = relay.saved[0]
+    monkeypatch.setattr(runner, "flush", lambda *args: saves.append(args) or "running")
+    running = runner.Turn(store, "c", "t")
+    start = running.saved[0]
     for step in range(1, 31):  # 3 s of the saver's rounds, a delta in each
-        relay.state.text += "word "
-        relay.save_progress(start + step * 0.1, turns.flush_interval(300))
+        running.state.text += "word "
+        running.save_progress(start + step * 0.1, runner.flush_interval(300))
     assert len(saves) == 1  # at 3 s, not every 0.5 s
 
 

@@ -61,14 +61,14 @@ def test_stop_before_the_first_byte_settles_at_once(server, fake):
     fake.queue(hang(20))  # no status line, no headers
     browser = Browser()
     stream = events(start_turn(browser, server, "a question to take back"))
-    snapshot, _ = until("snapshot", stream)
+    started, _ = until("started", stream)
     assert fake.wait_for_requests(1)
-    started = time.monotonic()
-    stopped = browser.post(server.url + "/stop", data={"turn": snapshot["turn"]},
+    asked = time.monotonic()
+    stopped = browser.post(server.url + "/stop", data={"turn": started["turn"]},
                            headers={"Accept": "application/json"}, timeout=30)
     assert stopped.status_code == 200
     done, _ = until("done", stream)
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - asked < 5
     assert done["stopped"] and not done["kept"]
     assert wait_for(lambda: fake.disconnects == 1)  # the upstream request itself was closed
     page = browser.get(server.url + "/").text

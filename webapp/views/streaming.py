@@ -4,6 +4,7 @@ picks a reply up again after a reload; `/c/<id>/stop` stops one. The same `turns
 JS-off path. `/turns`, `/turns/<turn>` and `/stop` act on the browser's most recent conversation.
 """
 
+import itertools
 import json
 import time
 
@@ -11,6 +12,8 @@ from flask import (Blueprint, Response, current_app, redirect, render_template, 
                    stream_with_context, url_for)
 
 from .. import conversation, render, turns, usage
+from ..turns.events import (ALIVE, DELTA, DONE, ERROR, FINAL, HTML, QUEUED, REASONING, RESUMED,
+                            STARTED, TICK)
 from ..limits import per_session_and_address
 from . import common
 from .common import BadInput
@@ -22,8 +25,11 @@ HTML_EVERY = 0.3  # seconds between renders of a streaming reply's markdown, at 
 HTML_AT_MOST = 5.0  # and at the most: under any load the formatting shows within a few seconds
 
 
-def sse(kind, data=None):
-    return f"event: {kind}\ndata: {json.dumps(data)}\n\n"
+def sse(kind, data=None, event_id=None):
+    """One Server-Sent Event. With an id, a page that reconnects asks for what came after it
+    (Last-Event-ID) and gets exactly what it missed."""
+    head = f"id: {event_id}\n" if event_id is not None else ""
+    return f"{head}event: {kind}\ndata: {json.dumps(data)}\n\n"
 
 
 class _Snapshots:
@@ -38,8 +44,9 @@ class _Snapshots:
 
     last_cost = 0.0  # seconds the last render in this process took: spaces a new reply's first one
 
-    def __init__(self, live=lambda: len(turns.LIVE), at_once=False):
-        self.text, self.dirty, self.last, self.interval = "", False, None, HTML_EVERY
+    def __init__(self, live=lambda: len(turns.LIVE), at_once=False, text=""):
+        # `text`: the reply's words a resumed stream does not send again (the page has them).
+        self.text, self.dirty, self.last, self.interval = text, False, None, HTML_EVERY
         self.live, self.at_once, self.rendered = live, at_once, False
 
     def add(self, delta):
@@ -78,7 +85,7 @@ def _finished_payload(outcome_kind, data, conv):
     payload = dict(data or {})
     models_list = common.model_list()
     prices = common.prices_by_model(models_list)
-    if outcome_kind == "done":
+    if outcome_kind == DONE:
         stored_a_reply = not payload.get("stopped") or payload.get("kept")
         last = conv["items"][-1] if conv["items"] else None
         reply = stored_a_reply and last is not None and last["role"] == "assistant"
@@ -109,33 +116,34 @@ def _event_stream(events, cid, snapshots):
     begun = False
     try:
         for chunk in _relay(events, cid, snapshots):
-            begun = begun or chunk.startswith("event: snapshot")
+            begun = begun or chunk.startswith(f"event: {STARTED}")
             yield chunk
     except Exception:  # StoreError, a Redis error: nothing else can answer this stream now
         current_app.logger.exception("a turn's stream failed")
-        yield sse("error", {"message": turns.STORE_FAILED, "text": "", "kept": False,
-                            "unsent": not begun})
+        yield sse(ERROR, {"message": turns.STORE_FAILED, "text": "", "kept": False,
+                          "unsent": not begun})
 
 
 def _relay(events, cid, snapshots):
+    """(id, kind, data) events as SSE text: deltas at once, renderings when due, keep-alives."""
     last_write = time.monotonic()
-    for kind, value in events:
+    for event_id, kind, value in events:
         now = time.monotonic()
-        if kind == "delta":
+        if kind == DELTA:
             snapshots.add(value)
-            yield sse("delta", value)
+            yield sse(DELTA, value, event_id)
             last_write = now
-        elif kind == "alive":
+        elif kind == ALIVE:
             yield ": keep-alive\n\n"  # the upstream's own keep-alive, passed on
             last_write = now
-        elif kind in ("snapshot", "queued", "reasoning"):
-            yield sse(kind, value)
-        elif kind in ("done", "error"):
-            yield sse(kind, _finished_payload(kind, value, common.store().load(cid)))
+        elif kind in (STARTED, QUEUED, REASONING, RESUMED):
+            yield sse(kind, value, event_id)
+        elif kind in FINAL:
+            yield sse(kind, _finished_payload(kind, value, common.store().load(cid)), event_id)
             return
         html = snapshots.due(now)
         if html is not None:
-            yield sse("html", html)
+            yield sse(HTML, html)
             last_write = now
         elif now - last_write >= KEEPALIVE:
             yield ": keep-alive\n\n"
@@ -151,43 +159,44 @@ def _stream_response(events, cid, snapshots):
 
 
 def _start(sending, begun):
-    """Run a begun turn in the background (its reader outlives the request) and return its relay."""
+    """Run a begun turn in the background (its reader outlives the request) and return it."""
     return turns.start(common.store(), common.client(), sending.cid, begun.turn, begun.items,
                        request=begun.request, **sending.options)
 
 
-def _start_when_free(sending, begun, relay, snapshots):
-    """Events of a new turn (`relay`: already started, when `begun` is); while another reply in this
-    conversation is written, say it is queued (this send holds the conversation's one waiting place
-    until it starts, gives up or its client leaves: then no turn was begun)."""
+def _start_when_free(sending, begun, running, snapshots):
+    """(id, kind, data) events of a new turn (`running`: already started, when `begun` is); while
+    another reply in this conversation is written, say it is queued (this send holds the
+    conversation's one waiting place until it starts, gives up or its client leaves: then no turn
+    was begun)."""
     try:
         deadline = time.monotonic() + common.queue_limit()
         while begun is None:
-            yield "queued", {"message": "Waiting for the reply before this one to finish…",
-                             "waiter": sending.waiter}
+            yield None, QUEUED, {"message": "Waiting for the reply before this one to finish…",
+                                 "waiter": sending.waiter}
             time.sleep(1.0)
             try:
                 begun = sending.again()
             except turns.TooLong:
-                yield "error", {"message": conversation.CONTEXT_FULL, "text": "", "kept": False,
-                                "context": True}
+                yield None, ERROR, {"message": conversation.CONTEXT_FULL, "text": "", "kept": False,
+                                    "context": True}
                 return
             except (turns.Stale, turns.QueueFull) as refused:
-                yield "error", {"message": common.refusal_for(refused)[1], "text": "", "kept": False,
-                                "unsent": True}
+                yield None, ERROR, {"message": common.refusal_for(refused)[1], "text": "", "kept": False,
+                                    "unsent": True}
                 return
             except turns.Busy:
                 if time.monotonic() > deadline:
-                    yield "error", {"message": common.BUSY, "text": "", "kept": False, "unsent": True}
+                    yield None, ERROR, {"message": common.BUSY, "text": "", "kept": False, "unsent": True}
                     return
     finally:
         if begun is None:
             sending.release()
-    relay = relay or _start(sending, begun)
+    running = running or _start(sending, begun)
     cid = sending.cid
-    yield "snapshot", {"turn": begun.turn, "text": "", "conversation": cid,
-                       "url": url_for("chat.conversation_page", cid=cid), "session": sending.session_mark}
-    yield from relay.listen(snapshots.wait)
+    yield None, STARTED, {"turn": begun.turn, "conversation": cid,
+                          "url": url_for("chat.conversation_page", cid=cid), "session": sending.session_mark}
+    yield from running.relay.listen(tick=snapshots.wait)
 
 
 @bp.post("/turns")
@@ -210,28 +219,33 @@ def stream(cid=None):
         begun = None  # this send holds the waiting place: the stream says "queued" until it starts
     # Started before the response is returned: a client gone before the stream's first byte must not
     # leave a pending turn that nobody writes.
-    relay = _start(sending, begun) if begun else None
+    running = _start(sending, begun) if begun else None
     snapshots = _Snapshots()
-    return _stream_response(_start_when_free(sending, begun, relay, snapshots), sending.cid, snapshots)
+    return _stream_response(_start_when_free(sending, begun, running, snapshots), sending.cid, snapshots)
 
 
 @bp.get("/turns/<turn>")
 @bp.get("/c/<cid>/turns/<turn>")
 def resume(turn, cid=None):
     """Follow a reply after a reload: live from this process's relay, or from the saved progress.
-    Only a reply of one of this browser's conversations: any other id is a 404, whatever it is."""
+    Only a reply of one of this browser's conversations: any other id is a 404, whatever it is.
+    With Last-Event-ID (a page reconnecting), only the events after that one."""
     cid = common.target(cid)  # this browser's (else 404), or its most recent
-    relay = turns.LIVE.get(turn)
-    if not cid or not (relay and relay.cid == cid or _is_pending(cid, turn) or _just_ended(cid, turn)):
+    running = turns.LIVE.get(turn)
+    if not cid or not (running and running.cid == cid or _is_pending(cid, turn) or _just_ended(cid, turn)):
         return {"error": "No such reply is being written in this conversation."}, 404
     config, owner = current_app.config, common.owner()
     if not turns.LISTENERS.admit(turn, owner, config["MAX_LISTENERS_PER_TURN"],
                                  config["MAX_LISTENERS_PER_SESSION"]):
         return {"error": "Too many pages are following replies from this browser. Close some tabs, "
                          "then reload."}, 429
-    snapshots = _Snapshots(at_once=True)
-    # A relay replays from the first delta, so the listener ends up with the whole text either way.
-    events = relay.listen(snapshots.wait) if relay else _follow_store(common.store(), cid, turn)
+    # A page that reconnects says the last event it had: it gets the events after that one, when this
+    # process's relay gave it; else everything from the first (and `resumed` tells it to start over).
+    after, before = running.relay.before(request.headers.get("Last-Event-ID")) if running else (None, "")
+    snapshots = _Snapshots(at_once=True, text=before)
+    events = itertools.chain(
+        [(None, RESUMED, {"after": after})],
+        running.relay.listen(after, snapshots.wait) if running else _follow_store(common.store(), cid, turn))
     response = _stream_response(events, cid, snapshots)
     response.call_on_close(lambda: turns.LISTENERS.leave(turn, owner))  # however the stream ends
     return response
@@ -263,24 +277,24 @@ def _follow_store(store, cid, turn, every=0.3):
             last = conversation.messages(conv)
             failed = conv.get("failed")
             if failed and failed.get("stopped"):
-                yield turns.stopped_outcome(False, "")
+                yield None, *turns.stopped_outcome(False, "")
             elif failed:
-                yield "error", {"message": failed["error"], "text": "", "kept": False}
+                yield None, ERROR, {"message": failed["error"], "text": "", "kept": False}
             elif last and last[-1]["role"] == "assistant":
                 text = last[-1]["text"]
                 if text.startswith(sent) and len(text) > len(sent):
-                    yield "delta", text[len(sent):]  # the words written after the last save
-                yield "done", {"text": text, "note": last[-1]["note"], "stopped": last[-1]["stopped"],
-                               "kept": True}
+                    yield None, DELTA, text[len(sent):]  # the words written after the last save
+                yield None, DONE, {"text": text, "note": last[-1]["note"], "stopped": last[-1]["stopped"],
+                                   "kept": True}
             else:
-                yield "done", {"text": "", "note": None}
+                yield None, DONE, {"text": "", "note": None}
             return
         partial = pending.get("partial", "")
         if partial.startswith(sent) and len(partial) > len(sent):
-            yield "delta", partial[len(sent):]
+            yield None, DELTA, partial[len(sent):]
             sent = partial
         else:
-            yield "tick", None  # lets the stream send a due rendering, or a keep-alive
+            yield None, TICK, None  # lets the stream send a due rendering, or a keep-alive
         time.sleep(every)
 
 

@@ -1,0 +1,52 @@
+"""The relay: a turn's events reach every follower, from the first or from the last one it had, by id."""
+
+import threading
+
+from webapp.turns.events import ALIVE, DELTA, DONE, TICK
+from webapp.turns.relay import LocalRelay, coalesced
+
+
+def test_a_follower_that_fell_behind_gets_adjacent_deltas_as_one_with_the_last_ones_id():
+    events = [(DELTA, "a"), (DELTA, "b"), (ALIVE, None), (DELTA, "c"), (DELTA, "d"), (DONE, {})]
+    assert coalesced(events) == [("2", DELTA, "ab"), ("3", ALIVE, None), ("5", DELTA, "cd"), ("6", DONE, {})]
+    assert coalesced(events[3:], first=3) == [("5", DELTA, "cd"), ("6", DONE, {})]
+
+
+def test_a_follower_resumes_after_the_last_event_it_had_with_no_gap_and_no_repeat():
+    relay = LocalRelay()
+    for piece in ("one ", "two ", "three"):
+        relay.publish(DELTA, piece)
+    relay.publish(DONE, {"text": "one two three"}, final=True)
+    everything = list(relay.listen())
+    assert everything == [("3", DELTA, "one two three"), ("4", DONE, {"text": "one two three"})]
+    assert list(relay.listen(after="1")) == [("3", DELTA, "two three"), ("4", DONE, {"text": "one two three"})]
+    assert list(relay.listen(after="3")) == [("4", DONE, {"text": "one two three"})]
+    assert list(relay.listen(after="nonsense")) == everything  # an id it never gave: from the start
+    relay.publish(DELTA, "after the end")  # a settled turn takes nothing more
+    assert list(relay.listen()) == everything
+
+
+def test_followers_wait_for_new_events_without_polling():
+    relay = LocalRelay()
+    relay.publish(DELTA, "first")
+    seen = []
+
+    def follow():
+        for event in relay.listen(tick=30.0):  # a long tick: only a publish can wake it in time
+            seen.append(event)
+
+    follower = threading.Thread(target=follow)
+    follower.start()
+    relay.publish(DELTA, " second")
+    relay.publish(DONE, {}, final=True)
+    follower.join(5)
+    assert not follower.is_alive()
+    assert "".join(data for _, kind, data in seen if kind == DELTA) == "first second"
+    assert seen[-1] == ("3", DONE, {})
+    assert relay.wait(0)
+
+
+def test_a_quiet_relay_ticks_so_the_stream_can_send_a_keep_alive():
+    relay = LocalRelay()
+    follower = relay.listen(tick=0.01)
+    assert next(follower) == (None, TICK, None)

@@ -1,0 +1,282 @@
+"""Running a begun turn: reading the reply from upstream (streamed or whole), publishing its events on
+the turn's relay, saving its progress and heartbeat, stopping it in any phase, and settling it exactly
+once (settle.py). The JS-off form post runs a turn in its request thread (`run`); the streamed path in
+a thread that outlives the browser connection (`start`), so closing the tab never loses a reply."""
+
+import hashlib
+import logging
+import threading
+import time
+
+from .. import conversation, render
+from ..openrouter import StreamState, UpstreamError
+from . import admission, settle
+from .events import DONE, ERROR
+from .relay import LocalRelay
+
+log = logging.getLogger(__name__)
+
+TICK = 0.1  # seconds between the progress saver's rounds (it also looks for Stops from other workers)
+FLUSH_EVERY = 0.5  # seconds between saves of a streaming reply's progress (while few stream at once)
+SAVES_PER_SECOND = 100  # at most this many progress saves a second per process, unless heartbeats need more
+HEARTBEAT = 5.0  # seconds between "still alive" saves of a running turn while nothing new arrived
+STOP_WAIT = 0.35  # seconds a Stop waits for the turn's own thread before settling it itself
+
+
+class Turn:
+    """A turn running in this process: its upstream request (`state`, which can cancel it in any
+    phase), its deadline, its progress saves, and the relay its events go out on."""
+
+    def __init__(self, store, cid, turn, streaming=True, model=None, owner=None, limit=None):
+        self.store, self.cid, self.turn, self.streaming, self.model = store, cid, turn, streaming, model
+        self.owner = owner  # a hash of the session id: for per-session caps and the log line
+        self.started = time.monotonic()
+        # A total deadline: keep-alive comments reset the read timeout, so only this ends a turn
+        # that never finishes.
+        self.deadline = self.started + limit if limit else None
+        self.expired = False
+        self.stop_requested = False
+        self.state = StreamState()
+        self.saved = (time.monotonic(), "")  # (when, text) of the last progress save or heartbeat
+        self.relay = LocalRelay()
+
+    @property
+    def finished(self):
+        return self.relay.finished
+
+    def publish(self, kind, data=None, final=False):
+        self.relay.publish(kind, data, final)
+
+    def wait(self, timeout):
+        """True once the turn has ended (its final event is out), False after `timeout` seconds."""
+        return self.relay.wait(timeout)
+
+    def stop(self):
+        """Stop now, in any phase: connecting, waiting for headers, thinking or streaming."""
+        self.stop_requested = True
+        self.state.cancel()
+
+    def expire_if_late(self, now):
+        """Past the turn's deadline: cut it, as a timeout (its words so far are kept)."""
+        if self.deadline is not None and now > self.deadline and not self.finished and not self.expired:
+            self.expired = True
+            self.state.cancel()
+
+    def save_progress(self, now, every=FLUSH_EVERY):
+        """Save the text so far when it changed (at most every `every` seconds), else a heartbeat
+        every HEARTBEAT seconds, so other workers can follow the reply and see this one is alive."""
+        when, text = self.saved
+        changed = self.streaming and self.state.text != text
+        if self.finished or now - when < (every if changed else HEARTBEAT):
+            return
+        self.saved = (now, self.state.text if self.streaming else "")
+        if flush(self.store, self.cid, self.turn, self.state, self.streaming) != "running":
+            self.stop()  # stopped or settled elsewhere (another worker's Stop, a New chat)
+
+    def stop_if_asked(self):
+        """Another worker flagged a Stop (or settled the turn): stop here too."""
+        pending = self.store.load_pending(self.cid)
+        if not pending or pending["turn"] != self.turn or pending.get("stop"):
+            self.stop()
+
+
+def _whole(client, items, state, request):
+    reply = client.respond(items, state, **request)
+    state.item_id, state.text = reply.item_id, reply.text
+    yield DONE, reply
+
+
+def execute(store, client, running, items, stream=True, request=None):
+    """Read the reply of the begun turn `running` and settle it. Publishes ("delta", text),
+    ("alive", None) … and a final ("done", {...}) or ("error", {...}) on its relay. `request`: the
+    turn's request options."""
+    cid, turn, state = running.cid, running.turn, running.state
+    request = request or {}
+    events = client.stream(items, state, **request) if stream else _whole(client, items, state, request)
+    outcome = reply = None
+    try:
+        for kind, value in events:
+            if kind == DONE:
+                reply = value
+                html = render.markdown(reply.text)  # outside the conversation's lock
+                ok = settle.settle(store, cid, turn, lambda conv, pending: settle.add_reply(
+                    conv, pending, reply.item_id, reply.status, reply.text, html,
+                    note=settle.note_for(reply), model=reply.model, usage=reply.usage,
+                    reasoning=reply.reasoning))
+                outcome = (DONE, {"text": reply.text, "stored": ok,
+                                  "note": conversation.note_text(settle.note_for(reply))})
+                break
+            running.publish(kind, value)
+            if running.stop_requested:
+                break
+    except UpstreamError as error:
+        if running.expired:
+            error = UpstreamError("timeout")
+        if not running.stop_requested:
+            log_failure(error, running)
+            outcome = settle.unless_store_fails(settle.failed, store, cid, turn, state, error)
+    except Exception:
+        log.exception("turn %s failed", turn)
+        outcome = settle.unless_store_fails(settle.failed, store, cid, turn, state,
+                                            UpstreamError("bad_response"))
+    finally:
+        events.close()  # closes the upstream connection if we left early
+        if outcome is None:
+            outcome = settle.unless_store_fails(settle.stopped, store, cid, turn, state)
+        # Always end the followers' streams, whatever happened above.
+        running.publish(*outcome, final=True)
+        log_turn(running, outcome, reply if outcome[0] == DONE and not outcome[1].get("stopped") else None)
+    return outcome
+
+
+def log_turn(running, outcome, reply):
+    """One structured line per turn for the operator: who (a hash of the session id), where, what it
+    cost, how long it took and how it ended. Never message text, never the key."""
+    kind, data = outcome
+    usage = (reply.usage if reply else None) or {}
+    ended = ("stopped" if data.get("stopped") else "failed" if kind == ERROR
+             else reply.status if reply else "completed")
+    log.info("turn session=%s conversation=%s model=%s outcome=%s input_tokens=%s output_tokens=%s "
+             "cost=%s latency_ms=%d", running.owner or "-", logged_id(running.cid), running.model or "-",
+             ended, usage.get("input_tokens", "-"), usage.get("output_tokens", "-"), usage.get("cost", "-"),
+             (time.monotonic() - running.started) * 1000)
+
+
+def logged_id(cid):
+    """A conversation as the log names it: a short hash, enough to follow one conversation's turns
+    (the access log masks the id itself, which is what opens the conversation)."""
+    return hashlib.sha256(cid.encode()).hexdigest()[:12]
+
+
+def log_failure(error, running):
+    """One WARNING per failed turn for the operator: kind, HTTP status, model, turn. Never the key
+    (UpstreamError scrubs it) and never message text."""
+    extra = f" ({error.detail})" if error.kind in ("connection", "timeout") and error.detail else ""
+    log.warning("upstream failure: kind=%s status=%s model=%s turn=%s%s", error.kind,
+                error.status or "-", running.model or "-", running.turn, extra)
+
+
+def flush(store, cid, turn, state, streaming=True):
+    """Save the progress so far (for reloads, other workers and crash recovery); report a stop.
+    Only the small turn key is read and written, and a busy lock is not waited on for long: one
+    slow conversation must not hold up the heartbeats of every other turn of this process."""
+    result = "gone"
+    with store.update_pending(cid, lock_timeout=1.0) as pending:
+        if pending and pending["turn"] == turn:
+            if streaming:
+                pending.update(partial=state.text, item_id=state.item_id)
+            pending["beat"] = time.time()
+            result = "stop" if pending.get("stop") else "running"
+    return result
+
+
+def flush_interval(live):
+    """Seconds between progress saves of each of `live` streaming replies: FLUSH_EVERY while few
+    stream, spaced so the process makes at most SAVES_PER_SECOND (each is a locked store write), and
+    never longer than a heartbeat. A crash loses at most that much of a reply's words."""
+    return min(HEARTBEAT, max(FLUSH_EVERY, live / SAVES_PER_SECOND))
+
+
+def _save_progress_forever():
+    """One thread per process saves the progress and heartbeat of every turn running here, and looks
+    for Stops from other workers. Saving from a timer, not from the reading loop, means a reply that
+    pauses mid-sentence still has its last words saved, and a silent model still has a heartbeat."""
+    signal = None
+    while True:
+        time.sleep(TICK)
+        now = time.monotonic()
+        running = list(admission.LIVE.values())
+        if not running:
+            continue
+        try:
+            # One small read a round, whatever the number of turns: only a changed signal makes
+            # each turn here look at its own pending marker.
+            latest = running[0].store.stop_signal()
+            if latest != signal:
+                signal = latest
+                for one in running:
+                    one.stop_if_asked()
+        except Exception:
+            log.warning("could not check for stopped turns", exc_info=True)
+        every = flush_interval(len(running))
+        for one in running:
+            one.expire_if_late(now)
+            try:
+                one.save_progress(now, every)
+            except Exception:  # a store hiccup: the next round tries again
+                log.warning("could not save the progress of turn %s", one.turn, exc_info=True)
+
+
+_saver = None
+
+
+def register(store, cid, turn, streaming=True, model=None, owner=None, limit=None, slot=None):
+    """A `Turn` listed as running in this process, in the place `slot` reserved for it."""
+    global _saver
+    running = Turn(store, cid, turn, streaming, model, owner, limit)
+    with admission.LOCK:
+        if slot is not None:
+            slot.drop_locked()  # the running turn takes the reserved place, under the same lock
+        admission.LIVE[turn] = running
+        if _saver is None or not _saver.is_alive():  # started lazily: after gunicorn's fork
+            _saver = threading.Thread(target=_save_progress_forever, name="progress", daemon=True)
+            _saver.start()
+    return running
+
+
+def _run(store, client, running, items, stream, request):
+    try:
+        return execute(store, client, running, items, stream, request)
+    finally:
+        with admission.LOCK:
+            admission.LIVE.pop(running.turn, None)
+
+
+def run(store, client, cid, turn, items, owner=None, limit=None, request=None, slot=None):
+    """Run a begun turn in this thread with a whole (non-streamed) reply: the JS-off form post."""
+    model = (request or {}).get("model") or client.model
+    running = register(store, cid, turn, False, model, owner, limit, slot)
+    return _run(store, client, running, items, False, request)
+
+
+def start(store, client, cid, turn, items, owner=None, limit=None, request=None, slot=None):
+    """Run a begun turn, streamed, in a background thread that outlives the request; return its `Turn`
+    (its `relay` is what followers listen to)."""
+    model = (request or {}).get("model") or client.model
+    running = register(store, cid, turn, True, model, owner, limit, slot)
+    # Not a daemon, said outright (a thread started from a gevent greenlet would inherit daemon=True):
+    # on a graceful shutdown the interpreter waits for replies still being written.
+    threading.Thread(target=_run, args=(store, client, running, items, True, request),
+                     name=f"turn-{turn}", daemon=False).start()
+    return running
+
+
+def stop(store, cid, turn, wait=STOP_WAIT):
+    """Stop a turn of conversation `cid` wherever it runs, and return once it is settled (well under
+    a second); False if `turn` is not being written in `cid` (another's turn, or already finished).
+
+    Here: cancel its request (any phase) and let its thread settle it with every word it read; if
+    that thread is still stuck (a connect in progress), settle it now from what it has read.
+    Elsewhere: flag it in the store and signal the other workers, whose progress saver stops it
+    within a round; if none does in time, settle it here from the saved progress."""
+    running = admission.LIVE.get(turn)
+    if running and running.cid == cid:
+        running.stop()
+        if not running.wait(wait):
+            running.publish(*settle.unless_store_fails(settle.stopped, store, cid, turn, running.state),
+                            final=True)
+        return True
+    with store.update_pending(cid) as pending:
+        if not pending or pending["turn"] != turn:
+            return False
+        pending["stop"] = True
+    store.signal_stop()
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        pending = store.load_pending(cid)
+        if not pending or pending["turn"] != turn:
+            return True
+        time.sleep(0.05)
+    settle.settle(store, cid, turn, lambda conv, pending: settle.keep_partial(
+        conv, pending, pending.get("item_id"), pending.get("partial", ""), None, stopped=True))
+    return True

@@ -25,6 +25,6 @@ if [ $# -eq 0 ]; then
   # A full run also repeats the real-server tests (gunicorn, streaming, browser) under the worker class
   # that is not the default, so neither rots.
   echo "--- the real-server tests again with GUNICORN_WORKER_CLASS=gthread ---"
-  TEST_WORKER_CLASS=gthread .venv/bin/python -m pytest -q tests/browser tests/test_gunicorn.py \
+  TEST_WORKER_CLASS=gthread .venv/bin/python -m pytest -q tests/browser tests/test_gunicorn.py tests/test_turns_redis.py \
     tests/test_streaming.py tests/test_operations.py
 fi

@@ -2,7 +2,9 @@
 
 import os
 import re
+import subprocess
 import sys
+import time
 from html import unescape
 
 import pytest
@@ -12,7 +14,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from tests.fake_openrouter import FakeOpenRouter  # noqa: E402
-from tests.serving import Gunicorn, csrf_token_in, served_env  # noqa: E402
+from tests.serving import Gunicorn, csrf_token_in, free_port, require_program, served_env  # noqa: E402
 from webapp import create_app  # noqa: E402
 
 API_KEY = "sk-or-v1-test-0123456789abcdef"
@@ -122,3 +124,26 @@ def served(fake_server, tmp_path_factory):
     env = served_env(fake_server, path, "served-test", RATE_LIMIT_PER_ADDRESS="off")
     with Gunicorn(env, path / "gunicorn.log") as running:
         yield running
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory):
+    """A redis-server of one test module's own, on loopback (skipped, or failed in CI, when missing)."""
+    import redis
+
+    binary = require_program("redis-server", "redis-server")
+    port = free_port()
+    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no", "--dir", str(tmp_path_factory.mktemp("redis"))],
+                            stdout=subprocess.DEVNULL)
+    url = f"redis://127.0.0.1:{port}/0"
+    client = redis.Redis.from_url(url)
+    for _ in range(100):
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            time.sleep(0.05)
+    yield url
+    proc.terminate()
+    proc.wait()

@@ -18,26 +18,6 @@ from webapp.store import RedisBackend, Store, StoreError, redis_client
 pytestmark = pytest.mark.redis
 
 
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory):
-    binary = require_program("redis-server", "redis-server")
-    port = free_port()
-    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                             "--appendonly", "no", "--dir", str(tmp_path_factory.mktemp("redis"))],
-                            stdout=subprocess.DEVNULL)
-    url = f"redis://127.0.0.1:{port}/0"
-    client = redis.Redis.from_url(url)
-    for _ in range(100):
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            time.sleep(0.05)
-    yield url
-    proc.terminate()
-    proc.wait()
-
-
 def make(fake, tmp_path, url):
     app = create_app(app_config(fake, tmp_path, SESSION_TYPE="redis", REDIS_URL=url), env={})
     app.test_client_class = PageClient

@@ -7,9 +7,10 @@ from webapp.turns.relay import LocalRelay, coalesced
 
 
 def test_a_follower_that_fell_behind_gets_adjacent_deltas_as_one_with_the_last_ones_id():
-    events = [(DELTA, "a"), (DELTA, "b"), (ALIVE, None), (DELTA, "c"), (DELTA, "d"), (DONE, {})]
+    events = [("1", DELTA, "a"), ("2", DELTA, "b"), ("3", ALIVE, None), ("4", DELTA, "c"), ("5", DELTA, "d"),
+              ("6", DONE, {})]
     assert coalesced(events) == [("2", DELTA, "ab"), ("3", ALIVE, None), ("5", DELTA, "cd"), ("6", DONE, {})]
-    assert coalesced(events[3:], first=3) == [("5", DELTA, "cd"), ("6", DONE, {})]
+    assert coalesced(events[3:]) == [("5", DELTA, "cd"), ("6", DONE, {})]
 
 
 def test_a_follower_resumes_after_the_last_event_it_had_with_no_gap_and_no_repeat():
@@ -22,6 +23,8 @@ def test_a_follower_resumes_after_the_last_event_it_had_with_no_gap_and_no_repea
     assert list(relay.listen(after="1")) == [("3", DELTA, "two three"), ("4", DONE, {"text": "one two three"})]
     assert list(relay.listen(after="3")) == [("4", DONE, {"text": "one two three"})]
     assert list(relay.listen(after="nonsense")) == everything  # an id it never gave: from the start
+    assert relay.before("2") == ("2", "one two ") and relay.before("9") == (None, "")
+    assert relay.position() == ("4", "one two three")  # what a progress save records
     relay.publish(DELTA, "after the end")  # a settled turn takes nothing more
     assert list(relay.listen()) == everything
 

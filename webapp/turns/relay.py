@@ -1,55 +1,86 @@
-"""The relay: how a turn's events reach whoever follows it, from the first event or from the last
-one a follower had (each event has an id). `LocalRelay` is the in-process backend (a condition
-variable: followers in this process wait on it, nothing polls); a Redis backend carries the same
-interface across workers and hosts."""
+"""The relay: how a turn's events reach whoever follows it, from the first event or from the last one a
+follower had (each event has an id). One interface, two backends:
 
+- `LocalRelay` (the file store): the events in this process, numbered 1, 2, …; followers here wait on
+  a condition variable. A follower in another worker reads the saved progress instead.
+- `RedisRelay` (the Redis store): the same, and each event also goes to a Redis Stream (`XADD`, capped
+  with MAXLEN, expiring after the turn), whose entry ids are the events' ids. Followers in this process
+  read the events here; a follower in another worker or host reads the stream through its process's
+  one `RedisFollowing` reader (a blocking `XREAD` over every stream followed there, fanned out to a
+  `Mirror` per turn), so a thousand followers need one connection, not a thousand, and nothing polls.
+"""
+
+import json
+import logging
+import os
+import secrets
 import threading
 
 from .events import DELTA, TICK
 
+log = logging.getLogger(__name__)
+
 
 class LocalRelay:
-    """One turn's events in this process, numbered from 1. A follower replays them from any id."""
+    """One turn's events in this process, with ids. A follower replays them from any id it was given."""
 
     def __init__(self):
-        self.events = []
+        self.events = []  # (id, kind, data)
+        self._seen = {}  # id -> how many events a follower that had it has seen
+        self.text = ""  # the reply's words so far (every delta's)
         self.finished = False
         self._cond = threading.Condition()
 
     def publish(self, kind, data=None, final=False):
         """Append an event (ignored once the turn has ended: a Stop may settle it first)."""
         with self._cond:
-            if self.finished:
-                return
-            self.events.append((kind, data))
-            self.finished = final
-            self._cond.notify_all()
+            if not self.finished:
+                self._add(self._new_id(kind, data, final), kind, data, final)
 
-    def listen(self, after=None, tick=15.0):
-        """Yield (id, kind, data) for every event after id `after` (None: from the first), until the
-        final one; (None, TICK, None) after `tick` quiet seconds (a number, or a function asked
-        before each wait, so a follower can wake sooner while it has work due)."""
-        seen = _position(after, len(self.events))
-        while True:
-            with self._cond:
-                if seen == len(self.events) and not self.finished:
-                    self._cond.wait(tick() if callable(tick) else tick)
-                new, finished = self.events[seen:], self.finished
-            yield from coalesced(new, seen)
-            seen += len(new)
-            if finished and seen == len(self.events):
-                return
-            if not new:
-                yield None, TICK, None
+    def _new_id(self, kind, data, final):
+        return str(len(self.events) + 1)
+
+    def _add(self, event_id, kind, data, final):  # with the condition held
+        self.events.append((event_id, kind, data))
+        if event_id is not None:
+            self._seen[event_id] = len(self.events)
+        if kind == DELTA:
+            self.text += data
+        self.finished = final
+        self._cond.notify_all()
+
+    def position(self):
+        """(the last event's id, the reply's words up to it): what a progress save records, so a
+        follower elsewhere can start from the saved words and read on after that id."""
+        with self._cond:
+            return (self.events[-1][0] if self.events else None), self.text
 
     def before(self, after):
         """Where a follower that last had id `after` goes on: (that id, the reply's text up to it),
         or (None, "") when this relay never gave that id (the follower starts over)."""
         with self._cond:
-            seen = _position(after, len(self.events))
+            seen = self._seen.get(after, 0) if isinstance(after, str) else 0
             if not seen:
                 return None, ""
-            return str(seen), "".join(data for kind, data in self.events[:seen] if kind == DELTA)
+            return after, "".join(data for _, kind, data in self.events[:seen] if kind == DELTA)
+
+    def listen(self, after=None, tick=15.0):
+        """Yield (id, kind, data) for every event after id `after` (None or unknown: from the first),
+        until the final one; (None, TICK, None) after `tick` quiet seconds (a number, or a function
+        asked before each wait, so a follower can wake sooner while it has work due)."""
+        with self._cond:
+            seen = self._seen.get(after, 0) if isinstance(after, str) else 0
+        while True:
+            with self._cond:
+                if seen == len(self.events) and not self.finished:
+                    self._cond.wait(tick() if callable(tick) else tick)
+                new, finished = self.events[seen:], self.finished
+            yield from coalesced(new)
+            seen += len(new)
+            if finished and seen == len(self.events):
+                return
+            if not new:
+                yield None, TICK, None
 
     def wait(self, timeout):
         """True once the final event is published, False if `timeout` seconds pass first."""
@@ -57,21 +88,193 @@ class LocalRelay:
             return self._cond.wait_for(lambda: self.finished, timeout)
 
 
-def _position(after, count):
-    """How many events a follower that last had id `after` has seen (an unknown id: none)."""
-    if isinstance(after, str) and after.isdigit() and int(after) <= count:
-        return int(after)
-    return 0
-
-
-def coalesced(events, first=0):
-    """(id, kind, data) of `events`, numbered from `first` + 1, adjacent deltas as one (with the id
-    of its last part): a follower that fell behind (a busy process, a reload replaying the reply)
-    sends the same text in fewer, larger events instead of one write per token."""
+def coalesced(events):
+    """The (id, kind, data) events with adjacent deltas as one (with the id of its last part): a
+    follower that fell behind (a busy process, a reload replaying the reply) sends the same text in
+    fewer, larger events instead of one write per token."""
     merged = []
-    for number, (kind, data) in enumerate(events, first + 1):
+    for event_id, kind, data in events:
         if kind == DELTA and merged and merged[-1][1] == DELTA:
-            merged[-1] = (str(number), DELTA, merged[-1][2] + data)
+            merged[-1] = (event_id, DELTA, merged[-1][2] + data)
         else:
-            merged.append((str(number), kind, data))
+            merged.append((event_id, kind, data))
     return merged
+
+
+# --- Redis Streams ------------------------------------------------------------------------------------
+
+MAXLEN = 10_000  # events kept per stream (about: trimmed with ~); a late follower starts from the saved text
+ALIVE_FOR = 3600  # seconds a turn's stream outlives its last event (a follower may join late)
+ENDED_FOR = 300  # seconds it is kept after the final event (later followers read the stored reply)
+BLOCK_MS = 500  # one XREAD waits this long at most: less than the Redis client's 1 s socket timeout
+
+
+def _order(entry_id):
+    """A stream entry id ("1700000000000-3") as a comparable pair, or None for anything else."""
+    if isinstance(entry_id, str):
+        ms, dash, seq = entry_id.partition("-")
+        if dash and ms.isdigit() and seq.isdigit():
+            return int(ms), int(seq)
+    return None
+
+
+def stream_key(turn):
+    return f"relay:{turn}"
+
+
+def _entry(kind, data, final):
+    fields = {"k": kind, "d": json.dumps(data)}
+    if final:
+        fields["f"] = "1"
+    return fields
+
+
+def _event(entry_id, fields):
+    """(id, kind, data, final) of a stream entry as redis-py returns it (bytes)."""
+    def field(name):
+        value = fields.get(name.encode()) if name.encode() in fields else fields.get(name)
+        return value.decode() if isinstance(value, bytes) else value
+
+    event_id = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    return event_id, field("k"), json.loads(field("d") or "null"), field("f") == "1"
+
+
+class RedisRelay(LocalRelay):
+    """A `LocalRelay` whose events also go to the turn's Redis Stream, numbered by it."""
+
+    def __init__(self, client, turn):
+        super().__init__()
+        self.client, self.key = client, stream_key(turn)
+
+    def _new_id(self, kind, data, final):
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.xadd(self.key, _entry(kind, data, final), maxlen=MAXLEN, approximate=True)
+            pipe.expire(self.key, ENDED_FOR if final else ALIVE_FOR)
+            entry_id = pipe.execute()[0]
+        except Exception:  # Redis down: this process's followers still get the event (without an id)
+            log.warning("could not relay an event of %s to Redis", self.key, exc_info=True)
+            return None
+        return entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+
+
+class Mirror(LocalRelay):
+    """The events of a turn running elsewhere, as this process's `RedisFollowing` reads them from its
+    stream: from `start` (the id a progress save recorded, with the words up to it), or the first."""
+
+    def __init__(self, start=None, text=""):
+        super().__init__()
+        self.last_id = start or "0-0"  # where the reader goes on
+        if text:
+            with self._cond:
+                self._add(start, DELTA, text, False)
+
+    def before(self, after):
+        """As for any relay, once this mirror has read as far as `after` (a follower that had it
+        comes from another host, maybe ahead of this reader), or a second has passed."""
+        wanted = _order(after)
+        if wanted is not None:
+            with self._cond:
+                self._cond.wait_for(lambda: self.finished or _order(self.last_id) >= wanted, 1.0)
+        return super().before(after)
+
+    def feed(self, entries):
+        with self._cond:
+            for entry_id, fields in entries:
+                event_id, kind, data, final = _event(entry_id, fields)
+                self.last_id = event_id
+                if not self.finished:
+                    self._add(event_id, kind, data, final)
+
+
+class RedisFollowing:
+    """This process's one reader of the Redis Streams of turns followed here but running elsewhere:
+    a thread (a greenlet under gevent) blocked in one XREAD over all of them, fanning each entry out
+    to the turn's `Mirror`, on which any number of followers here wait."""
+
+    def __init__(self, client):
+        self.client = client
+        self._lock = threading.Lock()
+        self._mirrors = {}  # turn -> [Mirror, followers]
+        self._thread = None
+        # A stream of this process's own: an entry there ends the reader's wait at once, so a new
+        # follower's stream is read from the next XREAD on.
+        self._wake = f"relay-wake:{os.getpid()}:{secrets.token_hex(6)}"
+
+    def follow(self, turn, start=None, text=""):
+        """The `Mirror` of `turn` (made, and read from `start` with `text` up to it, if new here)."""
+        with self._lock:
+            found = self._mirrors.get(turn)
+            if found:
+                found[1] += 1
+                return found[0]
+            mirror = Mirror(start, text)
+            self._mirrors[turn] = [mirror, 1]
+            if self._thread is None or not self._thread.is_alive():  # started lazily: after the fork
+                self._thread = threading.Thread(target=self._read_forever, name="relay", daemon=True)
+                self._thread.start()
+        try:
+            self.client.pipeline(transaction=False).xadd(self._wake, {"w": "1"}, maxlen=10, approximate=True) \
+                .expire(self._wake, 60).execute()
+        except Exception:
+            log.warning("could not wake the relay reader", exc_info=True)  # it reads on within BLOCK_MS
+        return mirror
+
+    def leave(self, turn):
+        with self._lock:
+            found = self._mirrors.get(turn)
+            if found:
+                found[1] -= 1
+                if found[1] <= 0:
+                    del self._mirrors[turn]
+
+    def _read_forever(self):
+        woken = "$"
+        while True:
+            with self._lock:
+                wanted = {stream_key(turn): mirror.last_id for turn, (mirror, _) in self._mirrors.items()
+                          if not mirror.finished}
+            try:
+                replies = self.client.xread({self._wake: woken, **wanted}, block=BLOCK_MS, count=1000)
+            except Exception:
+                log.warning("the relay reader could not read from Redis", exc_info=True)
+                threading.Event().wait(BLOCK_MS / 1000)  # Redis down: try again shortly
+                continue
+            for key, entries in replies or ():
+                key = key.decode() if isinstance(key, bytes) else key
+                if key == self._wake:
+                    woken = _event(entries[-1][0], {})[0]
+                    continue
+                with self._lock:
+                    found = self._mirrors.get(key[len("relay:"):])
+                if found:
+                    found[0].feed(entries)
+
+
+_following = {}  # id of a Redis client -> this process's RedisFollowing for it
+_following_lock = threading.Lock()
+
+
+def for_turn(store, turn):
+    """The relay a turn's events go out on: a Redis Stream as well when the store is Redis."""
+    client = _redis_client(store)
+    return RedisRelay(client, turn) if client is not None else LocalRelay()
+
+
+def following(store):
+    """This process's reader of turns running elsewhere (Redis store), or None (file store: another
+    worker's turn is followed through its saved progress)."""
+    client = _redis_client(store)
+    if client is None:
+        return None
+    with _following_lock:
+        if id(client) not in _following:
+            _following[id(client)] = RedisFollowing(client)
+        return _following[id(client)]
+
+
+def _redis_client(store):
+    from ..store import RedisBackend  # the store module imports nothing from turns
+
+    backend = getattr(store, "backend", None)
+    return backend.client if isinstance(backend, RedisBackend) else None

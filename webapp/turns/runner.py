@@ -12,7 +12,7 @@ from .. import conversation, render
 from ..openrouter import StreamState, UpstreamError
 from . import admission, settle
 from .events import DONE, ERROR
-from .relay import LocalRelay
+from . import relay as relays
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ class Turn:
         self.stop_requested = False
         self.state = StreamState()
         self.saved = (time.monotonic(), "")  # (when, text) of the last progress save or heartbeat
-        self.relay = LocalRelay()
+        self.relay = relays.for_turn(store, turn)
 
     @property
     def finished(self):
@@ -70,7 +70,7 @@ class Turn:
         if self.finished or now - when < (every if changed else HEARTBEAT):
             return
         self.saved = (now, self.state.text if self.streaming else "")
-        if flush(self.store, self.cid, self.turn, self.state, self.streaming) != "running":
+        if flush(self) != "running":
             self.stop()  # stopped or settled elsewhere (another worker's Stop, a New chat)
 
     def stop_if_asked(self):
@@ -156,15 +156,18 @@ def log_failure(error, running):
                 error.status or "-", running.model or "-", running.turn, extra)
 
 
-def flush(store, cid, turn, state, streaming=True):
+def flush(running):
     """Save the progress so far (for reloads, other workers and crash recovery); report a stop.
-    Only the small turn key is read and written, and a busy lock is not waited on for long: one
-    slow conversation must not hold up the heartbeats of every other turn of this process."""
+    With the words, the id of the relay's event they end at: a follower elsewhere starts from them
+    and reads the relay on from there (a capped stream no longer holds the start). Only the small
+    turn key is read and written, and a busy lock is not waited on for long: one slow conversation
+    must not hold up the heartbeats of every other turn of this process."""
     result = "gone"
-    with store.update_pending(cid, lock_timeout=1.0) as pending:
-        if pending and pending["turn"] == turn:
-            if streaming:
-                pending.update(partial=state.text, item_id=state.item_id)
+    with running.store.update_pending(running.cid, lock_timeout=1.0) as pending:
+        if pending and pending["turn"] == running.turn:
+            if running.streaming:
+                event_id, text = running.relay.position()
+                pending.update(partial=text, item_id=running.state.item_id, event_id=event_id)
             pending["beat"] = time.time()
             result = "stop" if pending.get("stop") else "running"
     return result

@@ -12,6 +12,7 @@ from flask import (Blueprint, Response, current_app, redirect, render_template, 
                    stream_with_context, url_for)
 
 from .. import conversation, render, turns, usage
+from ..turns import relay as relays
 from ..turns.events import (ALIVE, DELTA, DONE, ERROR, FINAL, HTML, QUEUED, REASONING, RESUMED,
                             STARTED, TICK)
 from ..limits import per_session_and_address
@@ -234,20 +235,36 @@ def resume(turn, cid=None):
     running = turns.LIVE.get(turn)
     if not cid or not (running and running.cid == cid or _is_pending(cid, turn) or _just_ended(cid, turn)):
         return {"error": "No such reply is being written in this conversation."}, 404
-    config, owner = current_app.config, common.owner()
+    config, owner, store = current_app.config, common.owner(), common.store()
     if not turns.LISTENERS.admit(turn, owner, config["MAX_LISTENERS_PER_TURN"],
                                  config["MAX_LISTENERS_PER_SESSION"]):
         return {"error": "Too many pages are following replies from this browser. Close some tabs, "
                          "then reload."}, 429
-    # A page that reconnects says the last event it had: it gets the events after that one, when this
-    # process's relay gave it; else everything from the first (and `resumed` tells it to start over).
-    after, before = running.relay.before(request.headers.get("Last-Event-ID")) if running else (None, "")
+    # Where the turn's events come from: its relay here; with Redis, its stream, whichever worker or
+    # host runs it (read from the progress saved last); with the file store, the saved progress.
+    following = None if running else relays.following(store)
+    pending = store.load_pending(cid) if following else None
+    if running:
+        source = running.relay
+    elif pending and pending["turn"] == turn:
+        start = pending.get("event_id")
+        source = following.follow(turn, start, pending.get("partial", "") if start else "")
+    else:
+        source = following = None
+    # A page that reconnects says the last event it had: it gets the events after that one, when the
+    # relay has it; else everything from the first (and `resumed` tells it to start over).
+    after, before = source.before(request.headers.get("Last-Event-ID")) if source else (None, "")
     snapshots = _Snapshots(at_once=True, text=before)
-    events = itertools.chain(
-        [(None, RESUMED, {"after": after})],
-        running.relay.listen(after, snapshots.wait) if running else _follow_store(common.store(), cid, turn))
-    response = _stream_response(events, cid, snapshots)
+    if running:
+        events = source.listen(after, snapshots.wait)
+    elif source:
+        events = _follow_elsewhere(store, cid, turn, source, after, snapshots.wait)
+    else:
+        events = _follow_store(store, cid, turn)
+    response = _stream_response(itertools.chain([(None, RESUMED, {"after": after})], events), cid, snapshots)
     response.call_on_close(lambda: turns.LISTENERS.leave(turn, owner))  # however the stream ends
+    if source is not None and following is not None:
+        response.call_on_close(lambda: following.leave(turn))
     return response
 
 
@@ -262,32 +279,58 @@ def _is_pending(cid, turn):
     return bool(pending and pending["turn"] == turn)
 
 
+def _still_running(store, cid, turn):
+    """The turn's pending marker, or None once it has ended (a turn whose worker died is settled
+    here, its text kept)."""
+    pending = store.load_pending(cid)
+    if pending and pending["turn"] == turn and turns.is_stale(pending, time.time()):
+        turns.current(store, cid)
+        pending = store.load_pending(cid)
+    return pending if pending and pending["turn"] == turn else None
+
+
+def _ending(store, cid, sent):
+    """The end of a turn, from the stored conversation: the words after `sent`, then its outcome."""
+    conv = store.load(cid)
+    last = conversation.messages(conv)
+    failed = conv.get("failed")
+    if failed and failed.get("stopped"):
+        yield None, *turns.stopped_outcome(False, "")
+    elif failed:
+        yield None, ERROR, {"message": failed["error"], "text": "", "kept": False}
+    elif last and last[-1]["role"] == "assistant":
+        text = last[-1]["text"]
+        if text.startswith(sent) and len(text) > len(sent):
+            yield None, DELTA, text[len(sent):]  # the words written after the last save
+        yield None, DONE, {"text": text, "note": last[-1]["note"], "stopped": last[-1]["stopped"],
+                           "kept": True}
+    else:
+        yield None, DONE, {"text": "", "note": None}
+
+
+def _follow_elsewhere(store, cid, turn, mirror, after, tick, check_every=2.0):
+    """A turn running on another worker or host, live from its Redis Stream. While it is quiet, its
+    marker is looked at now and then: a turn that ended without its final event reaching the stream
+    (its worker died, a Stop settled it from elsewhere) ends here from the store."""
+    looked = time.monotonic()
+    for event in mirror.listen(after, tick):
+        yield event
+        if event[1] == TICK and time.monotonic() - looked >= check_every:
+            looked = time.monotonic()
+            if _still_running(store, cid, turn) is None:
+                yield from _ending(store, cid, mirror.text)
+                return
+
+
 def _follow_store(store, cid, turn, every=0.3):
-    """Progress saved by another worker: send what was added since the last look, until it ends.
-    Each look reads only the small turn key; a turn whose worker died is settled, not followed
-    forever."""
+    """Progress saved by another worker (file store): send what was added since the last look, until
+    it ends. Each look reads only the small turn key; a turn whose worker died is settled, not
+    followed forever."""
     sent = ""
     while True:
-        pending = store.load_pending(cid)
-        if pending and pending["turn"] == turn and turns.is_stale(pending, time.time()):
-            turns.current(store, cid)  # settles it, its text kept
-            pending = store.load_pending(cid)
-        if not pending or pending["turn"] != turn:
-            conv = store.load(cid)
-            last = conversation.messages(conv)
-            failed = conv.get("failed")
-            if failed and failed.get("stopped"):
-                yield None, *turns.stopped_outcome(False, "")
-            elif failed:
-                yield None, ERROR, {"message": failed["error"], "text": "", "kept": False}
-            elif last and last[-1]["role"] == "assistant":
-                text = last[-1]["text"]
-                if text.startswith(sent) and len(text) > len(sent):
-                    yield None, DELTA, text[len(sent):]  # the words written after the last save
-                yield None, DONE, {"text": text, "note": last[-1]["note"], "stopped": last[-1]["stopped"],
-                                   "kept": True}
-            else:
-                yield None, DONE, {"text": "", "note": None}
+        pending = _still_running(store, cid, turn)
+        if pending is None:
+            yield from _ending(store, cid, sent)
             return
         partial = pending.get("partial", "")
         if partial.startswith(sent) and len(partial) > len(sent):

@@ -137,7 +137,7 @@ PARTS = [  # (label, module path, attribute path): wrapped with a timer, inclusi
     ("  FileBackend.set (pickle, temp file, rename)", "webapp.store", "FileBackend.set"),
     ("  the browser's list (Store.conversations)", "webapp.store", "Store.conversations"),
     ("  render.markdown (the reply, at settle)", "webapp.render", "markdown"),
-    ("  render_template('chat.html')", "webapp.views.common", "render_template"),
+    ("  render_template('chat.html')", "webapp.views.wiring", "render_template"),
     ("  usage.turn_usage (every reply's cost line)", "webapp.usage", "turn_usage"),
     ("  usage.budget (the context meter)", "webapp.usage", "budget"),
     ("  usage.totals", "webapp.usage", "totals"),

@@ -15,6 +15,7 @@ from werkzeug.security import safe_join
 
 from . import access, guards, limits, ops, secret_key, sessions, settings
 from .catalogue import Catalogue
+from .offers import Offers
 from .openrouter import Client
 from .store import FileBackend, RedisBackend, Store, StoreError, redis_client
 
@@ -106,8 +107,11 @@ def create_app(overrides=None, env=None):
         hops = app.config["TRUSTED_PROXIES"]
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)
 
-    # The model list from OpenRouter's /models, fetched at most every few minutes per process.
+    # The model list from OpenRouter's /models, fetched at most every few minutes per process, and
+    # the models on offer from it (ALLOWED_MODELS), worked out once per fetch.
     app.extensions["catalogue"] = Catalogue(app.extensions["openrouter"].models)
+    app.extensions["offers"] = Offers(app.extensions["catalogue"], app.config,
+                                      lambda groups: render_template("_models.html", groups=groups))
 
     from . import purge, views
 

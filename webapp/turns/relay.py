@@ -229,17 +229,22 @@ class RedisFollowing:
                     del self._mirrors[turn]
 
     def _read_forever(self):
-        woken = "$"
+        woken, failing = "$", False
         while True:
             with self._lock:
                 wanted = {stream_key(turn): mirror.last_id for turn, (mirror, _) in self._mirrors.items()
                           if not mirror.finished}
             try:
                 replies = self.client.xread({self._wake: woken, **wanted}, block=BLOCK_MS, count=1000)
-            except Exception:
-                log.warning("the relay reader could not read from Redis", exc_info=True)
+            except Exception as exc:
+                if not failing:  # once an outage, not every half second of it
+                    log.warning("the relay reader cannot read from Redis: %s", exc)
+                failing = True
                 threading.Event().wait(BLOCK_MS / 1000)  # Redis down: try again shortly
                 continue
+            if failing:
+                log.warning("the relay reader reads from Redis again")
+                failing = False
             for key, entries in replies or ():
                 key = key.decode() if isinstance(key, bytes) else key
                 if key == self._wake:

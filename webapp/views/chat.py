@@ -8,14 +8,13 @@ to their own. `POST /` sends to the most recent conversation (for clients withou
 
 from flask import Blueprint, current_app, redirect, request, session, url_for
 
-from .. import sessions, turns
+from .. import page, sending, sessions, turns
 from ..limits import per_session_and_address
-from . import common
-from .common import BadInput
+from . import wiring
 
 bp = Blueprint("chat", __name__)
-bp.add_app_template_filter(common.isotime, "isotime")
-bp.add_app_template_filter(common.clock, "clock")
+bp.add_app_template_filter(page.isotime, "isotime")
+bp.add_app_template_filter(page.clock, "clock")
 
 
 @bp.before_app_request
@@ -31,9 +30,9 @@ def keep_session_alive():
 
 @bp.get("/")
 def index():
-    entries = common.listed()
+    entries = wiring.browser().listed()
     if not entries:
-        return common.render_chat(None, common.current(None), entries=entries)
+        return wiring.render_chat(None, wiring.current(None), entries=entries)
     return conversation_page(entries[0]["id"], entries)
 
 
@@ -41,7 +40,8 @@ def index():
 def models():
     """The models on offer for static/app.js, asked when the picker is first used (not part of every
     page): `{"models": {id: {"context": tokens or null, "params": "max_tokens temperature"}}}`."""
-    response = current_app.json.response({"models": common.offer(common.model_list()).page_models})
+    offers = wiring.offers()
+    response = current_app.json.response({"models": offers.offer(offers.models()).page_models})
     response.cache_control.private = True
     response.cache_control.max_age = 300  # the catalogue itself is fetched every 5 minutes
     return response
@@ -50,18 +50,19 @@ def models():
 @bp.get("/new")
 def blank():
     """An empty conversation, on `?model=` when that model is offered (New chat keeps the last one)."""
-    conv = common.current(None)
-    model = request.args.get("model", "")
-    if model and model in common.offered(common.model_list()):
+    conv = wiring.current(None)
+    model, offers = request.args.get("model", ""), wiring.offers()
+    if model and model in offers.offered(offers.models()):
         conv["settings"] = {"model": model}
-    return common.render_chat(None, conv)
+    return wiring.render_chat(None, conv)
 
 
 @bp.get("/c/<cid>")
 def conversation_page(cid, entries=None):
-    entries = common.listed() if entries is None else entries
-    common.owned(cid, entries)
-    return common.render_chat(cid, common.current(cid), editing=request.args.get("edit") == "1",
+    me = wiring.browser()
+    entries = me.listed() if entries is None else entries
+    me.owned(cid, entries)
+    return wiring.render_chat(cid, wiring.current(cid), editing=request.args.get("edit") == "1",
                               entries=entries)
 
 
@@ -76,35 +77,37 @@ def favicon():
 @per_session_and_address
 def send(cid=None):
     """One JS-off turn: read the form, begin, wait for the whole reply, then show the page again."""
-    cid = common.target(cid)
+    me = wiring.browser()
+    cid = me.target(cid)
     draft = request.form.get("message", "")
     try:
-        sending = common.Send(cid)
-    except BadInput as bad:
+        send_ = wiring.send(cid, me)
+    except sending.BadInput as bad:
         kind = "hint" if bad.status == 400 else "error"
-        return common.render_chat(cid, common.current(cid), draft=draft, status=bad.status,
+        return wiring.render_chat(cid, wiring.current(cid), draft=draft, status=bad.status,
                                   **{kind: bad.message})
     try:
-        begun = sending.begin(common.QUEUE_WAIT)
+        begun = send_.begin(sending.QUEUE_WAIT)
     except turns.TooLong:
-        return redirect(url_for("chat.conversation_page", cid=sending.cid, _anchor="message"), code=303)
+        return redirect(url_for("chat.conversation_page", cid=send_.cid, _anchor="message"), code=303)
     except (turns.Busy, turns.Stale, turns.Full) as refused:
         if isinstance(refused, turns.Busy) and not isinstance(refused, turns.QueueFull):
-            sending.release()
-        status, message = common.refusal_for(refused)
-        return common.render_chat(sending.cid, common.current(sending.cid), draft=draft, status=status,
+            send_.release()
+        status, message = sending.refusal_for(refused)
+        return wiring.render_chat(send_.cid, wiring.current(send_.cid), draft=draft, status=status,
                                   error=message)
-    turns.run(common.store(), common.client(), sending.cid, begun.turn, begun.items,
-              request=begun.request, **sending.options)
-    return redirect(url_for("chat.conversation_page", cid=sending.cid, _anchor="latest"), code=303)
+    turns.run(wiring.store(), wiring.client(), send_.cid, begun.turn, begun.items,
+              request=begun.request, **send_.options)
+    return redirect(url_for("chat.conversation_page", cid=send_.cid, _anchor="latest"), code=303)
 
 
 @bp.post("/edit")
 @bp.post("/c/<cid>/edit")
 def edit(cid=None):
     """JS-off Edit: show the last message in the box; sending it replaces the last turn."""
-    cid = cid or common.latest()
-    common.owned(cid)
+    me = wiring.browser()
+    cid = cid or me.latest()
+    me.owned(cid)
     return redirect(url_for("chat.conversation_page", cid=cid, edit="1", _anchor="message"), code=303)
 
 
@@ -112,8 +115,9 @@ def edit(cid=None):
 @bp.post("/c/<cid>/edit/cancel")
 def cancel_edit(cid=None):
     """JS-off Cancel while editing: back to the conversation, nothing replaced."""
-    cid = cid or common.latest()
+    me = wiring.browser()
+    cid = cid or me.latest()
     if cid is None:
         return redirect(url_for("chat.index"), code=303)
-    common.owned(cid)
+    me.owned(cid)
     return redirect(url_for("chat.conversation_page", cid=cid, _anchor="latest"), code=303)

@@ -11,13 +11,12 @@ import time
 from flask import (Blueprint, Response, current_app, redirect, render_template, request,
                    stream_with_context, url_for)
 
-from .. import conversation, render, turns, usage
+from .. import conversation, page, render, sending as sending_, turns
 from ..turns import relay as relays
 from ..turns.events import (ALIVE, DELTA, DONE, ERROR, FINAL, HTML, QUEUED, REASONING, RESUMED,
                             STARTED, TICK)
 from ..limits import per_session_and_address
-from . import common
-from .common import BadInput
+from . import wiring
 
 bp = Blueprint("streaming", __name__)
 
@@ -80,32 +79,10 @@ class _Snapshots:
         return min(HTML_AT_MOST, max(HTML_EVERY, 10 * max(1, self.live()) * cost))
 
 
-def _finished_payload(outcome_kind, data, conv):
-    """What the browser needs when a reply ends: its sanitised HTML, who wrote it when, what it used,
-    the reply an edit or regenerate would now replace, and the history size to check."""
-    payload = dict(data or {})
-    models_list = common.model_list()
-    prices = common.prices_by_model(models_list)
-    if outcome_kind == DONE:
-        stored_a_reply = not payload.get("stopped") or payload.get("kept")
-        last = conv["items"][-1] if conv["items"] else None
-        reply = stored_a_reply and last is not None and last["role"] == "assistant"
-        text = payload.get("text", "")
-        meta = conv["meta"][-1] if reply else {}
-        if reply and conversation.item_text(last) == text:
-            payload["html"] = str(render.stored(meta, text))  # rendered when it settled
-        else:
-            payload["html"] = str(render.markdown(text))
-        if reply:
-            payload.update(model=meta.get("model"), at=meta.get("at"),
-                           usage=usage.turn_usage(meta, prices.get(meta.get("model")))["text"],
-                           reasoning=meta.get("reasoning"))
-    payload["count"] = len(conv["items"])
-    payload["last_reply"] = conversation.last_reply_id(conv)
-    payload["total"] = usage.totals(conv, prices)["text"]
-    budget = common.budget_of(conv, models_list)
-    payload["budget"] = {"used": budget["used"], "limit": budget["limit"], "text": budget["text"]}
-    return payload
+def _finished(kind, data, cid):
+    """The final event's payload, from the stored conversation (page.finished)."""
+    offers = wiring.offers()
+    return page.finished(kind, data, wiring.store().load(cid), offers, current_app.config)
 
 
 def _event_stream(events, cid, snapshots):
@@ -140,7 +117,7 @@ def _relay(events, cid, snapshots):
         elif kind in (STARTED, QUEUED, REASONING, RESUMED):
             yield sse(kind, value, event_id)
         elif kind in FINAL:
-            yield sse(kind, _finished_payload(kind, value, common.store().load(cid)), event_id)
+            yield sse(kind, _finished(kind, value, cid), event_id)
             return
         html = snapshots.due(now)
         if html is not None:
@@ -161,7 +138,7 @@ def _stream_response(events, cid, snapshots):
 
 def _start(sending, begun):
     """Run a begun turn in the background (its reader outlives the request) and return it."""
-    return turns.start(common.store(), common.client(), sending.cid, begun.turn, begun.items,
+    return turns.start(wiring.store(), wiring.client(), sending.cid, begun.turn, begun.items,
                        request=begun.request, **sending.options)
 
 
@@ -171,7 +148,7 @@ def _start_when_free(sending, begun, running, snapshots):
     conversation's one waiting place until it starts, gives up or its client leaves: then no turn
     was begun)."""
     try:
-        deadline = time.monotonic() + common.queue_limit()
+        deadline = time.monotonic() + sending_.queue_limit(current_app.config)
         while begun is None:
             yield None, QUEUED, {"message": "Waiting for the reply before this one to finish…",
                                  "waiter": sending.waiter}
@@ -183,12 +160,12 @@ def _start_when_free(sending, begun, running, snapshots):
                                     "context": True}
                 return
             except (turns.Stale, turns.QueueFull) as refused:
-                yield None, ERROR, {"message": common.refusal_for(refused)[1], "text": "", "kept": False,
+                yield None, ERROR, {"message": sending_.refusal_for(refused)[1], "text": "", "kept": False,
                                     "unsent": True}
                 return
             except turns.Busy:
                 if time.monotonic() > deadline:
-                    yield None, ERROR, {"message": common.BUSY, "text": "", "kept": False, "unsent": True}
+                    yield None, ERROR, {"message": sending_.BUSY, "text": "", "kept": False, "unsent": True}
                     return
     finally:
         if begun is None:
@@ -204,9 +181,10 @@ def _start_when_free(sending, begun, running, snapshots):
 @bp.post("/c/<cid>/turns")
 @per_session_and_address
 def stream(cid=None):
+    me = wiring.browser()
     try:
-        sending = common.Send(common.target(cid))
-    except BadInput as bad:
+        sending = wiring.send(me.target(cid), me)
+    except sending_.BadInput as bad:
         return {"error": bad.message}, bad.status
     try:
         begun = sending.begin(0)
@@ -214,7 +192,7 @@ def stream(cid=None):
         return {"error": conversation.CONTEXT_FULL, "context": True,
                 "url": url_for("chat.conversation_page", cid=sending.cid)}, 400
     except (turns.Stale, turns.QueueFull, turns.Full) as refused:
-        status, message = common.refusal_for(refused)
+        status, message = sending_.refusal_for(refused)
         return {"error": message}, status
     except turns.Busy:
         begun = None  # this send holds the waiting place: the stream says "queued" until it starts
@@ -231,11 +209,12 @@ def resume(turn, cid=None):
     """Follow a reply after a reload: live from this process's relay, or from the saved progress.
     Only a reply of one of this browser's conversations: any other id is a 404, whatever it is.
     With Last-Event-ID (a page reconnecting), only the events after that one."""
-    cid = common.target(cid)  # this browser's (else 404), or its most recent
+    me = wiring.browser()
+    cid = me.target(cid)  # this browser's (else 404), or its most recent
     running = turns.LIVE.get(turn)
     if not cid or not (running and running.cid == cid or _is_pending(cid, turn) or _just_ended(cid, turn)):
         return {"error": "No such reply is being written in this conversation."}, 404
-    config, owner, store = current_app.config, common.owner(), common.store()
+    config, owner, store = current_app.config, me.owner(), wiring.store()
     if not turns.LISTENERS.admit(turn, owner, config["MAX_LISTENERS_PER_TURN"],
                                  config["MAX_LISTENERS_PER_SESSION"]):
         return {"error": "Too many pages are following replies from this browser. Close some tabs, "
@@ -271,11 +250,11 @@ def resume(turn, cid=None):
 def _just_ended(cid, turn):
     # A page that rendered the turn as still being written asks for it just after it ended: answer
     # with its ending (from the store) rather than a 404.
-    return common.store().load(cid).get("last_turn") == turn
+    return wiring.store().load(cid).get("last_turn") == turn
 
 
 def _is_pending(cid, turn):
-    pending = common.store().load_pending(cid)
+    pending = wiring.store().load_pending(cid)
     return bool(pending and pending["turn"] == turn)
 
 
@@ -344,14 +323,14 @@ def _follow_store(store, cid, turn, every=0.3):
 @bp.post("/stop")
 @bp.post("/c/<cid>/stop")
 def stop(cid=None):
-    cid = common.target(cid)  # this browser's (else 404), or its most recent
+    cid, store = wiring.browser().target(cid), wiring.store()  # this browser's (else 404), or its latest
     waiter = request.form.get("waiter")
     if cid and waiter and not request.form.get("turn"):  # a send still waiting: it never starts
-        turns.cancel_waiter(common.store(), cid, waiter)
+        turns.cancel_waiter(store, cid, waiter)
         return {"stopped": True}
-    pending = common.store().load_pending(cid) if cid else None
+    pending = store.load_pending(cid) if cid else None
     turn = request.form.get("turn") or (pending and pending["turn"])
-    if not (cid and turn and turns.stop(common.store(), cid, turn)):
+    if not (cid and turn and turns.stop(store, cid, turn)):
         # Not a reply being written in this browser's conversation: someone else's, or finished.
         message = "There is no reply being written here to stop (it may have just finished)."
         if request.accept_mimetypes.best == "application/json":

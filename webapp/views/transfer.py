@@ -8,7 +8,8 @@ from flask import Blueprint, Response, current_app, redirect, render_template, r
 
 from .. import conversation, exchange, render
 from ..limits import per_session_and_address
-from . import common
+from ..ownership import new_id
+from . import wiring
 from .conversations import title_of
 
 bp = Blueprint("transfer", __name__)
@@ -20,6 +21,11 @@ def _filename(title, ext):
     return f"{stem}.{ext}"
 
 
+def _prices():
+    offers = wiring.offers()
+    return offers.offer(offers.models()).prices
+
+
 def _download(body, content_type, filename):
     # content_type, not mimetype: Flask would append its own charset to a text/ mimetype.
     response = Response(body, content_type=content_type)
@@ -29,20 +35,20 @@ def _download(body, content_type, filename):
 
 @bp.get("/c/<cid>/export.md")
 def export_markdown(cid):
-    common.owned(cid)
-    conv = common.current(cid)
-    title = title_of(cid, conv)
-    prices = common.prices_by_model(common.model_list())
+    entry = wiring.browser().owned(cid)  # 404 unless this browser's, before anything is read
+    conv = wiring.current(cid)
+    title = title_of(entry, conv)
+    prices = _prices()
     return _download(exchange.to_markdown(conv, title, prices), "text/markdown; charset=utf-8",
                      _filename(title, "md"))
 
 
 @bp.get("/c/<cid>/export.json")
 def export_json(cid):
-    common.owned(cid)
-    conv = common.current(cid)
-    title = title_of(cid, conv)
-    prices = common.prices_by_model(common.model_list())
+    entry = wiring.browser().owned(cid)  # 404 unless this browser's, before anything is read
+    conv = wiring.current(cid)
+    title = title_of(entry, conv)
+    prices = _prices()
     body = json.dumps(exchange.to_json(conv, title, prices), ensure_ascii=False, indent=1)
     return _download(body, "application/json", _filename(title, "json"))
 
@@ -61,20 +67,22 @@ def import_conversation():
                                    config["MAX_CONTENT_LENGTH"], max_chars=config["MAX_MESSAGE_CHARS"])
     except exchange.ImportProblem as problem:
         return render_template("import.html", error=f"That file cannot be imported: {problem}"), 400
-    if conv["settings"].get("model") not in common.offered(common.model_list()):
+    offers = wiring.offers()
+    if conv["settings"].get("model") not in offers.offered(offers.models()):
         conv["settings"]["model"] = None  # not offered here: the default model answers it
     for item, meta in zip(conv["items"], conv["meta"]):
         if item["role"] == "assistant":  # rendered once, now, like every reply that settles here
             meta.update(html=str(render.markdown(conversation.item_text(item))), rv=render.VERSION)
-    common.browser(create=True)
-    cid = common.new_id()
+    me = wiring.browser()
+    me.id(create=True)
+    cid = new_id()
     title = conv.pop("title", None)
-    # Cut to leave room for the mark: the list keeps conversation.TITLE_CHARS of it (common.touch).
+    # Cut to leave room for the mark: the list keeps conversation.TITLE_CHARS of it (Browser.touch).
     title = (conversation.short_title(title, conversation.TITLE_CHARS - len(IMPORTED)) + IMPORTED
              if title else "Imported conversation")
-    store = common.store()
+    store = wiring.store()
     with store.update(cid) as stored:
         stored.update(conv)
         stored["rev"] = stored.get("rev", 0) + 1
-    common.touch(cid, title)  # listed only once stored
+    me.touch(cid, title)  # listed only once stored
     return redirect(url_for("chat.conversation_page", cid=cid), code=303)

@@ -1,0 +1,151 @@
+"""Assembling a conversation's page: what the chat template shows (`chat`), and what the page's script
+is told when a streamed reply ends (`finished`), from the stored conversation, the browser's list
+and the models on offer. Plain: no Flask; the message macro that renders one message
+(`article`) is given to it, and the view renders the template with what `chat` returns.
+
+Settled replies carry the HTML rendered when they settled (render.stored); messages before a
+conversation's last turn never change, so each process keeps their rendered HTML (`earlier`).
+"""
+
+import threading
+from collections import OrderedDict
+from datetime import datetime, timezone
+
+from markupsafe import Markup
+
+from . import catalogue, conversation, render, usage
+from .openrouter import REASONING_EFFORTS as EFFORTS
+from .turns.events import DONE
+
+
+def isotime(epoch):
+    return datetime.fromtimestamp(epoch, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def clock(epoch):
+    # UTC on the server; static/app.js rewrites it in the reader's own time zone.
+    return datetime.fromtimestamp(epoch, timezone.utc).strftime("%H:%M UTC")
+
+
+def budget_of(conv, offer, model_of, default_max, draft=""):
+    """How full the conversation's model context is (for the meter), with `draft` as the next message."""
+    settings = conv.get("settings") or {}
+    model = offer.by_id.get(model_of(conv))
+    return usage.budget(catalogue.context_length(model) if model else None,
+                        conversation.sent_history(conv), settings.get("instructions") or "", draft or "",
+                        settings.get("max_output_tokens") or default_max)
+
+
+# Messages before a conversation's last turn never change once settled (an edit or a regenerate
+# replaces only the last turn): each process keeps their rendered HTML, so a page view renders the
+# last turn and the messages added since the last view, whatever the history's length. Per
+# conversation: (how many messages, dropped, renderer version, html); the least recently used go.
+_EARLIER = OrderedDict()
+_EARLIER_LOCK = threading.Lock()
+EARLIER_KEPT = 256  # conversations per process
+
+
+def with_html(shown, metas, prices):
+    """The messages `shown` (conversation.messages), each with its HTML, and a reply's usage."""
+    for m, meta in zip(shown, metas):
+        if m["role"] == "assistant":
+            m["html"] = render.stored(meta, m["text"])
+            m["usage"] = usage.turn_usage(meta, prices.get(meta.get("model")))
+            m["reasoning"] = meta.get("reasoning")
+        else:
+            m["html"] = render.plain(m["text"])
+    return shown
+
+
+def earlier(cid, conv, upto, dropped, prices, article):
+    """The rendered messages `[0, upto)` of conversation `cid`, from this process's cache, rendering
+    only those added since it was made (`article(message, number, dropped)` renders one)."""
+    key = (render.VERSION, dropped)
+    with _EARLIER_LOCK:
+        count, made_with, html = _EARLIER.get(cid, (0, key, ""))
+        if cid in _EARLIER:
+            _EARLIER.move_to_end(cid)
+    if made_with != key or count > upto or cid is None:
+        count, html = 0, ""
+    if count < upto:
+        shown = with_html(conversation.messages(conv, count)[:upto - count], conv["meta"][count:upto], prices)
+        html += "".join(str(article(m, count + i + 1, dropped)) for i, m in enumerate(shown))
+        if cid is not None:
+            with _EARLIER_LOCK:
+                _EARLIER[cid] = (upto, key, html)
+                _EARLIER.move_to_end(cid)
+                while len(_EARLIER) > EARLIER_KEPT:
+                    _EARLIER.popitem(last=False)
+    return Markup(html)
+
+
+def chat(cid, conv, *, entries, offers, config, article, session_mark, draft="", error=None, hint=None,
+         notice=None, editing=False):
+    """What chat.html shows for conversation `cid` (None: a new, empty one)."""
+    failed = conv.get("failed")
+    if failed and not draft:
+        draft = failed["text"]
+        if failed.get("notice"):  # not a failure: e.g. turns were dropped, the message fits now
+            notice = notice or failed["error"]
+        elif failed.get("stopped"):
+            notice = notice or f"{failed['error']} Your message is back in the box."
+        else:
+            error = error or failed["error"]
+        editing = editing or failed.get("replace", False)
+    count = len(conv["items"])
+    first = max(0, count - 2)  # the last turn is rendered for this view: it has the Edit/Regenerate tools
+    models_list = offers.models()
+    on_offer = offers.offer(models_list)
+    prices = on_offer.prices
+    dropped = min(conv.get("dropped", 0), count)
+    shown = with_html(conversation.messages(conv, first), conv["meta"][first:], prices)
+    editing = editing and count >= 2 and not conv.get("pending")
+    if editing and not draft:
+        draft = shown[-2]["text"]
+    chosen = offers.model_of(conv)
+    model = on_offer.by_id.get(chosen)
+    entry = next((e for e in entries if e["id"] == cid), None)
+    return dict(
+        cid=cid, entries=entries, earlier=earlier(cid, conv, first, dropped, prices, article), first=first,
+        messages=shown, pending=conv.get("pending"), draft=draft, error=error, hint=hint, notice=notice,
+        failed=bool(failed) and not failed.get("stopped") and not failed.get("notice"),
+        context_full=bool(failed and failed.get("context")),
+        editing=editing, last_reply=conversation.last_reply_id(conv),
+        title=(entry or {}).get("title") or conversation.title(conv),
+        dropped=dropped, totals=usage.totals(conv, prices),
+        model_options=on_offer.options_html(chosen), chosen=chosen, model=model,
+        settings=conv.get("settings") or {},
+        # While the list is down, the conversation's own model stays pickable (it was offered).
+        own_model=chosen if models_list is None and chosen not in on_offer.ids else None,
+        supports=lambda param: bool(model) and catalogue.supports(model, param),
+        models_unavailable=models_list is None, efforts=EFFORTS,
+        budget=budget_of(conv, on_offer, offers.model_of, config["MAX_OUTPUT_TOKENS"], draft),
+        missing_key=not config["OPENROUTER_API_KEY"], session_mark=session_mark)
+
+
+def finished(outcome_kind, data, conv, offers, config):
+    """What the browser needs when a reply ends: its sanitised HTML, who wrote it when, what it used,
+    the reply an edit or regenerate would now replace, and the history size to check."""
+    payload = dict(data or {})
+    offer = offers.offer(offers.models())
+    prices = offer.prices
+    if outcome_kind == DONE:
+        stored_a_reply = not payload.get("stopped") or payload.get("kept")
+        last = conv["items"][-1] if conv["items"] else None
+        reply = stored_a_reply and last is not None and last["role"] == "assistant"
+        text = payload.get("text", "")
+        meta = conv["meta"][-1] if reply else {}
+        if reply and conversation.item_text(last) == text:
+            payload["html"] = str(render.stored(meta, text))  # rendered when it settled
+        else:
+            payload["html"] = str(render.markdown(text))
+        if reply:
+            payload.update(model=meta.get("model"), at=meta.get("at"),
+                           usage=usage.turn_usage(meta, prices.get(meta.get("model")))["text"],
+                           reasoning=meta.get("reasoning"))
+    payload["count"] = len(conv["items"])
+    payload["last_reply"] = conversation.last_reply_id(conv)
+    payload["total"] = usage.totals(conv, prices)["text"]
+    budget = budget_of(conv, offer, offers.model_of, config["MAX_OUTPUT_TOKENS"])
+    payload["budget"] = {"used": budget["used"], "limit": budget["limit"], "text": budget["text"]}
+    return payload

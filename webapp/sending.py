@@ -1,0 +1,262 @@
+"""The send use case: read a message and its settings from a form (any mapping), check them, and begin
+a turn: what the JS-off and the streamed routes share; and making room for a message that does not
+fit the model's context (`drop_oldest`). Plain: no Flask; a `Send` is given the
+browser, the store, the models on offer and the settings it needs.
+
+    send = Send(form, cid, browser=…, store=…, offers=…, config=…, session_mark=…)  # BadInput
+    begun = send.begin(wait)      # what turns.begin raises, or turns.Full
+    turns.start(…, **send.options) / turns.run(…)
+"""
+
+from werkzeug.exceptions import RequestEntityTooLarge
+
+from . import catalogue, conversation, turns, usage
+from .openrouter import REASONING_EFFORTS as EFFORTS, UpstreamError
+from .ownership import new_id
+
+QUEUE_WAIT = 30.0  # seconds a send waits for the reply before it in the same conversation
+BUSY = ("A reply is still being written in this conversation. Your message is kept: send it again "
+        "when the reply has finished.")
+QUEUE_FULL = ("Another message is already waiting for the reply being written in this conversation. "
+              "Yours is kept: send it when the reply has finished.")
+FULL = "The server is answering as many messages as it can right now. Yours is kept: try again shortly."
+TOO_MANY = ("You already have as many replies being written as one browser may. Yours is kept: send "
+            "it when one has finished.")
+STALE = ("The conversation changed since you pressed Edit or Regenerate (another tab or window sent "
+         "a message), so nothing was replaced. Your text is kept in the box: send it as a new "
+         "message, or press Edit again.")
+
+
+class BadInput(Exception):
+    def __init__(self, status, message):
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+def queue_limit(config):
+    """How long a streamed send may wait for the reply before it: as long as that reply may go
+    silent (a reasoning model thinks for minutes), and a little more."""
+    return max(QUEUE_WAIT, config["OPENROUTER_READ_TIMEOUT"] + 30)
+
+
+def read_message(form, conv, config):
+    """The message from the form, checked: returns (text, replace). `replace` is the id of the reply
+    an edit or a regenerate takes the place of (the form names it, so a stale page cannot replace a
+    turn it never showed); `text` is None for a regenerate (the last message is sent again).
+    `conv()` gives the conversation, read only for an edit or a regenerate."""
+    text = form.get("message", "")
+    regenerate = form.get("regenerate", "")
+    replace = regenerate or form.get("edit", "")
+    if replace:
+        last = conversation.last_reply_id(conv())
+        if regenerate and not last:
+            raise BadInput(400, "There is no reply to regenerate yet.")
+        if replace != last:
+            raise BadInput(409, STALE)
+    if regenerate:
+        text = None
+    elif not text.strip():
+        raise BadInput(400, "Type a message first: an empty message is not sent.")
+    limit = config["MAX_MESSAGE_CHARS"]
+    if text and len(text) > limit:
+        raise RequestEntityTooLarge(f"The message is {len(text):,} characters long; the limit is "
+                                    f"{limit:,}. Nothing was sent or stored.")
+    if not config["OPENROUTER_API_KEY"]:
+        raise BadInput(503, UpstreamError("no_key").message)
+    return text, replace or None
+
+
+def read_settings(form, offers, models_list, config, conv=lambda: None):
+    """The settings the form sets, checked: only the fields it carries (the conversation keeps the
+    others; `turns.begin` merges them under its lock). A model that is not offered is refused:
+    nothing is sent. `conv()` gives the conversation, needed only while the model list is down."""
+    settings = {}
+    if "model" in form:
+        wanted = form["model"].strip()
+        if wanted not in offers.offered(models_list, conv() if models_list is None else None):
+            raise BadInput(400, "That model is not offered here. Pick one from the list; nothing "
+                                "was sent.")
+        settings["model"] = wanted
+    if "instructions" in form:
+        instructions = form["instructions"].strip()
+        if len(instructions) > config["MAX_MESSAGE_CHARS"]:
+            raise BadInput(400, "The system prompt is too long; nothing was sent.")
+        settings["instructions"] = instructions
+    if "max_output_tokens" in form:
+        settings["max_output_tokens"] = _number(form["max_output_tokens"], int, 1, 1_000_000,
+                                                "The output limit must be a whole number of tokens.")
+    if "temperature" in form:
+        settings["temperature"] = _number(form["temperature"], float, 0.0, 2.0,
+                                          "The temperature must be a number from 0 to 2.")
+    if "effort" in form:
+        effort = form["effort"].strip()
+        if effort and effort not in EFFORTS:
+            raise BadInput(400, "Unknown reasoning effort.")
+        settings["effort"] = effort or None
+    return settings
+
+
+def _number(raw, kind, low, high, problem):
+    raw = raw.strip()
+    if not raw:
+        return None
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise BadInput(400, problem) from None
+    if not low <= value <= high:
+        raise BadInput(400, problem)
+    return value
+
+
+def planner(offer, model_of, default_max):
+    """`plan(conv, history, text)` for `turns.begin`: the request options for this turn (model,
+    instructions and the options the model supports, each only when set), with `max_output_tokens`
+    capped to what the model's context leaves; None when the turn would not fit at all."""
+    by_id = offer.by_id
+
+    def plan(conv, history, text):
+        settings = conv.get("settings") or {}
+        model_id = model_of(conv)
+        model = by_id.get(model_id)
+        instructions = settings.get("instructions") or ""
+        wanted = settings.get("max_output_tokens") or default_max
+        budget = usage.budget(catalogue.context_length(model) if model else None, history, instructions,
+                              text, wanted)
+        if not budget["fits"]:
+            return None
+        return catalogue.supported_options(model, {
+            "model": model_id, "max_output_tokens": budget["max_output"],
+            "instructions": instructions or None, "temperature": settings.get("temperature"),
+            "reasoning_effort": settings.get("effort") or None})
+
+    return plan
+
+
+class Deleted(turns.Stale):
+    """The conversation was deleted while a send waited for it."""
+
+
+class Cancelled(turns.Stale):
+    """The person stopped a send while it waited for the reply before it."""
+
+
+class Send:
+    """One send, read from the form and begun.
+
+    `Send(form, cid, …)` reads and checks the message and settings (raises BadInput); `begin(wait)`
+    gives the browser its id (a new session id: the turn is counted and logged under it), reserves
+    its place among the turns this process runs, lists the conversation and marks the turn pending
+    (raises what `turns.begin` raises, or `turns.Full`). A send that gives up calls `release()`.
+    `session_mark()` gives the session's public fingerprint once the browser has its id."""
+
+    def __init__(self, form, cid, *, browser, store, offers, config, session_mark):
+        self.cid, self.browser, self.store, self.config = cid, browser, store, config
+        self._session_mark = session_mark
+        self.models = offers.models()
+        # The conversation itself is read here only for an edit or regenerate (or while the model
+        # list is down): `turns.begin` reads it anyway, under its lock.
+        self._conv = None
+        self.text, self.replace = read_message(form, self.conversation, config)
+        self.settings = read_settings(form, offers, self.models, config, self.conversation)
+        self.plan = planner(offers.offer(self.models), offers.model_of, config["MAX_OUTPUT_TOKENS"])
+        self.waiter = new_id()
+        self.options = self.session_mark = None
+
+    def conversation(self):
+        if self._conv is None:
+            self._conv = turns.current(self.store, self.cid) if self.cid else conversation.new()
+        return self._conv
+
+    def begin(self, wait):
+        if self.cid:
+            turns.refuse_if_queue_full(self.store, self.cid, self.waiter)
+        self.browser.id(create=True)
+        self.session_mark = self._session_mark()
+        owner, config = self.browser.owner(), self.config
+        # This send's place among the running turns, reserved now (refused with turns.Full).
+        slot = turns.reserve(config["MAX_RUNNING_TURNS"], owner, config["MAX_TURNS_PER_SESSION"])
+        self.options = {"owner": owner, "limit": config["OPENROUTER_TURN_TIMEOUT"], "slot": slot}
+        self.cid = self.cid or new_id()
+        try:
+            self.browser.touch(self.cid, self.text)
+            return self._try(wait, first=True)
+        except turns.Busy as busy:
+            if wait or isinstance(busy, turns.QueueFull):
+                slot.release()  # refused; only a send left queued keeps its place
+            raise
+        except BaseException:
+            slot.release()
+            raise
+
+    def again(self, wait=0):
+        """Try again after `turns.Busy` (the conversation's reply before this one still runs)."""
+        try:
+            return self._try(wait)
+        except turns.Busy as busy:
+            if isinstance(busy, turns.QueueFull):
+                self.options["slot"].release()
+            raise
+        except BaseException:
+            self.options["slot"].release()
+            raise
+
+    def _try(self, wait, first=False):
+        if not first and turns.waiter_cancelled(self.store, self.waiter):
+            raise Cancelled()  # stopped while it waited (its waiter id is not given out before)
+        if not any(e["id"] == self.cid for e in self.browser.listed()):
+            raise Deleted()  # deleted meanwhile (another tab): never bring it back unlisted
+        return turns.begin(self.store, self.cid, self.text, wait, self.replace, self.waiter,
+                           self.settings, self.plan)
+
+    def release(self):
+        """Give the send up: its waiting place behind another reply, and its reserved place."""
+        self.options["slot"].release()
+        turns.release(self.store, self.cid, self.waiter)
+
+
+def refusal_for(exc):
+    """(status, message) for a turn that cannot start now."""
+    if isinstance(exc, Cancelled):
+        return 409, "Not sent: your message is back in the box."
+    if isinstance(exc, Deleted):
+        return 404, "This conversation was deleted, so your message was not sent. It is back in the box."
+    if isinstance(exc, turns.Full):
+        return (429, TOO_MANY) if exc.too_many_for_session else (503, FULL)
+    if isinstance(exc, turns.Stale):
+        return 409, STALE
+    return 409, (QUEUE_FULL if isinstance(exc, turns.QueueFull) else BUSY)
+
+
+def drop_oldest(store, cid, context_length, message):
+    """Make room for `message` in conversation `cid`: stop sending just enough of the oldest turns for
+    it to fit a context of `context_length` tokens (they stay on the page above a divider). Returns
+    how many more messages stopped being sent (0 when none needed to), or None when even without
+    earlier turns the message does not fit. The message is kept for sending, now with a neutral
+    notice: the red "longer than the context" banner and its Drop button would invite dropping more
+    than needed."""
+    with store.update(cid) as conv:
+        settings = conv.get("settings") or {}
+        before = conv.get("dropped", 0)
+        dropped = usage.oldest_to_drop(conv["items"], before, context_length,
+                                       settings.get("instructions") or "", message)
+        if dropped == before and (conv.get("failed") or {}).get("context"):
+            # Upstream refused it as too long although the estimate says it fits: drop a turn more.
+            dropped = min(dropped + 2, max(0, len(conv["items"]) - 2))
+        if dropped is None or dropped == before:
+            return None if dropped is None else 0
+        conv["dropped"] = min(dropped, len(conv["items"]))
+        conv["rev"] = conv.get("rev", 0) + 1
+        failed = conv.get("failed") or {}
+        newly = conv["dropped"] - before
+        conv["failed"] = {"text": message or failed.get("text", ""), "error": dropped_notice(newly),
+                          "replace": failed.get("replace", False), "stopped": False, "notice": True}
+        return newly
+
+
+def dropped_notice(messages):
+    """What a drop did, in words: how many turns (and messages) stopped being sent."""
+    turns_ = (messages + 1) // 2
+    what = ("The oldest turn" if turns_ == 1 else f"The {turns_} oldest turns") + f" ({messages} messages)"
+    return (f"{what} {'is' if turns_ == 1 else 'are'} no longer sent to the model; "
+            f"{'it stays' if turns_ == 1 else 'they stay'} above the divider. Your message fits now: send it.")

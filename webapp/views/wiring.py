@@ -1,0 +1,49 @@
+"""What a request needs from the app, bound to it: the store, the OpenRouter client, the models on
+offer, this browser (its session), a send read from the form, and the chat page rendered. Wiring
+only: the logic is in plain modules (ownership, offers, sending, page, turns)."""
+
+from flask import current_app, get_template_attribute, render_template, request, session
+
+from .. import conversation, page, sending, sessions, turns
+from ..ownership import Browser
+
+
+def store():
+    return current_app.extensions["chat_store"]
+
+
+def client():
+    return current_app.extensions["openrouter"]
+
+
+def offers():
+    return current_app.extensions["offers"]
+
+
+def browser():
+    """This browser, as its session says (a new session id when its record is first made)."""
+    return Browser(store(), session, lambda: sessions.rotate(current_app, session))
+
+
+def session_mark():
+    return sessions.fingerprint(session, current_app.config["SECRET_KEY"])
+
+
+def current(cid):
+    """The conversation to show; a dead pending turn is settled first so the page never hangs."""
+    return turns.current(store(), cid) if cid else conversation.new()
+
+
+def send(cid, me=None):
+    """The send in this request's form, to conversation `cid` (raises sending.BadInput)."""
+    return sending.Send(request.form, cid, browser=me or browser(), store=store(), offers=offers(),
+                        config=current_app.config, session_mark=session_mark)
+
+
+def render_chat(cid, conv, *, status=200, entries=None, **shown):
+    """The chat page for conversation `cid` (None: a new, empty one)."""
+    context = page.chat(cid, conv, entries=browser().listed() if entries is None else entries,
+                        offers=offers(), config=current_app.config,
+                        article=get_template_attribute("_message.html", "article"),
+                        session_mark=session_mark(), **shown)
+    return render_template("chat.html", **context), status

@@ -214,7 +214,7 @@ def test_every_model_list_failure_is_an_upstream_error(client, fake, behaviour, 
 
 
 def test_a_silent_model_list_times_out_quickly(client, fake, monkeypatch):
-    monkeypatch.setattr(openrouter, "MODELS_READ_TIMEOUT", 0.3)
+    monkeypatch.setattr(openrouter.client, "MODELS_READ_TIMEOUT", 0.3)
     fake.models_response = hang(2)
     started = time.monotonic()
     with pytest.raises(UpstreamError) as caught:
@@ -238,7 +238,7 @@ def test_a_finished_turns_stop_cannot_cut_a_model_list_on_its_connection(client,
     assert conn.chat_owner is not state  # the GET claimed the pooled connection for itself
     state.cancel()  # a late Stop of the finished turn
     assert [m["id"] for m in client.models()] == ["openai/o4-mini", "openai/gpt-4o-mini"]
-    assert openrouter._current.state is None
+    assert openrouter.connection._current.state is None
 
 
 def test_turns_stay_stoppable_after_a_model_list(client, fake):

@@ -1,0 +1,76 @@
+"""Cancellable connections: each request's socket is handed to its turn's `StreamState` the moment it
+exists, so Stop can cut a request in any phase (connecting, waiting for headers, thinking, streaming)."""
+
+import socket
+import threading
+from dataclasses import dataclass, field
+
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+
+@dataclass
+class StreamState:
+    """What a reply has delivered so far, and the handle that cancels it. The caller keeps it, so a
+    failure mid-stream keeps the text, and another thread can `cancel()` the request in any phase."""
+
+    item_id: str | None = None
+    text: str = ""
+    cancelled: bool = False
+    _conn: object = field(default=None, repr=False)  # the urllib3 connection carrying this request
+    _lock: object = field(default_factory=threading.Lock, repr=False)
+
+    def attach(self, conn):
+        """Called by the connection as soon as its socket exists (see `_CancellableConnection`)."""
+        with self._lock:
+            if self.cancelled:
+                raise ConnectionAbortedError("the turn was stopped")
+            self._conn = conn
+            conn.chat_owner = self
+
+    def detach(self):
+        with self._lock:
+            self._conn = None
+
+    def cancel(self):
+        """Stop the request now, whatever phase it is in. Shutting the socket down wakes a thread
+        blocked in connect's aftermath, in sending, waiting for headers or reading the stream; a
+        request still connecting sees the flag as soon as its socket exists."""
+        with self._lock:
+            self.cancelled = True
+            conn = self._conn
+            # A finished request's connection goes back to the pool: never cut another turn's.
+            sock = conn.sock if conn is not None and getattr(conn, "chat_owner", None) is self else None
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass  # already closed
+
+
+# The StreamState of the request this thread is making (one request at a time per thread).
+_current = threading.local()
+
+
+class _CancellableConnection:
+    """Mixin for urllib3's connections: hand the socket to the current turn's StreamState the moment
+    it exists (a fresh connection) or is reused (a pooled one), so Stop can cut a request that has
+    no response object yet: waiting for headers while the model queues or thinks."""
+
+    def connect(self):
+        super().connect()
+        state = getattr(_current, "state", None)
+        if state is not None:
+            state.attach(self)
+
+    def request(self, *args, **kwargs):
+        state = getattr(_current, "state", None)
+        if state is not None and self.sock is not None:
+            state.attach(self)
+        return super().request(*args, **kwargs)
+
+
+class _HTTPPool(HTTPConnectionPool):
+    ConnectionCls = type("CancellableHTTPConnection", (_CancellableConnection, HTTPConnectionPool.ConnectionCls), {})
+
+
+class _HTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = type("CancellableHTTPSConnection", (_CancellableConnection, HTTPSConnectionPool.ConnectionCls), {})

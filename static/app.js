@@ -204,7 +204,7 @@
   }
 
   // The first reply of a new conversation: from now on this page is that conversation's page.
-  function adopt(id, url, view) {
+  function adopt(id, url, title) {
     const settings = form.querySelector(".settings");
     if (settings) settings.open = false; // set for this conversation: fold them, as its page does
     form.dataset.conversation = id;
@@ -215,8 +215,6 @@
     list.querySelectorAll("[aria-current]").forEach(function (a) { a.removeAttribute("aria-current"); });
     const none = list.querySelector(".none");
     if (none) none.remove();
-    const text = view.user.querySelector("[data-role]").textContent.replace(/\s+/g, " ").trim();
-    const title = text.length > 60 ? text.slice(0, 59) + "…" : text;
     const link = el("a", { href: url, "aria-current": "page" }, title);
     const item = el("li");
     item.appendChild(link);
@@ -355,7 +353,7 @@
       } else if (kind === "started") {
         view.turn = data.turn || view.turn;
         if (data.session) { form.dataset.session = data.session; rememberSession(data.session); }
-        if (data.conversation && form.dataset.conversation === "new") adopt(data.conversation, data.url, view);
+        if (data.conversation && form.dataset.conversation === "new") adopt(data.conversation, data.url, data.title);
       } else if (kind === "queued") {
         view.thinking.textContent = data.message;
         view.waiter = data.waiter;
@@ -407,43 +405,29 @@
     }
     // Anything else but a plain finished reply (an error, a turn from another tab, an edit or
     // regenerate that did not happen) is shown as stored.
-    if (kind === "error" || data.count !== messageCount() || (data.stopped && !data.kept)) {
+    if (kind === "error" || data.count !== messageCount() || (data.stopped && !data.kept) || !data.articles) {
       window.location.reload();
       return;
     }
+    // The finished turn exactly as the page renders it (the server's own _message.html: its
+    // sanitised reply, note, model, time, usage and the last turn's tools), in place of the two
+    // articles built while it streamed.
+    const fresh = document.createElement("template");
+    fresh.innerHTML = data.articles;
+    const articles = fresh.content.querySelectorAll("article");
     keepPlace(function () {
-      view.text.innerHTML = data.html; // sanitised on the server (markdown-it-py + nh3)
-      view.text.classList.remove("rendered");
-      view.thinking.remove();
-      article.classList.remove("writing");
-      article.removeAttribute("aria-busy");
-      if (data.note) {
-        if (!data.stopped) article.classList.add("cut");
-        article.appendChild(el("p", { class: "note" }, data.note));
-      }
-      if (data.model || data.at) {
-        const meta = el("p", { class: "meta" }, data.model ? data.model : "");
-        if (data.at) {
-          if (data.model) meta.append(" · ");
-          const time = el("time", { datetime: new Date(data.at * 1000).toISOString() });
-          localTime(time);
-          meta.appendChild(time);
-        }
-        article.appendChild(meta);
-      }
-      if (data.usage) article.appendChild(el("p", { class: "usage", "data-role": "usage" }, data.usage));
-      if (data.reasoning && !article.querySelector(".reasoning")) article.prepend(reasoningBox(data.reasoning));
-      addCopyButtons(article);
-      refreshTools(data.last_reply);
+      view.user.replaceWith(fresh.content);
+      article.remove();
+      articles.forEach(function (one) {
+        one.querySelectorAll("time[datetime]").forEach(localTime);
+        addCopyButtons(one);
+      });
     });
     const total = document.querySelector('[data-role="total"]');
     if (total && data.total) total.textContent = total.title = "Total: " + data.total;
     if (data.budget) showBudget(data.budget.used, data.budget.limit, data.budget.text);
-    if (document.title === "Chat") {
-      const first = log.querySelector('[data-role="user"]').textContent.replace(/\s+/g, " ").trim();
-      document.title = (first.length > 60 ? first.slice(0, 59) + "…" : first) + " · Chat";
-    }
-    announcer.textContent = "Reply finished: " + view.text.innerText.slice(0, 500);
+    if (data.title) document.title = data.title + " · Chat";
+    announcer.textContent = "Reply finished: " + articles[articles.length - 1].innerText.slice(0, 500);
   }
 
   // Regenerate and Edit belong to the last turn only, and name the reply they replace.

@@ -55,6 +55,10 @@ def first_delta_arrives_before_the_upstream_finishes(server, fake):
     done, seen = until("done", stream)
     assert "".join(d for k, d in seen if k == "delta") == " there, streaming world"
     assert "Hello there, streaming world" in done["html"] and done["count"] == 2
+    # The finished turn as the page renders it: both messages, with the last turn's tools.
+    assert messages(done["articles"]) == [("user", "hi"), ("assistant", "Hello there, streaming world")]
+    assert 'data-action="regenerate"' in done["articles"] and 'data-action="edit"' in done["articles"]
+    assert done["title"] == "hi"
     assert shown(browser, server) == [("user", "hi"), ("assistant", "Hello there, streaming world")]
 
 

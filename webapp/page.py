@@ -123,9 +123,23 @@ def chat(cid, conv, *, entries, offers, config, article, session_mark, draft="",
         missing_key=not config["OPENROUTER_API_KEY"], session_mark=session_mark)
 
 
-def finished(outcome_kind, data, conv, offers, config):
-    """What the browser needs when a reply ends: its sanitised HTML, who wrote it when, what it used,
-    the reply an edit or regenerate would now replace, and the history size to check."""
+def last_turn(conv, prices, article, edit_url):
+    """The last turn's two messages (the user's and the reply) as the page renders them, with the
+    tools only the last turn has (Edit, Regenerate)."""
+    count = len(conv["items"])
+    first = max(0, count - 2)
+    shown = with_html(conversation.messages(conv, first), conv["meta"][first:], prices)
+    last_reply, dropped = conversation.last_reply_id(conv), min(conv.get("dropped", 0), count)
+    return "".join(str(article(m, first + i + 1, dropped, i == len(shown) - 1,
+                               "regenerate" if m["role"] == "assistant" else "edit", last_reply, edit_url))
+                   for i, m in enumerate(shown))
+
+
+def finished(outcome_kind, data, conv, offers, config, article=None, edit_url=None, title=None):
+    """What the browser needs when a reply ends: the last turn as the page renders it (`articles`,
+    when `article` renders a message; the reply's sanitised HTML alone in `html`), who wrote it when,
+    what it used, the reply an edit or regenerate would now replace, the history size to check, the
+    conversation's title and total, and how full its context is."""
     payload = dict(data or {})
     offer = offers.offer(offers.models())
     prices = offer.prices
@@ -143,6 +157,9 @@ def finished(outcome_kind, data, conv, offers, config):
             payload.update(model=meta.get("model"), at=meta.get("at"),
                            usage=usage.turn_usage(meta, prices.get(meta.get("model")))["text"],
                            reasoning=meta.get("reasoning"))
+            if article is not None:
+                payload["articles"] = last_turn(conv, prices, article, edit_url)
+    payload["title"] = title or conversation.title(conv)
     payload["count"] = len(conv["items"])
     payload["last_reply"] = conversation.last_reply_id(conv)
     payload["total"] = usage.totals(conv, prices)["text"]

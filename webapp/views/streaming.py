@@ -11,7 +11,7 @@ import time
 from flask import (Blueprint, Response, current_app, redirect, render_template, request,
                    stream_with_context, url_for)
 
-from .. import conversation, page, render, sending as sending_, turns
+from .. import conversation, render, sending as sending_, turns
 from ..turns import relay as relays
 from ..turns.events import (ALIVE, DELTA, DONE, ERROR, FINAL, HTML, QUEUED, REASONING, RESUMED,
                             STARTED, TICK)
@@ -79,12 +79,6 @@ class _Snapshots:
         return min(HTML_AT_MOST, max(HTML_EVERY, 10 * max(1, self.live()) * cost))
 
 
-def _finished(kind, data, cid):
-    """The final event's payload, from the stored conversation (page.finished)."""
-    offers = wiring.offers()
-    return page.finished(kind, data, wiring.store().load(cid), offers, current_app.config)
-
-
 def _event_stream(events, cid, snapshots):
     """Relay events as SSE. Deltas are text for textContent, at once; `html` events carry the
     sanitised rendering of the text so far; the final event carries the whole reply's HTML.
@@ -117,7 +111,7 @@ def _relay(events, cid, snapshots):
         elif kind in (STARTED, QUEUED, REASONING, RESUMED):
             yield sse(kind, value, event_id)
         elif kind in FINAL:
-            yield sse(kind, _finished(kind, value, cid), event_id)
+            yield sse(kind, wiring.finished(kind, value, cid), event_id)
             return
         html = snapshots.due(now)
         if html is not None:
@@ -172,7 +166,7 @@ def _start_when_free(sending, begun, running, snapshots):
             sending.release()
     running = running or _start(sending, begun)
     cid = sending.cid
-    yield None, STARTED, {"turn": begun.turn, "conversation": cid,
+    yield None, STARTED, {"turn": begun.turn, "conversation": cid, "title": conversation.short_title(begun.text),
                           "url": url_for("chat.conversation_page", cid=cid), "session": sending.session_mark}
     yield from running.relay.listen(tick=snapshots.wait)
 

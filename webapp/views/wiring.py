@@ -2,7 +2,7 @@
 offer, this browser (its session), a send read from the form, and the chat page rendered. Wiring
 only: the logic is in plain modules (ownership, offers, sending, page, turns)."""
 
-from flask import current_app, get_template_attribute, render_template, request, session
+from flask import current_app, get_template_attribute, render_template, request, session, url_for
 
 from .. import conversation, page, sending, sessions, turns
 from ..ownership import Browser
@@ -47,3 +47,11 @@ def render_chat(cid, conv, *, status=200, entries=None, **shown):
                         article=get_template_attribute("_message.html", "article"),
                         session_mark=session_mark(), **shown)
     return render_template("chat.html", **context), status
+
+
+def finished(kind, data, cid):
+    """What the page's script is told when a reply of conversation `cid` ends (page.finished)."""
+    entry = next((e for e in browser().listed() if e["id"] == cid), None)
+    return page.finished(kind, data, store().load(cid), offers(), current_app.config,
+                         article=get_template_attribute("_message.html", "article"),
+                         edit_url=url_for("chat.edit", cid=cid), title=(entry or {}).get("title"))

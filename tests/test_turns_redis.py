@@ -10,7 +10,7 @@ import redis
 
 from tests.fake_openrouter import reply
 from tests.serving import Browser, Gunicorn, served_env
-from tests.sse import events, until
+from tests.sse import events, until, wait_for
 from tests.test_streaming import start_turn
 from webapp.turns.events import DELTA, DONE, TICK
 from webapp.turns.relay import RedisFollowing, RedisRelay, stream_key
@@ -117,3 +117,30 @@ def test_a_page_on_another_host_resumes_after_the_last_event_it_had(two_hosts, f
     done, seen = until("done", follower)
     assert first + "".join(d for k, d in seen if k == "delta") == "".join(words)
     until("done", stream)
+
+
+@pytest.mark.parametrize("phase", ["thinking", "streaming"])
+def test_stop_pressed_on_another_host_stops_the_upstream_at_once(two_hosts, fake, phase, redis_url):
+    """The Stop goes over Redis pub/sub to the host running the turn, and the host that pressed it
+    waits for the turn's final event on its stream: no signal key read ten times a second."""
+    a, b = two_hosts
+    browser = Browser()
+    browser.post(a.url + "/", data={"message": "warm up"}, timeout=30)
+    if phase == "thinking":
+        fake.queue(reply("too late", delay=20, keepalive_every=0.5))
+    else:
+        fake.queue(reply("one two three four five six seven eight nine ten " * 20, chunk_delay=0.05))
+    stream = events(start_turn(browser, a, "stop me from elsewhere"))
+    started, _ = until("started", stream)
+    if phase == "streaming":
+        until("delta", stream)
+    assert fake.wait_for_requests(2)
+    stopped = browser.post(b.url + "/stop", data={"turn": started["turn"]},
+                           headers={"Accept": "application/json"}, timeout=30)
+    assert stopped.status_code == 200 and stopped.json() == {"stopped": True}
+    done, _ = until("done", stream)
+    assert done["stopped"]
+    # The host running it heard the Stop and closed the upstream request: while the model thinks,
+    # nothing else would tell it for seconds (its next heartbeat save is 5 s away).
+    assert wait_for(lambda: fake.disconnects >= 1, timeout=2)
+    assert redis.Redis.from_url(redis_url).get("signal:stop") is None  # pub/sub, not the key

@@ -8,6 +8,8 @@ follower had (each event has an id). One interface, two backends:
   read the events here; a follower in another worker or host reads the stream through its process's
   one `RedisFollowing` reader (a blocking `XREAD` over every stream followed there, fanned out to a
   `Mirror` per turn), so a thousand followers need one connection, not a thousand, and nothing polls.
+  Stops go over Redis pub/sub (`StopListener`), and whoever pressed Stop waits for the turn's final
+  event on its stream.
 """
 
 import json
@@ -256,7 +258,43 @@ class RedisFollowing:
                     found[0].feed(entries)
 
 
+STOP_CHANNEL = "relay:stop"  # a Stop, published for whichever worker or host runs the turn
+
+
+class StopListener:
+    """This process's subscription to Stops (Redis pub/sub): each turn id published is handed to
+    `on_stop` at once, instead of every worker reading a signal key ten times a second."""
+
+    def __init__(self, client, on_stop):
+        self.client, self.on_stop = client, on_stop
+        self._thread = threading.Thread(target=self._listen_forever, name="stops", daemon=True)
+        self._thread.start()
+
+    def _listen_forever(self):
+        pubsub, failing = None, False
+        while True:
+            try:
+                if pubsub is None:
+                    pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+                    pubsub.subscribe(STOP_CHANNEL)
+                # A blocking wait, shorter than the client's socket timeout.
+                message = pubsub.get_message(timeout=BLOCK_MS / 1000)
+                if failing:
+                    log.warning("the Stop listener hears Redis again")
+                    failing = False
+            except Exception as exc:
+                if not failing:
+                    log.warning("the Stop listener cannot hear Redis: %s", exc)
+                failing, pubsub = True, None  # subscribe again on a fresh connection
+                threading.Event().wait(BLOCK_MS / 1000)
+                continue
+            if message and message.get("type") == "message":
+                turn = message["data"]
+                self.on_stop(turn.decode() if isinstance(turn, bytes) else turn)
+
+
 _following = {}  # id of a Redis client -> this process's RedisFollowing for it
+_stops = {}  # id of a Redis client -> this process's StopListener for it
 _following_lock = threading.Lock()
 
 
@@ -276,6 +314,28 @@ def following(store):
         if id(client) not in _following:
             _following[id(client)] = RedisFollowing(client)
         return _following[id(client)]
+
+
+def listen_for_stops(store, on_stop):
+    """With Redis, hear Stops published by any worker or host (once per process); False with files."""
+    client = _redis_client(store)
+    if client is None:
+        return False
+    with _following_lock:
+        if id(client) not in _stops:
+            _stops[id(client)] = StopListener(client, on_stop)
+    return True
+
+
+def listens_for_stops(store):
+    """Whether this process hears Stops over pub/sub (so it needs no signal key)."""
+    client = _redis_client(store)
+    return client is not None and id(client) in _stops
+
+
+def publish_stop(store, turn):
+    """Tell whichever worker or host runs `turn` to stop it (Redis pub/sub)."""
+    _redis_client(store).publish(STOP_CHANNEL, turn)
 
 
 def _redis_client(store):

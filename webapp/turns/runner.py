@@ -192,13 +192,15 @@ def _save_progress_forever():
         if not running:
             continue
         try:
-            # One small read a round, whatever the number of turns: only a changed signal makes
-            # each turn here look at its own pending marker.
-            latest = running[0].store.stop_signal()
-            if latest != signal:
-                signal = latest
-                for one in running:
-                    one.stop_if_asked()
+            # File store: one small read a round, whatever the number of turns: only a changed
+            # signal makes each turn here look at its own pending marker. (With Redis, Stops come
+            # over pub/sub: `_stop_here`.)
+            if not relays.listens_for_stops(running[0].store):
+                latest = running[0].store.stop_signal()
+                if latest != signal:
+                    signal = latest
+                    for one in running:
+                        one.stop_if_asked()
         except Exception:
             log.warning("could not check for stopped turns", exc_info=True)
         every = flush_interval(len(running))
@@ -217,6 +219,7 @@ def register(store, cid, turn, streaming=True, model=None, owner=None, limit=Non
     """A `Turn` listed as running in this process, in the place `slot` reserved for it."""
     global _saver
     running = Turn(store, cid, turn, streaming, model, owner, limit)
+    relays.listen_for_stops(store, _stop_here)
     with admission.LOCK:
         if slot is not None:
             slot.drop_locked()  # the running turn takes the reserved place, under the same lock
@@ -272,14 +275,37 @@ def stop(store, cid, turn, wait=STOP_WAIT):
     with store.update_pending(cid) as pending:
         if not pending or pending["turn"] != turn:
             return False
-        pending["stop"] = True
+        pending["stop"] = True  # also for a worker that misses the signal: its next save sees it
+    if not _stop_elsewhere(store, cid, turn, wait):
+        settle.settle(store, cid, turn, lambda conv, pending: settle.keep_partial(
+            conv, pending, pending.get("item_id"), pending.get("partial", ""), None, stopped=True))
+    return True
+
+
+def _stop_elsewhere(store, cid, turn, wait):
+    """Signal the worker running `turn` elsewhere, and wait up to `wait` seconds for it to settle
+    the turn. With Redis: a pub/sub message, and its final event awaited on the turn's stream. With
+    files: the signal key every worker reads, and the pending marker looked at again meanwhile."""
+    following = relays.following(store)
+    if following is not None:
+        mirror = following.follow(turn)  # first, so the final event cannot pass unseen
+        try:
+            relays.publish_stop(store, turn)
+            return mirror.wait(wait)
+        finally:
+            following.leave(turn)
     store.signal_stop()
     deadline = time.monotonic() + wait
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline:  # files offer nothing to wait on across processes
         pending = store.load_pending(cid)
         if not pending or pending["turn"] != turn:
             return True
         time.sleep(0.05)
-    settle.settle(store, cid, turn, lambda conv, pending: settle.keep_partial(
-        conv, pending, pending.get("item_id"), pending.get("partial", ""), None, stopped=True))
-    return True
+    return False
+
+
+def _stop_here(turn):
+    """A Stop heard over pub/sub: stop the turn if it runs in this process."""
+    running = admission.LIVE.get(turn)
+    if running is not None:
+        running.stop()

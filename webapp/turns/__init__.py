@@ -12,11 +12,12 @@ None of them speaks HTTP to the browser or imports Flask. What the views use is 
 
 from . import events
 from .admission import (LISTENERS, LIVE, Begun, Busy, Full, Listeners, QueueFull, Slot, Stale, TooLong,
-                        begin, cancel_waiter, refuse_if_queue_full, release, reserve, waiter_cancelled)
+                        begin, cancel_waiter, refuse_if_queue_full, release, reserve, wait_for_end,
+                        waiter_cancelled)
 from .runner import run, start, stop
 from .settle import STORE_FAILED, current, is_stale, stopped_outcome
 
 __all__ = ["events", "LISTENERS", "LIVE", "Begun", "Busy", "Full", "Listeners", "QueueFull", "Slot",
            "Stale", "TooLong", "begin", "cancel_waiter", "refuse_if_queue_full", "release", "reserve",
-           "waiter_cancelled", "run", "start", "stop", "STORE_FAILED", "current", "is_stale",
+           "wait_for_end", "waiter_cancelled", "run", "start", "stop", "STORE_FAILED", "current", "is_stale",
            "stopped_outcome"]

@@ -10,11 +10,16 @@ from collections import Counter
 from typing import NamedTuple
 
 from .. import conversation
+from . import relay
 from .settle import recover_stale
 
 
 class Busy(Exception):
-    """Another reply is still being written in this conversation."""
+    """Another reply is still being written in this conversation (`turn`, when known)."""
+
+    def __init__(self, turn=None):
+        super().__init__()
+        self.turn = turn
 
 
 class Stale(Exception):
@@ -53,8 +58,9 @@ def begin(store, cid, text, wait=0.0, replace=None, waiter=None, settings=None,
 
     While a reply is still being written here: without `waiter`, raise `Busy` at once. With one,
     claim the conversation's single waiting place for it (or `QueueFull` if another send holds it),
-    look again every quarter second for up to `wait` seconds, then raise `Busy` still holding the
-    place, so the caller can try again; `release` gives it up. `replace` is the id of the last
+    wait for the reply before it for up to `wait` seconds, then raise `Busy` still holding the
+    place, so the caller can try again; `release` gives it up. Meanwhile it waits on the reply
+    before it (`wait_for_end`), so it starts as soon as that one ends. `replace` is the id of the last
     reply, for a turn that takes the last turn's place (edit, regenerate); if that is no longer the
     last reply, raise `Stale` and change nothing. `text=None` resends the last message (regenerate).
 
@@ -94,7 +100,7 @@ def begin(store, cid, text, wait=0.0, replace=None, waiter=None, settings=None,
                                        "model": request.get("model")}
                     return Begun(turn, [*history, conversation.user_item(text)], text, request)
             elif waiter is None:
-                raise Busy()
+                raise Busy(pending["turn"])
             else:
                 holder = pending.get("waiter")
                 if holder and holder["id"] != waiter and holder["until"] > now:
@@ -103,9 +109,29 @@ def begin(store, cid, text, wait=0.0, replace=None, waiter=None, settings=None,
                     pending["waiter"] = {"id": waiter, "until": now + WAITER_TTL}
         if too_long:
             raise TooLong()
-        if time.monotonic() >= deadline:
-            raise Busy()
-        time.sleep(0.25)
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise Busy(pending["turn"])
+        wait_for_end(store, pending["turn"], min(left, WAITER_TTL / 2))
+
+
+def wait_for_end(store, turn, timeout):
+    """Wait until `turn` has ended, or `timeout` seconds: on its relay when it runs in this process,
+    on its stream's final event with Redis; with the file store and another worker, nothing can be
+    waited on, so a quarter of a second at a time (the caller looks at the store again)."""
+    running = LIVE.get(turn) if turn else None
+    if running is not None and not running.finished:
+        return running.wait(timeout)
+    following = relay.following(store) if running is None and turn else None
+    if following is None:
+        # Also when it has ended here but its marker is still in the store: never spin on it.
+        time.sleep(min(timeout, 0.25))
+        return False
+    mirror = following.follow(turn)
+    try:
+        return mirror.wait(timeout)
+    finally:
+        following.leave(turn)
 
 
 def refuse_if_queue_full(store, cid, waiter):

@@ -136,7 +136,7 @@ def _start(sending, begun):
                        request=begun.request, **sending.options)
 
 
-def _start_when_free(sending, begun, running, snapshots):
+def _start_when_free(sending, begun, running, snapshots, ahead=None):
     """(id, kind, data) events of a new turn (`running`: already started, when `begun` is); while
     another reply in this conversation is written, say it is queued (this send holds the
     conversation's one waiting place until it starts, gives up or its client leaves: then no turn
@@ -146,7 +146,9 @@ def _start_when_free(sending, begun, running, snapshots):
         while begun is None:
             yield None, QUEUED, {"message": "Waiting for the reply before this one to finish…",
                                  "waiter": sending.waiter}
-            time.sleep(1.0)
+            # Up to a second on the reply before it (it starts the moment that one ends); then a
+            # `queued` event again, which also shows whether this client is still there.
+            turns.wait_for_end(wiring.store(), ahead, 1.0)
             try:
                 begun = sending.again()
             except turns.TooLong:
@@ -157,7 +159,8 @@ def _start_when_free(sending, begun, running, snapshots):
                 yield None, ERROR, {"message": sending_.refusal_for(refused)[1], "text": "", "kept": False,
                                     "unsent": True}
                 return
-            except turns.Busy:
+            except turns.Busy as busy:
+                ahead = busy.turn or ahead
                 if time.monotonic() > deadline:
                     yield None, ERROR, {"message": sending_.BUSY, "text": "", "kept": False, "unsent": True}
                     return
@@ -188,13 +191,16 @@ def stream(cid=None):
     except (turns.Stale, turns.QueueFull, turns.Full) as refused:
         status, message = sending_.refusal_for(refused)
         return {"error": message}, status
-    except turns.Busy:
-        begun = None  # this send holds the waiting place: the stream says "queued" until it starts
+    except turns.Busy as busy:
+        begun, ahead = None, busy.turn  # this send holds the waiting place: "queued" until it starts
+    else:
+        ahead = None
     # Started before the response is returned: a client gone before the stream's first byte must not
     # leave a pending turn that nobody writes.
     running = _start(sending, begun) if begun else None
     snapshots = _Snapshots()
-    return _stream_response(_start_when_free(sending, begun, running, snapshots), sending.cid, snapshots)
+    return _stream_response(_start_when_free(sending, begun, running, snapshots, ahead), sending.cid,
+                            snapshots)
 
 
 @bp.get("/turns/<turn>")

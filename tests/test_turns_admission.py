@@ -1,0 +1,34 @@
+"""Admission: a send queued behind a reply waits on that reply, not on a timer."""
+
+import threading
+
+from tests.fake_openrouter import reply
+from tests.test_store import file_store
+from webapp import turns
+from webapp.openrouter import Client
+
+
+def test_a_queued_send_waits_on_the_reply_before_it_and_starts_when_it_ends(tmp_path, fake, monkeypatch):
+    store = file_store(tmp_path)
+    client = Client(fake.api_key, fake.base_url, "openai/o4-mini", 100)
+    gate = threading.Event()
+    fake.queue(reply("the first reply", gate=gate, chunks=["the first", " reply"]))
+    turn, items, _, _ = turns.begin(store, "c", "first")
+    running = turns.start(store, client, "c", turn, items)
+    looks = []
+    real = type(store).update
+    monkeypatch.setattr(type(store), "update", lambda self, cid: looks.append(cid) or real(self, cid))
+    second = {}
+    waiting = threading.Thread(target=lambda: second.update(
+        begun=turns.begin(store, "c", "second", wait=30.0, waiter="w")))
+    waiting.start()
+    assert not running.wait(1.5)  # the first reply is held: the second waits meanwhile…
+    assert waiting.is_alive()
+    looks_while_waiting = len(looks)
+    gate.set()
+    waiting.join(5)
+    assert not waiting.is_alive() and second["begun"].text == "second"
+    # …on the first reply itself (it is in this process): a look when it began, none while it
+    # waited (a timer of a quarter second would have looked six times).
+    assert looks_while_waiting <= 2, looks
+    assert store.load("c")["pending"]["turn"] == second["begun"].turn

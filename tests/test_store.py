@@ -8,8 +8,7 @@ import time
 import pytest
 from cachelib.file import FileSystemCache
 
-from webapp import conversation, turns, usage
-from webapp.turns import runner
+from webapp import conversation, turns
 from webapp.store import FileBackend, Store
 
 
@@ -50,42 +49,10 @@ def test_the_file_store_never_prunes_other_conversations(tmp_path):
     assert all(file_store(tmp_path).backend.get(f"conv:c{i}") for i in range(600))
 
 
-def test_a_second_turn_waits_for_the_first_then_is_refused(tmp_path):
-    store = file_store(tmp_path)
-    turns.begin(store, "c", "first")
-    started = time.monotonic()
-    try:
-        turns.begin(store, "c", "second", wait=0.3, waiter="w")
-    except turns.Busy:
-        pass
-    else:
-        raise AssertionError("a second turn started while the first was pending")
-    assert time.monotonic() - started >= 0.3
 
 
-def test_a_dead_pending_turn_is_recovered_with_the_users_text_kept(tmp_path):
-    store = file_store(tmp_path)
-    turns.begin(store, "c", "orphaned question")
-    with store.update("c") as conv:
-        conv["pending"]["beat"] -= 120  # its worker died two minutes ago
-    conv = turns.current(store, "c")
-    assert conv["pending"] is None
-    assert conv["failed"]["text"] == "orphaned question"
-    turn, items, _, _ = turns.begin(store, "c", "orphaned question")
-    assert [i["role"] for i in items] == ["user"]
 
 
-def test_a_crash_after_the_reply_was_stored_does_not_repeat_the_turn(tmp_path):
-    store = file_store(tmp_path)
-    turn, _, _, _ = turns.begin(store, "c", "question")
-    conv = store.load("c")
-    conversation.add_turn(conv, "question", "msg_a", "completed", "answer")
-    store._save_history("c", conv)  # the worker died before it cleared the pending marker
-    with store.update("c") as conv:
-        conv["pending"]["beat"] -= 120
-    conv = turns.current(store, "c")
-    assert conv["pending"] is None and conv["failed"] is None
-    assert [conversation.item_text(i) for i in conv["items"]] == ["question", "answer"]
 
 
 def test_progress_saves_leave_the_history_record_alone(tmp_path):
@@ -179,68 +146,12 @@ def test_a_deleted_history_is_gone_in_every_process(tmp_path):
     assert theirs.history("c") is None and mine.history("c") is None
 
 
-def test_any_turn_whose_worker_died_is_recovered_within_seconds_not_the_read_timeout(tmp_path):
-    store = file_store(tmp_path)
-    turns.begin(store, "c", "streamed question")
-    with store.update("c") as conv:
-        conv["pending"].update(beat=conv["pending"]["beat"] - 45, item_id="msg_p", partial="half an")
-    conv = turns.current(store, "c")
-    assert conv["pending"] is None
-    assert conversation.messages(conv)[-1]["text"] == "half an"
-    assert conv["items"][-1]["status"] == "incomplete"
 
 
-class BrokenAfterBegin(FileBackend):
-    """A file store that stops accepting writes once armed (a full disk, a lost Redis)."""
-
-    armed = False
-
-    def set(self, key, value, ttl):
-        if self.armed:
-            from webapp.store import StoreError
-
-            raise StoreError("disk full")
-        super().set(key, value, ttl)
 
 
-def test_a_store_failure_mid_turn_still_ends_the_stream_with_a_message(tmp_path, fake):
-    from webapp.openrouter import Client
-
-    backend = BrokenAfterBegin(FileSystemCache(str(tmp_path), threshold=0), str(tmp_path / "locks"))
-    store = Store(backend, 3600)
-    client = Client(fake.api_key, fake.base_url, "openai/o4-mini", 100)
-    turn, items, _, _ = turns.begin(store, "c", "hello")
-    backend.armed = True
-    running = turns.start(store, client, "c", turn, items)
-    events = list(running.relay.listen(tick=1.0))
-    assert events[-1][1] == "error" and "could not be saved" in events[-1][2]["message"]
-    backend.armed = False
-    assert store.load("c")["pending"]["text"] == "hello"  # still there, to be recovered
 
 
-def test_a_stop_no_worker_answers_is_settled_from_the_saved_progress_with_a_sentence(tmp_path):
-    """The turn's worker is gone or stuck: the Stop itself settles it, within its short wait."""
-    store = file_store(tmp_path)
-    turn, _, _, _ = turns.begin(store, "c", "question")
-    started = time.monotonic()
-    turns.stop(store, "c", turn)
-    assert time.monotonic() - started < 2
-    conv = store.load("c")
-    assert conv["pending"] is None
-    assert conv["failed"] == {"text": "question", "error": "Stopped before the model answered.",
-                              "replace": False, "stopped": True}
-    turn, _, _, _ = turns.begin(store, "c", "again")
-    with store.update("c") as conv:
-        conv["pending"].update(item_id="msg_p", partial="some words")
-    turns.stop(store, "c", turn)
-    assert conversation.messages(store.load("c"))[-1]["text"] == "some words"
-    assert conversation.messages(store.load("c"))[-1]["note"] == "Stopped."
-    # Charged for, but never reported: estimated from the text sent and received, and marked so.
-    spent = store.load("c")["meta"][-1]["usage"]
-    assert spent == {"input_tokens": usage.estimate_items([conversation.user_item("again")]),
-                     "output_tokens": usage.estimate_tokens("some words"), "estimated": True}
-    shown = usage.turn_usage({"usage": spent}, (0.000001, 0.000002))["text"]
-    assert shown.startswith("\u2248 ") and shown.endswith("(estimate)") and " in \u00b7 " in shown
 
 
 def test_a_waiting_lock_backs_off_instead_of_spinning(tmp_path, monkeypatch):
@@ -285,39 +196,6 @@ def test_ping_says_whether_the_file_store_is_writable(tmp_path):
         raise AssertionError("ping passed on a store whose lock directory is gone")
 
 
-def test_progress_saves_are_spaced_out_when_many_replies_stream_at_once(tmp_path, monkeypatch):
-    """Each save is a locked store write: with hundreds of replies streaming in one process, each is
-    saved less often (never less than a heartbeat), so the process makes about 100 saves a second."""
-    assert runner.flush_interval(1) == runner.flush_interval(50) == runner.FLUSH_EVERY
-    assert runner.flush_interval(300) == pytest.approx(3.0)
-    assert runner.flush_interval(5000) == runner.HEARTBEAT
-    store = file_store(tmp_path)
-    saves = []
-    monkeypatch.setattr(runner, "flush", lambda *args: saves.append(args) or "running")
-    running = runner.Turn(store, "c", "t")
-    start = running.saved[0]
-    for step in range(1, 31):  # 3 s of the saver's rounds, a delta in each
-        running.state.text += "word "
-        running.save_progress(start + step * 0.1, runner.flush_interval(300))
-    assert len(saves) == 1  # at 3 s, not every 0.5 s
-
-
-def test_a_turn_beginning_on_an_old_history_restarts_its_lifetime(tmp_path, monkeypatch):
-    """A history expires SESSION_LIFETIME_DAYS after its last write: one left alone almost that long
-    must not expire under the turn that just began on it."""
-    store = file_store(tmp_path, ttl=100)
-    with store.update("c") as conv:
-        conversation.add_turn(conv, "old question", "msg_a", "completed", "old answer")
-    written = store.history("c")["saved"]
-    turns.begin(store, "c", "soon after")  # young: the history is not written again
-    assert store.history("c")["saved"] == written
-    with store.update("c") as conv:
-        conv["pending"] = None
-    now = time.time()
-    monkeypatch.setattr(time, "time", lambda: now + 60)  # past half its lifetime
-    turns.begin(store, "c", "much later")
-    assert store.history("c")["saved"] == now + 60
-    assert [conversation.item_text(i) for i in store.load("c")["items"]] == ["old question", "old answer"]
 
 
 def test_a_browsers_list_is_written_again_past_half_its_lifetime(tmp_path, monkeypatch):

@@ -1,0 +1,82 @@
+"""Running a turn: a store failure still ends the stream, a Stop nobody answers still settles, and
+progress saves are spaced when many replies stream at once."""
+
+import time
+
+import pytest
+from cachelib.file import FileSystemCache
+
+from tests.test_store import file_store
+from webapp import conversation, turns, usage
+from webapp.store import FileBackend, Store
+from webapp.turns import runner
+
+
+class BrokenAfterBegin(FileBackend):
+    """A file store that stops accepting writes once armed (a full disk, a lost Redis)."""
+
+    armed = False
+
+    def set(self, key, value, ttl):
+        if self.armed:
+            from webapp.store import StoreError
+
+            raise StoreError("disk full")
+        super().set(key, value, ttl)
+
+
+def test_a_store_failure_mid_turn_still_ends_the_stream_with_a_message(tmp_path, fake):
+    from webapp.openrouter import Client
+
+    backend = BrokenAfterBegin(FileSystemCache(str(tmp_path), threshold=0), str(tmp_path / "locks"))
+    store = Store(backend, 3600)
+    client = Client(fake.api_key, fake.base_url, "openai/o4-mini", 100)
+    turn, items, _, _ = turns.begin(store, "c", "hello")
+    backend.armed = True
+    running = turns.start(store, client, "c", turn, items)
+    events = list(running.relay.listen(tick=1.0))
+    assert events[-1][1] == "error" and "could not be saved" in events[-1][2]["message"]
+    backend.armed = False
+    assert store.load("c")["pending"]["text"] == "hello"  # still there, to be recovered
+
+
+def test_a_stop_no_worker_answers_is_settled_from_the_saved_progress_with_a_sentence(tmp_path):
+    """The turn's worker is gone or stuck: the Stop itself settles it, within its short wait."""
+    store = file_store(tmp_path)
+    turn, _, _, _ = turns.begin(store, "c", "question")
+    started = time.monotonic()
+    turns.stop(store, "c", turn)
+    assert time.monotonic() - started < 2
+    conv = store.load("c")
+    assert conv["pending"] is None
+    assert conv["failed"] == {"text": "question", "error": "Stopped before the model answered.",
+                              "replace": False, "stopped": True}
+    turn, _, _, _ = turns.begin(store, "c", "again")
+    with store.update("c") as conv:
+        conv["pending"].update(item_id="msg_p", partial="some words")
+    turns.stop(store, "c", turn)
+    assert conversation.messages(store.load("c"))[-1]["text"] == "some words"
+    assert conversation.messages(store.load("c"))[-1]["note"] == "Stopped."
+    # Charged for, but never reported: estimated from the text sent and received, and marked so.
+    spent = store.load("c")["meta"][-1]["usage"]
+    assert spent == {"input_tokens": usage.estimate_items([conversation.user_item("again")]),
+                     "output_tokens": usage.estimate_tokens("some words"), "estimated": True}
+    shown = usage.turn_usage({"usage": spent}, (0.000001, 0.000002))["text"]
+    assert shown.startswith("\u2248 ") and shown.endswith("(estimate)") and " in \u00b7 " in shown
+
+
+def test_progress_saves_are_spaced_out_when_many_replies_stream_at_once(tmp_path, monkeypatch):
+    """Each save is a locked store write: with hundreds of replies streaming in one process, each is
+    saved less often (never less than a heartbeat), so the process makes about 100 saves a second."""
+    assert runner.flush_interval(1) == runner.flush_interval(50) == runner.FLUSH_EVERY
+    assert runner.flush_interval(300) == pytest.approx(3.0)
+    assert runner.flush_interval(5000) == runner.HEARTBEAT
+    store = file_store(tmp_path)
+    saves = []
+    monkeypatch.setattr(runner, "flush", lambda *args: saves.append(args) or "running")
+    running = runner.Turn(store, "c", "t")
+    start = running.saved[0]
+    for step in range(1, 31):  # 3 s of the saver's rounds, a delta in each
+        running.state.text += "word "
+        running.save_progress(start + step * 0.1, runner.flush_interval(300))
+    assert len(saves) == 1  # at 3 s, not every 0.5 s

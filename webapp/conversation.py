@@ -12,6 +12,7 @@ interleave); `failed` keeps the user's text of a turn that could not be answered
 """
 
 import time
+from dataclasses import dataclass, fields
 
 # Why a reply is marked in the page; `incomplete` replies also keep status "incomplete" upstream.
 NOTES = {
@@ -22,6 +23,29 @@ NOTES = {
 STOPPED_EARLY = "Stopped before the model answered."
 CONTEXT_FULL = ("This conversation is now longer than the model's context, so the message was not "
                 "sent. Drop the oldest turns, start a new chat, or pick a model with a larger context.")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """A conversation's settings, each None for the default: its model, system prompt, output limit,
+    temperature and reasoning effort. Stored as a plain dict (`conv["settings"]`), which may lack
+    any of them; `Settings.of(conv)` reads it whole. One list of them for the form, the plan of a
+    turn, the page and export."""
+
+    model: str | None = None
+    instructions: str | None = None
+    max_output_tokens: int | None = None
+    temperature: float | None = None
+    effort: str | None = None
+
+    @classmethod
+    def of(cls, conv):
+        found = (conv or {}).get("settings")
+        found = found if isinstance(found, dict) else {}
+        return cls(**{name: found.get(name) for name in SETTINGS})
+
+
+SETTINGS = tuple(f.name for f in fields(Settings))
 
 
 def note_text(note):

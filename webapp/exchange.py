@@ -10,6 +10,7 @@ stored by reference, unknown fields are never carried along) and reports the fir
 """
 
 import copy
+import dataclasses
 import datetime
 import json
 import math
@@ -21,7 +22,7 @@ from . import conversation, usage
 FORMAT = "chat-conversation"
 VERSION = 1
 
-SETTINGS_KEYS = ("model", "instructions", "max_output_tokens", "temperature", "effort")
+SETTINGS_KEYS = conversation.SETTINGS  # model, instructions, then the rest (in the export's "settings")
 EFFORTS = ("minimal", "low", "medium", "high")
 STATUSES = ("completed", "incomplete", "in_progress")
 ITEM_KEYS = {"user": {"type", "role", "content"},
@@ -52,8 +53,7 @@ class ImportProblem(ValueError):
 
 def _settings(conv):
     """The conversation's settings with every known key (None when unset)."""
-    found = conv.get("settings") if isinstance(conv.get("settings"), dict) else {}
-    return {key: found.get(key) for key in SETTINGS_KEYS}
+    return dataclasses.asdict(conversation.Settings.of(conv))
 
 
 def _utc(at, fmt):

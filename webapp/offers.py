@@ -5,6 +5,7 @@ most of a page's time). Plain: no Flask; the picker's options are rendered by a 
 from markupsafe import Markup, escape
 
 from . import catalogue
+from .conversation import Settings
 
 
 class Offer:
@@ -58,4 +59,4 @@ class Offers:
         return ids | {self.model_of(conv)} if models_list is None else ids
 
     def model_of(self, conv):
-        return ((conv or {}).get("settings") or {}).get("model") or self.config["OPENROUTER_MODEL"]
+        return Settings.of(conv).model or self.config["OPENROUTER_MODEL"]

@@ -29,11 +29,11 @@ def clock(epoch):
 
 def budget_of(conv, offer, model_of, default_max, draft=""):
     """How full the conversation's model context is (for the meter), with `draft` as the next message."""
-    settings = conv.get("settings") or {}
+    settings = conversation.Settings.of(conv)
     model = offer.by_id.get(model_of(conv))
     return usage.budget(catalogue.context_length(model) if model else None,
-                        conversation.sent_history(conv), settings.get("instructions") or "", draft or "",
-                        settings.get("max_output_tokens") or default_max)
+                        conversation.sent_history(conv), settings.instructions or "", draft or "",
+                        settings.max_output_tokens or default_max)
 
 
 # Messages before a conversation's last turn never change once settled (an edit or a regenerate
@@ -114,7 +114,7 @@ def chat(cid, conv, *, entries, offers, config, article, session_mark, draft="",
         title=(entry or {}).get("title") or conversation.title(conv),
         dropped=dropped, totals=usage.totals(conv, prices),
         model_options=on_offer.options_html(chosen), chosen=chosen, model=model,
-        settings=conv.get("settings") or {},
+        settings=conversation.Settings.of(conv),
         # While the list is down, the conversation's own model stays pickable (it was offered).
         own_model=chosen if models_list is None and chosen not in on_offer.ids else None,
         supports=lambda param: bool(model) and catalogue.supports(model, param),

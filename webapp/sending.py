@@ -116,19 +116,19 @@ def planner(offer, model_of, default_max):
     by_id = offer.by_id
 
     def plan(conv, history, text):
-        settings = conv.get("settings") or {}
+        settings = conversation.Settings.of(conv)
         model_id = model_of(conv)
         model = by_id.get(model_id)
-        instructions = settings.get("instructions") or ""
-        wanted = settings.get("max_output_tokens") or default_max
+        instructions = settings.instructions or ""
+        wanted = settings.max_output_tokens or default_max
         budget = usage.budget(catalogue.context_length(model) if model else None, history, instructions,
                               text, wanted)
         if not budget["fits"]:
             return None
         return catalogue.supported_options(model, {
             "model": model_id, "max_output_tokens": budget["max_output"],
-            "instructions": instructions or None, "temperature": settings.get("temperature"),
-            "reasoning_effort": settings.get("effort") or None})
+            "instructions": instructions or None, "temperature": settings.temperature,
+            "reasoning_effort": settings.effort or None})
 
     return plan
 
@@ -236,10 +236,9 @@ def drop_oldest(store, cid, context_length, message):
     notice: the red "longer than the context" banner and its Drop button would invite dropping more
     than needed."""
     with store.update(cid) as conv:
-        settings = conv.get("settings") or {}
         before = conv.get("dropped", 0)
         dropped = usage.oldest_to_drop(conv["items"], before, context_length,
-                                       settings.get("instructions") or "", message)
+                                       conversation.Settings.of(conv).instructions or "", message)
         if dropped == before and (conv.get("failed") or {}).get("context"):
             # Upstream refused it as too long although the estimate says it fits: drop a turn more.
             dropped = min(dropped + 2, max(0, len(conv["items"]) - 2))

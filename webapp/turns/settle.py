@@ -25,7 +25,7 @@ def keep_partial(conv, pending, item_id, text, note, stopped=False):
     if item_id and text:
         # Charged for, though the API never said how much: estimated (usage.estimate_turn).
         spent = usage.estimate_turn(conversation.sent_history(conv, pending.get("replace", False)),
-                                    pending["text"], (conv.get("settings") or {}).get("instructions"), text)
+                                    pending["text"], conversation.Settings.of(conv).instructions, text)
         add_reply(conv, pending, item_id, "incomplete", text, note="stopped" if stopped else note,
                   model=pending.get("model"), usage=spent)
     else:

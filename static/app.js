@@ -426,7 +426,7 @@
     const total = document.querySelector('[data-role="total"]');
     if (total && data.total) total.textContent = total.title = "Total: " + data.total;
     if (data.budget) showBudget(data.budget.used, data.budget.limit, data.budget.text);
-    if (data.title) document.title = data.title + " · Chat";
+    if (data.title && document.title === "Chat") document.title = data.title + " · Chat"; // a new one
     announcer.textContent = "Reply finished: " + articles[articles.length - 1].innerText.slice(0, 500);
   }
 

@@ -135,7 +135,7 @@ def last_turn(conv, prices, article, edit_url):
                    for i, m in enumerate(shown))
 
 
-def finished(outcome_kind, data, conv, offers, config, article=None, edit_url=None, title=None):
+def finished(outcome_kind, data, conv, offers, config, article=None, edit_url=None):
     """What the browser needs when a reply ends: the last turn as the page renders it (`articles`,
     when `article` renders a message; the reply's sanitised HTML alone in `html`), who wrote it when,
     what it used, the reply an edit or regenerate would now replace, the history size to check, the
@@ -159,7 +159,7 @@ def finished(outcome_kind, data, conv, offers, config, article=None, edit_url=No
                            reasoning=meta.get("reasoning"))
             if article is not None:
                 payload["articles"] = last_turn(conv, prices, article, edit_url)
-    payload["title"] = title or conversation.title(conv)
+    payload["title"] = conversation.title(conv)  # for a new conversation's tab (a rename is the list's)
     payload["count"] = len(conv["items"])
     payload["last_reply"] = conversation.last_reply_id(conv)
     payload["total"] = usage.totals(conv, prices)["text"]

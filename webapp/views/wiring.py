@@ -51,7 +51,6 @@ def render_chat(cid, conv, *, status=200, entries=None, **shown):
 
 def finished(kind, data, cid):
     """What the page's script is told when a reply of conversation `cid` ends (page.finished)."""
-    entry = next((e for e in browser().listed() if e["id"] == cid), None)
     return page.finished(kind, data, store().load(cid), offers(), current_app.config,
                          article=get_template_attribute("_message.html", "article"),
-                         edit_url=url_for("chat.edit", cid=cid), title=(entry or {}).get("title"))
+                         edit_url=url_for("chat.edit", cid=cid))

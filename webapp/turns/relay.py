@@ -120,8 +120,16 @@ def _order(entry_id):
     return None
 
 
+STREAM_PREFIX = "relay:"
+
+
 def stream_key(turn):
-    return f"relay:{turn}"
+    return STREAM_PREFIX + turn
+
+
+def _text(value):
+    """What redis-py returns (bytes) as text."""
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def _entry(kind, data, final):
@@ -132,13 +140,9 @@ def _entry(kind, data, final):
 
 
 def _event(entry_id, fields):
-    """(id, kind, data, final) of a stream entry as redis-py returns it (bytes)."""
-    def field(name):
-        value = fields.get(name.encode()) if name.encode() in fields else fields.get(name)
-        return value.decode() if isinstance(value, bytes) else value
-
-    event_id = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-    return event_id, field("k"), json.loads(field("d") or "null"), field("f") == "1"
+    """(id, kind, data, final) of a stream entry as redis-py returns it."""
+    found = {_text(name): _text(value) for name, value in fields.items()}
+    return _text(entry_id), found.get("k"), json.loads(found.get("d") or "null"), found.get("f") == "1"
 
 
 class RedisRelay(LocalRelay):
@@ -157,7 +161,7 @@ class RedisRelay(LocalRelay):
         except Exception:  # Redis down: this process's followers still get the event (without an id)
             log.warning("could not relay an event of %s to Redis", self.key, exc_info=True)
             return None
-        return entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+        return _text(entry_id)
 
 
 class Mirror(LocalRelay):
@@ -248,17 +252,17 @@ class RedisFollowing:
                 log.warning("the relay reader reads from Redis again")
                 failing = False
             for key, entries in replies or ():
-                key = key.decode() if isinstance(key, bytes) else key
+                key = _text(key)
                 if key == self._wake:
-                    woken = _event(entries[-1][0], {})[0]
+                    woken = _text(entries[-1][0])
                     continue
                 with self._lock:
-                    found = self._mirrors.get(key[len("relay:"):])
+                    found = self._mirrors.get(key[len(STREAM_PREFIX):])
                 if found:
                     found[0].feed(entries)
 
 
-STOP_CHANNEL = "relay:stop"  # a Stop, published for whichever worker or host runs the turn
+STOP_CHANNEL = "stops"  # a Stop, published for whichever worker or host runs the turn
 
 
 class StopListener:
@@ -289,8 +293,7 @@ class StopListener:
                 threading.Event().wait(BLOCK_MS / 1000)
                 continue
             if message and message.get("type") == "message":
-                turn = message["data"]
-                self.on_stop(turn.decode() if isinstance(turn, bytes) else turn)
+                self.on_stop(_text(message["data"]))
 
 
 _following = {}  # id of a Redis client -> this process's RedisFollowing for it

@@ -451,10 +451,10 @@ STREAMED_PARTS = (
     ("upstream request, until its headers (body JSON included)", ("Client._post",), ("upstream",)),
     ("reading and parsing the upstream's events", ("sse_data", "Client.stream>loads"),
      ("Response.iter_lines", "turns.<locals>.events>loads")),
-    ("handing each delta to the listener", ("Relay.listen", "Relay.publish"), ()),
+    ("handing each delta to the listener", ("LocalRelay.listen", "LocalRelay.publish", "Turn.publish"), ()),
     ("snapshot renders while streaming", ("_Snapshots.due",), ()),
     ("writing events to the browser", ("Response.write",), ("Response.write",)),
-    ("the end: settle, log, final event", ("_settle", "log_turn", "_finished_payload"), ()),
+    ("the end: settle, log, final event", ("settle", "log_turn", "finished"), ()),
     ("progress saves and Stop checks", ("_save_progress_forever",), ()),
 )
 

@@ -1001,6 +1001,7 @@ def test_a_reserved_place_counts_until_released_or_taken_by_its_running_turn():
         assert per_session.value.too_many_for_session
     finally:
         turns.LIVE.pop("t-reserved", None)
+        admission.RUNNING.pop(None, None)
         second.release()
     assert running.owner is None and not admission._RESERVED
 

@@ -220,7 +220,8 @@ def _html(text):
     """The message's sanitised HTML, chunk by chunk: parsed while the budget lasts, else as escaped
     text."""
     spent, env = 0.0, {}  # one env: a link reference defined in a chunk serves the chunks after it
-    for i, (chunk, parse) in enumerate(_chunks(text)):
+    # A text of one chunk at most (most replies, every early snapshot of a streaming one) is not split.
+    for i, (chunk, parse) in enumerate([(text, True)] if len(text) <= CHUNK else _chunks(text)):
         if i:
             # Other users' requests and streams run between chunks: under gunicorn's gevent worker
             # time.sleep is gevent's (monkey-patched), and a sleep of more than 0 runs its event

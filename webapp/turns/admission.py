@@ -163,8 +163,9 @@ def waiter_cancelled(store, waiter):
 
 
 LIVE = {}  # turn id -> runner.Turn, for turns running in this process
+RUNNING = Counter()  # owner -> turns of that session running in this process
 _RESERVED = Counter()  # owner -> places reserved for sends not running yet (see `reserve`)
-LOCK = threading.Lock()  # guards both
+LOCK = threading.Lock()  # guards all three
 
 
 class Slot:
@@ -196,7 +197,7 @@ def reserve(max_running, owner, max_per_owner):
     with LOCK:
         if len(LIVE) + sum(_RESERVED.values()) >= max_running:
             raise Full()
-        if owner and sum(1 for t in LIVE.values() if t.owner == owner) + _RESERVED[owner] >= max_per_owner:
+        if owner and RUNNING[owner] + _RESERVED[owner] >= max_per_owner:
             raise Full(too_many_for_session=True)
         _RESERVED[owner] += 1
     return Slot(owner)

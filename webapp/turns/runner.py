@@ -224,6 +224,7 @@ def register(store, cid, turn, streaming=True, model=None, owner=None, limit=Non
         if slot is not None:
             slot.drop_locked()  # the running turn takes the reserved place, under the same lock
         admission.LIVE[turn] = running
+        admission.RUNNING[owner] += 1
         if _saver is None or not _saver.is_alive():  # started lazily: after gunicorn's fork
             _saver = threading.Thread(target=_save_progress_forever, name="progress", daemon=True)
             _saver.start()
@@ -235,7 +236,10 @@ def _run(store, client, running, items, stream, request):
         return execute(store, client, running, items, stream, request)
     finally:
         with admission.LOCK:
-            admission.LIVE.pop(running.turn, None)
+            if admission.LIVE.pop(running.turn, None) is not None:
+                admission.RUNNING[running.owner] -= 1
+                if admission.RUNNING[running.owner] <= 0:
+                    del admission.RUNNING[running.owner]
 
 
 def run(store, client, cid, turn, items, owner=None, limit=None, request=None, slot=None):

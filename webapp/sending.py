@@ -258,4 +258,5 @@ def dropped_notice(messages):
     turns_ = (messages + 1) // 2
     what = ("The oldest turn" if turns_ == 1 else f"The {turns_} oldest turns") + f" ({messages} messages)"
     return (f"{what} {'is' if turns_ == 1 else 'are'} no longer sent to the model; "
-            f"{'it stays' if turns_ == 1 else 'they stay'} above the divider. Your message fits now: send it.")
+            f"{'it stays' if turns_ == 1 else 'they stay'} above the divider. "
+            "Your message fits now: send it.")

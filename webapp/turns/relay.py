@@ -220,8 +220,10 @@ class RedisFollowing:
                 self._thread = threading.Thread(target=self._read_forever, name="relay", daemon=True)
                 self._thread.start()
         try:
-            self.client.pipeline(transaction=False).xadd(self._wake, {"w": "1"}, maxlen=10, approximate=True) \
-                .expire(self._wake, 60).execute()
+            pipe = self.client.pipeline(transaction=False)
+            pipe.xadd(self._wake, {"w": "1"}, maxlen=10, approximate=True)
+            pipe.expire(self._wake, 60)
+            pipe.execute()
         except Exception:
             log.warning("could not wake the relay reader", exc_info=True)  # it reads on within BLOCK_MS
         return mirror

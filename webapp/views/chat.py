@@ -81,24 +81,24 @@ def send(cid=None):
     cid = me.target(cid)
     draft = request.form.get("message", "")
     try:
-        send_ = wiring.send(cid, me)
+        outgoing = wiring.send(cid, me)
     except sending.BadInput as bad:
         kind = "hint" if bad.status == 400 else "error"
         return wiring.render_chat(cid, wiring.current(cid), draft=draft, status=bad.status,
                                   **{kind: bad.message})
     try:
-        begun = send_.begin(sending.QUEUE_WAIT)
+        begun = outgoing.begin(sending.QUEUE_WAIT)
     except turns.TooLong:
-        return redirect(url_for("chat.conversation_page", cid=send_.cid, _anchor="message"), code=303)
+        return redirect(url_for("chat.conversation_page", cid=outgoing.cid, _anchor="message"), code=303)
     except (turns.Busy, turns.Stale, turns.Full) as refused:
         if isinstance(refused, turns.Busy) and not isinstance(refused, turns.QueueFull):
-            send_.release()
+            outgoing.release()
         status, message = sending.refusal_for(refused)
-        return wiring.render_chat(send_.cid, wiring.current(send_.cid), draft=draft, status=status,
+        return wiring.render_chat(outgoing.cid, wiring.current(outgoing.cid), draft=draft, status=status,
                                   error=message)
-    turns.run(wiring.store(), wiring.client(), send_.cid, begun.turn, begun.items,
-              request=begun.request, **send_.options)
-    return redirect(url_for("chat.conversation_page", cid=send_.cid, _anchor="latest"), code=303)
+    turns.run(wiring.store(), wiring.client(), outgoing.cid, begun.turn, begun.items,
+              request=begun.request, **outgoing.options)
+    return redirect(url_for("chat.conversation_page", cid=outgoing.cid, _anchor="latest"), code=303)
 
 
 @bp.post("/edit")

@@ -11,7 +11,7 @@ import time
 from flask import (Blueprint, Response, current_app, redirect, render_template, request,
                    stream_with_context, url_for)
 
-from .. import conversation, render, sending as sending_, turns
+from .. import conversation, render, sending, turns
 from ..turns import relay as relays
 from ..turns.events import (ALIVE, DELTA, DONE, ERROR, FINAL, HTML, QUEUED, REASONING, RESUMED,
                             STARTED, TICK)
@@ -130,47 +130,48 @@ def _stream_response(events, cid, snapshots):
     return response
 
 
-def _start(sending, begun):
+def _start(send, begun):
     """Run a begun turn in the background (its reader outlives the request) and return it."""
-    return turns.start(wiring.store(), wiring.client(), sending.cid, begun.turn, begun.items,
-                       request=begun.request, **sending.options)
+    return turns.start(wiring.store(), wiring.client(), send.cid, begun.turn, begun.items,
+                       request=begun.request, **send.options)
 
 
-def _start_when_free(sending, begun, running, snapshots, ahead=None):
+def _start_when_free(send, begun, running, snapshots, ahead=None):
     """(id, kind, data) events of a new turn (`running`: already started, when `begun` is); while
     another reply in this conversation is written, say it is queued (this send holds the
     conversation's one waiting place until it starts, gives up or its client leaves: then no turn
     was begun)."""
     try:
-        deadline = time.monotonic() + sending_.queue_limit(current_app.config)
+        deadline = time.monotonic() + sending.queue_limit(current_app.config)
         while begun is None:
             yield None, QUEUED, {"message": "Waiting for the reply before this one to finish…",
-                                 "waiter": sending.waiter}
+                                 "waiter": send.waiter}
             # Up to a second on the reply before it (it starts the moment that one ends); then a
             # `queued` event again, which also shows whether this client is still there.
             turns.wait_for_end(wiring.store(), ahead, 1.0)
             try:
-                begun = sending.again()
+                begun = send.again()
             except turns.TooLong:
                 yield None, ERROR, {"message": conversation.CONTEXT_FULL, "text": "", "kept": False,
                                     "context": True}
                 return
             except (turns.Stale, turns.QueueFull) as refused:
-                yield None, ERROR, {"message": sending_.refusal_for(refused)[1], "text": "", "kept": False,
+                yield None, ERROR, {"message": sending.refusal_for(refused)[1], "text": "", "kept": False,
                                     "unsent": True}
                 return
             except turns.Busy as busy:
                 ahead = busy.turn or ahead
                 if time.monotonic() > deadline:
-                    yield None, ERROR, {"message": sending_.BUSY, "text": "", "kept": False, "unsent": True}
+                    yield None, ERROR, {"message": sending.BUSY, "text": "", "kept": False, "unsent": True}
                     return
     finally:
         if begun is None:
-            sending.release()
-    running = running or _start(sending, begun)
-    cid = sending.cid
-    yield None, STARTED, {"turn": begun.turn, "conversation": cid, "title": conversation.short_title(begun.text),
-                          "url": url_for("chat.conversation_page", cid=cid), "session": sending.session_mark}
+            send.release()
+    running = running or _start(send, begun)
+    cid = send.cid
+    yield None, STARTED, {"turn": begun.turn, "conversation": cid,
+                          "title": conversation.short_title(begun.text),
+                          "url": url_for("chat.conversation_page", cid=cid), "session": send.session_mark}
     yield from running.relay.listen(tick=snapshots.wait)
 
 
@@ -180,16 +181,16 @@ def _start_when_free(sending, begun, running, snapshots, ahead=None):
 def stream(cid=None):
     me = wiring.browser()
     try:
-        sending = wiring.send(me.target(cid), me)
-    except sending_.BadInput as bad:
+        send = wiring.send(me.target(cid), me)
+    except sending.BadInput as bad:
         return {"error": bad.message}, bad.status
     try:
-        begun = sending.begin(0)
+        begun = send.begin(0)
     except turns.TooLong:
         return {"error": conversation.CONTEXT_FULL, "context": True,
-                "url": url_for("chat.conversation_page", cid=sending.cid)}, 400
+                "url": url_for("chat.conversation_page", cid=send.cid)}, 400
     except (turns.Stale, turns.QueueFull, turns.Full) as refused:
-        status, message = sending_.refusal_for(refused)
+        status, message = sending.refusal_for(refused)
         return {"error": message}, status
     except turns.Busy as busy:
         begun, ahead = None, busy.turn  # this send holds the waiting place: "queued" until it starts
@@ -197,9 +198,9 @@ def stream(cid=None):
         ahead = None
     # Started before the response is returned: a client gone before the stream's first byte must not
     # leave a pending turn that nobody writes.
-    running = _start(sending, begun) if begun else None
+    running = _start(send, begun) if begun else None
     snapshots = _Snapshots()
-    return _stream_response(_start_when_free(sending, begun, running, snapshots, ahead), sending.cid,
+    return _stream_response(_start_when_free(send, begun, running, snapshots, ahead), send.cid,
                             snapshots)
 
 

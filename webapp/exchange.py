@@ -75,18 +75,18 @@ def _clean_usage(found):
         return None
     clean = {}
     for key in USAGE_COUNTS:
-        n = usage._count(found.get(key))
+        n = usage.count(found.get(key))
         if n is not None:
             clean[key] = n
     for key, inner in USAGE_DETAILS.items():
         details = found.get(key)
-        n = usage._count(details.get(inner)) if isinstance(details, dict) else None
+        n = usage.count(details.get(inner)) if isinstance(details, dict) else None
         if n is not None:
             clean[key] = {inner: n}
     if "cost" in found:  # a number (not a string) within usage's bounds, as _count keeps counts
         cost = found["cost"]
         if cost is None or (isinstance(cost, (int, float)) and not isinstance(cost, bool)
-                            and usage._money(cost) is not None):
+                            and usage.money(cost) is not None):
             clean["cost"] = None if cost is None else float(cost)
     return clean or None
 

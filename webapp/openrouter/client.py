@@ -15,6 +15,16 @@ MODELS_READ_TIMEOUT = 10.0  # seconds for GET /models: a page waits on it, so ne
 REASONING_EFFORTS = ("minimal", "low", "medium", "high")
 
 
+def _failure(response):
+    """The `UpstreamError` of a non-200 answer: its status, OpenRouter's own words, its Retry-After."""
+    try:
+        detail = error_detail(response.json())
+    except ValueError:
+        detail = ""
+    return error_for_status(response.status_code, detail,
+                            parse_retry_after(response.headers.get("Retry-After")))
+
+
 class Client:
     """One per process: a pooled `requests.Session`, the key and the request defaults."""
 
@@ -103,12 +113,7 @@ class Client:
             state.detach()
         try:
             if response.status_code != 200:
-                try:
-                    detail = error_detail(response.json())
-                except ValueError:
-                    detail = ""
-                raise error_for_status(response.status_code, detail,
-                                       parse_retry_after(response.headers.get("Retry-After")))
+                raise _failure(response)
             try:
                 body = response.json()
             except ValueError:
@@ -141,13 +146,9 @@ class Client:
             _current.state = None
         if response.status_code != 200:
             try:
-                detail = error_detail(response.json())
-            except ValueError:
-                detail = ""
+                raise _failure(response)
             finally:
                 response.close()
-            raise error_for_status(response.status_code, detail,
-                                   parse_retry_after(response.headers.get("Retry-After")))
         return response
 
     def respond(self, items, state=None, **options):

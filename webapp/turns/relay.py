@@ -18,6 +18,7 @@ import os
 import secrets
 import threading
 
+from ..store import RedisBackend
 from .events import DELTA, TICK
 
 log = logging.getLogger(__name__)
@@ -156,7 +157,8 @@ class RedisRelay(LocalRelay):
         try:
             pipe = self.client.pipeline(transaction=False)
             pipe.xadd(self.key, _entry(kind, data, final), maxlen=MAXLEN, approximate=True)
-            pipe.expire(self.key, ENDED_FOR if final else ALIVE_FOR)
+            if final or not self.events:  # its lifetime is set by the first event, and the last
+                pipe.expire(self.key, ENDED_FOR if final else ALIVE_FOR)
             entry_id = pipe.execute()[0]
         except Exception:  # Redis down: this process's followers still get the event (without an id)
             log.warning("could not relay an event of %s to Redis", self.key, exc_info=True)
@@ -344,7 +346,5 @@ def publish_stop(store, turn):
 
 
 def _redis_client(store):
-    from ..store import RedisBackend  # the store module imports nothing from turns
-
     backend = getattr(store, "backend", None)
     return backend.client if isinstance(backend, RedisBackend) else None

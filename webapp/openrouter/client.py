@@ -25,6 +25,14 @@ def _failure(response):
                             parse_retry_after(response.headers.get("Retry-After")))
 
 
+def _body(response):
+    """A 200 answer's JSON body; one the app cannot read is a `bad_response`."""
+    try:
+        return response.json()
+    except ValueError:
+        raise UpstreamError("bad_response") from None
+
+
 class Client:
     """One per process: a pooled `requests.Session`, the key and the request defaults."""
 
@@ -114,10 +122,7 @@ class Client:
         try:
             if response.status_code != 200:
                 raise _failure(response)
-            try:
-                body = response.json()
-            except ValueError:
-                raise UpstreamError("bad_response") from None
+            body = _body(response)
         finally:
             response.close()
         data = body.get("data") if isinstance(body, dict) else None
@@ -157,11 +162,7 @@ class Client:
         reasoning_effort)."""
         state = state or StreamState()
         try:
-            response = self._post(items, False, state, options)
-            try:
-                body = response.json()
-            except ValueError:
-                raise UpstreamError("bad_response") from None
+            body = _body(self._post(items, False, state, options))
         finally:
             state.detach()
         return reply_from_response(body)

@@ -23,6 +23,7 @@ GET /models serves `fake.models` (default: a copy of MODELS), which is also the 
 import copy
 import json
 import math
+import re
 import select
 import socket
 import secrets
@@ -40,14 +41,17 @@ GONE = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError)
 MODELS = {"data": [
     {"id": "openai/o4-mini", "name": "OpenAI: o4-mini", "context_length": 200000,
      "pricing": {"prompt": "0.0000011", "completion": "0.0000044"},
-     "supported_parameters": ["max_tokens", "reasoning"]},
+     "supported_parameters": ["max_tokens", "reasoning"],
+     "architecture": {"input_modalities": ["text", "image", "file"], "output_modalities": ["text"]}},
     {"id": "openai/gpt-4o-mini", "name": "OpenAI: GPT-4o-mini", "context_length": 128000,
      "pricing": {"prompt": "0.00000015", "completion": "0.0000006"},
-     "supported_parameters": ["max_tokens", "temperature", "top_p"]}]}
+     "supported_parameters": ["max_tokens", "temperature", "top_p"],
+     "architecture": {"input_modalities": ["text", "image", "file"], "output_modalities": ["text"]}}]}
 # A small-context model without reasoning, for tests of context limits (not in MODELS: add it).
 TINY_MODEL = {"id": "tiny/4k", "name": "Tiny: 4K", "context_length": 4096,
               "pricing": {"prompt": "0", "completion": "0"},
-              "supported_parameters": ["max_tokens", "temperature"]}
+              "supported_parameters": ["max_tokens", "temperature"],
+              "architecture": {"input_modalities": ["text"], "output_modalities": ["text"]}}
 REASONING_EFFORTS = {"minimal", "low", "medium", "high"}
 REASONING_SUMMARIES = {"auto", "concise", "detailed"}
 REASONING_KEYS = {"effort", "summary", "max_tokens", "exclude", "enabled"}
@@ -125,12 +129,39 @@ reply, error, raw, no_message, hang, stream_error = Reply, Error, Raw, NoMessage
 
 # --- validation: what the real API would refuse, phrased so a failing test explains itself ----------
 
+IMAGE_URL = re.compile(r"data:image/(png|jpeg|gif|webp);base64,[A-Za-z0-9+/]+=*")
+PDF_URL = re.compile(r"data:application/pdf;base64,[A-Za-z0-9+/]+=*")
+
+
+def _attachment_problem(part, where):
+    """A user message's image or file part, as the API takes it (data URLs of real base64)."""
+    if part.get("type") == "input_image":
+        if set(part) - {"type", "image_url", "detail"}:
+            return f"{where}: input_image has unknown keys {sorted(set(part) - {'type', 'image_url', 'detail'})}"
+        if not isinstance(part.get("image_url"), str) or not IMAGE_URL.fullmatch(part["image_url"]):
+            return f"{where}: input_image needs 'image_url' as an image data URL"
+        if part.get("detail", "auto") not in ("auto", "low", "high"):
+            return f"{where}: input_image 'detail' must be auto, low or high"
+        return None
+    if set(part) != {"type", "filename", "file_data"}:
+        return f"{where}: input_file needs exactly 'filename' and 'file_data', got {sorted(part)}"
+    if not isinstance(part["filename"], str) or not part["filename"]:
+        return f"{where}: input_file needs a 'filename'"
+    if not isinstance(part["file_data"], str) or not PDF_URL.fullmatch(part["file_data"]):
+        return f"{where}: input_file needs 'file_data' as a PDF data URL"
+    return None
+
+
 def _parts_problem(content, part_type, where):
     if part_type == "input_text" and isinstance(content, str):
         return None
     if not isinstance(content, list):
         return f"{where}: content must be {'a string or ' if part_type == 'input_text' else ''}a list of parts"
     for j, part in enumerate(content):
+        if part_type == "input_text" and isinstance(part, dict) and part.get("type") in ("input_image", "input_file"):
+            if problem := _attachment_problem(part, f"{where}: content[{j}]"):
+                return problem
+            continue
         allowed = {"type", "text", "annotations"} if part_type == "output_text" else {"type", "text"}
         if not isinstance(part, dict) or part.get("type") != part_type or not isinstance(part.get("text"), str):
             return f"{where}: content[{j}] must be {{'type': '{part_type}', 'text': str}}, got {part!r}"
@@ -251,6 +282,10 @@ def _body_problem(body, issued_ids, models=None):
             return problem
     if items[-1].get("type") != "message" or items[-1].get("role") != "user":
         return "the last input item must be the user's message"
+    images = any(isinstance(p, dict) and p.get("type") == "input_image"
+                 for item in items if isinstance(item.get("content"), list) for p in item["content"])
+    if images and "image" not in (model.get("architecture") or {}).get("input_modalities", ["image"]):
+        return "No endpoints found that support image input"
     return _context_problem(body, model)
 
 
@@ -258,7 +293,7 @@ def _user_texts(items):
     """The text of each user turn in a (validated) input."""
     contents = [items] if isinstance(items, str) else [
         item["content"] for item in items if item.get("type") == "message" and item.get("role") == "user"]
-    return [c if isinstance(c, str) else "".join(part["text"] for part in c) for c in contents]
+    return [c if isinstance(c, str) else "".join(part.get("text", "") for part in c) for c in contents]
 
 
 class _Abort(Exception):

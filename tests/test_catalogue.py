@@ -217,7 +217,8 @@ def test_options_group_by_provider_and_sort_by_name():
     assert o4 == {"id": "openai/o4-mini", "name": "OpenAI: o4-mini", "context_length": 200000,
                   "prompt_price": 1.1e-6, "completion_price": 4.4e-6,
                   "label": "o4-mini \u00b7 200K context \u00b7 $1.10/$4.40 per M",
-                  "params": ["max_tokens", "reasoning"], "page_params": "max_tokens reasoning"}
+                  "params": ["max_tokens", "reasoning"], "page_params": "max_tokens reasoning",
+                  "images": True}  # its architecture lists "image"
 
 
 def test_labels():
@@ -245,7 +246,7 @@ def test_a_default_missing_from_the_list_is_a_bare_entry():
         entries = {m["id"]: m for g in groups for m in g["models"]}
         assert entries["acme/private"] == {"id": "acme/private", "name": "acme/private", "context_length": None,
                                            "prompt_price": None, "completion_price": None,
-                                           "label": "acme/private", "params": [], "page_params": ""}
+                                           "label": "acme/private", "params": [], "page_params": "", "images": None}
         assert ("openai/o4-mini" in entries) is bool(models)
 
 

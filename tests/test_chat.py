@@ -177,9 +177,10 @@ def test_a_message_over_the_limit_gets_a_413_page_and_nothing_is_stored(make_app
     assert fake.requests == [] and messages(page(client)) == []
 
 
-def test_a_body_over_max_content_length_gets_a_413_page(make_app, fake):
-    client = make_app(MAX_CONTENT_LENGTH=1000).test_client()
-    response = send(client, "y" * 5000)
+def test_a_body_over_the_request_limit_gets_a_413_page(make_app, fake):
+    # A send's limit is MAX_CONTENT_LENGTH plus the files a message may carry (settings.upload_limit).
+    client = make_app(MAX_CONTENT_LENGTH=1000, MAX_ATTACHMENTS=1, MAX_ATTACHMENT_BYTES=1000).test_client()
+    response = send(client, "y" * 70_000)
     assert response.status_code == 413
     assert "too large" in response.get_data(as_text=True).lower()
     assert fake.requests == [] and messages(page(client)) == []

@@ -881,12 +881,15 @@ def test_an_import_without_a_file_is_a_400(client):
     assert response.status_code == 400 and "Choose a JSON file" in alert(response.get_data(as_text=True))
 
 
-def test_a_file_over_the_upload_limit_gets_a_clear_message_and_stores_nothing(app, monkeypatch):
+def test_a_file_over_the_upload_limit_gets_a_clear_message_and_stores_nothing(make_app, monkeypatch):
+    # The import limit is settings.upload_limit: MAX_CONTENT_LENGTH plus the attachments one
+    # message may carry (as base64); here a megabyte and a few files of a few bytes.
+    app = make_app(MAX_ATTACHMENTS=1, MAX_ATTACHMENT_BYTES=100)
     client = app.test_client()
     start(client, "already here")
     listed = sidebar(get(client, "/"))
     seen = record_store(app, monkeypatch)
-    response = upload(client, b'{"items": "' + b"x" * (1024 * 1024 + 10) + b'"}')
+    response = upload(client, b'{"items": "' + b"x" * (1024 * 1024 + 128 * 1024) + b'"}')
     assert not [key for op, key in seen if op == "set" and key.startswith(("conv:", "browser:", "turn:"))]
     assert sidebar(get(client, "/")) == listed
     assert response.status_code in (400, 413)

@@ -28,7 +28,7 @@ from webapp import turns
 from webapp.turns import Listeners, admission, runner
 from webapp.settings import from_env
 
-CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' blob:; connect-src 'self'; "
        "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
 TABLE = "| a | b |\n|:-:|--:|\n| 1 | 2 |"
 

@@ -56,8 +56,13 @@ def test_settings_keep_what_the_form_sets_and_refuse_a_model_not_offered():
 def test_the_plan_caps_the_output_to_what_the_context_leaves_and_refuses_what_cannot_fit():
     on_offer = offers()
     plan = sending.planner(on_offer.offer(MODELS), on_offer.model_of, CONFIG["MAX_OUTPUT_TOKENS"])
-    small = plan(conversation.new(), [], "a short question")
+    item = conversation.user_item
+    small = plan(conversation.new(), [], item("a short question"))
     assert small["model"] == "a/one" and small["max_output_tokens"] < 1000
-    assert plan(conversation.new(), [], "word " * 2000) is None  # 1,000 tokens of context
-    big = plan({**conversation.new(), "settings": {"model": "a/two", "temperature": 0.2}}, [], "hi")
+    assert plan(conversation.new(), [], item("word " * 2000)) is None  # 1,000 tokens of context
+    # An attachment counts as its estimate (an image: attachments.IMAGE_TOKENS), never its bytes.
+    image = {"sha": "0" * 64, "name": "a.png", "mime": "image/png", "kind": "image", "size": 9_000_000,
+             "tokens": 1500}
+    assert plan(conversation.new(), [], item("hi", [image])) is None
+    big = plan({**conversation.new(), "settings": {"model": "a/two", "temperature": 0.2}}, [], item("hi"))
     assert big == {"model": "a/two", "max_output_tokens": 9000, "temperature": 0.2}

@@ -97,6 +97,25 @@ def supports(model, param):
     return PARAMETERS.get(param, param) in params or param in params
 
 
+def images(model):
+    """Whether `model` (its catalogue dict) takes images, as its `architecture`'s `input_modalities`
+    say: True, False, or None when the catalogue does not say."""
+    architecture = model.get("architecture") if isinstance(model, dict) else None
+    found = architecture.get("input_modalities") if isinstance(architecture, dict) else None
+    return "image" in found if isinstance(found, list) else None
+
+
+def reads_images(model):
+    """Whether images may be sent to `model`: a model the catalogue says nothing about is given the
+    benefit of the doubt (the upstream refuses what it cannot read)."""
+    return images(model) is not False
+
+
+def display_name(model, model_id):
+    name = model.get("name") if isinstance(model, dict) else None
+    return name.strip() if isinstance(name, str) and name.strip() else model_id
+
+
 def supported_options(model, options):
     """`options` (the client's per-turn keywords) without those that are None or that `model` (its
     dict, or None when unknown) does not take, so a turn never sends a parameter the API refuses
@@ -192,12 +211,13 @@ def _entry(model):
             and model["name"].strip() else model["id"],
             "context_length": context_length(model), "prompt_price": prompt,
             "completion_price": completion, "label": label(model), "params": params,
+            "images": images(model),
             "page_params": " ".join(p for p in params if p in PAGE_PARAMS)}
 
 
 def _bare(model_id):
     return {"id": model_id, "name": model_id, "context_length": None, "prompt_price": None,
-            "completion_price": None, "label": model_id, "params": [], "page_params": ""}
+            "completion_price": None, "label": model_id, "params": [], "page_params": "", "images": None}
 
 
 def provider(model_id):

@@ -14,6 +14,8 @@ interleave); `failed` keeps the user's text of a turn that could not be answered
 import time
 from dataclasses import dataclass, fields
 
+from . import attachments
+
 # Why a reply is marked in the page; `incomplete` replies also keep status "incomplete" upstream.
 NOTES = {
     "max_output_tokens": "The answer was cut off: it reached the output token limit.",
@@ -58,8 +60,12 @@ def new():
     return {"items": [], "meta": [], "pending": None, "failed": None, "rev": 0}
 
 
-def user_item(text):
-    return {"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}
+def user_item(text, files=()):
+    """A user message: its text, then its attachments (stored as references: attachments.part)."""
+    parts = [attachments.part(ref) for ref in files or ()]
+    if text or not parts:  # a message of attachments alone needs no empty text part
+        parts.insert(0, {"type": "input_text", "text": text})
+    return {"type": "message", "role": "user", "content": parts}
 
 
 def assistant_item(item_id, status, text):
@@ -82,10 +88,11 @@ def sent_history(conv, replace=False):
     return items[min(conv.get("dropped", 0), len(items)):]
 
 
-def add_turn(conv, text, item_id, status, reply_text, note=None, **reply_meta):
-    """Append a finished turn (the user's message and the reply) and clear pending/failed state."""
+def add_turn(conv, text, item_id, status, reply_text, note=None, files=None, **reply_meta):
+    """Append a finished turn (the user's message, with its attachments, and the reply) and clear
+    pending/failed state."""
     now = time.time()
-    conv["items"].append(user_item(text))
+    conv["items"].append(user_item(text, files))
     conv["meta"].append({"at": now})
     conv["items"].append(assistant_item(item_id, status, reply_text))
     meta = {"at": now, **{k: v for k, v in reply_meta.items() if v is not None}}
@@ -98,12 +105,14 @@ def add_turn(conv, text, item_id, status, reply_text, note=None, **reply_meta):
     return conv
 
 
-def fail_turn(conv, text, error, replace=False, stopped=False, context=False):
+def fail_turn(conv, text, error, replace=False, stopped=False, context=False, files=None):
     """Record a turn that got no answer: history unchanged, the user's text kept for a retry
     (`replace`: the retry should again take the last turn's place, as a regenerate or edit would;
     `stopped`: the user stopped it, so `error` is a neutral note, not a failure)."""
     conv["pending"] = None
     conv["failed"] = {"text": text, "error": error, "replace": replace, "stopped": stopped}
+    if files:  # kept with the text: a retry sends them again
+        conv["failed"]["files"] = files
     if context:
         conv["failed"]["context"] = True
     conv["rev"] = conv.get("rev", 0) + 1
@@ -137,9 +146,12 @@ def clean_title(text):
 def title(conv, limit=TITLE_CHARS):
     """The conversation's title: the start of its first message, on one line."""
     if conv["items"]:
-        return short_title(item_text(conv["items"][0]), limit)
+        first = conv["items"][0]
+        files = attachments.refs(first)
+        return short_title(item_text(first) or (files[0]["name"] if files else ""), limit)
     if conv.get("pending"):
-        return short_title(conv["pending"]["text"], limit)
+        files = conv["pending"].get("files") or ()
+        return short_title(conv["pending"]["text"] or (files[0]["name"] if files else ""), limit)
     return ""
 
 
@@ -156,6 +168,6 @@ def messages(conv, start=0):
     for item, meta in zip(conv["items"][start:], conv["meta"][start:]):
         note = meta.get("note")
         shown.append({"role": item["role"], "text": item_text(item), "id": item.get("id"),
-                      "status": item.get("status"), "note": note_text(note),
+                      "files": attachments.refs(item), "status": item.get("status"), "note": note_text(note),
                       "stopped": note == "stopped", "model": meta.get("model"), "at": meta.get("at")})
     return shown

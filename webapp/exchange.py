@@ -17,7 +17,7 @@ import math
 import re
 import time
 
-from . import conversation, usage
+from . import attachments, conversation, usage
 
 FORMAT = "chat-conversation"
 VERSION = 1
@@ -156,6 +156,9 @@ def to_markdown(conv, title, prices_by_model=None, now=None):
         if byline:
             out += [f"*{_md_escape(' · '.join(map(str, byline)))}*", ""]
         out += [conversation.item_text(item), ""]
+        files = attachments.refs(item)
+        if files:
+            out += ["*Attached: " + ", ".join(_md_escape(ref["name"]) for ref in files) + "*", ""]
         if meta.get("note"):
             out += [f"*{_md_escape(conversation.note_text(meta['note']))}*", ""]
         if role == "assistant":
@@ -170,12 +173,14 @@ def to_markdown(conv, title, prices_by_model=None, now=None):
     return "\n".join(out).rstrip("\n") + "\n"
 
 
-def to_json(conv, title, prices_by_model=None, now=None):
+def to_json(conv, title, prices_by_model=None, now=None, read=None):
     """The conversation as a JSON-able dict to keep and import again:
 
         {"format": "chat-conversation", "version": 1, "title", "model", "instructions",
          "settings": {"max_output_tokens", "temperature", "effort"}, "exported_at": ISO 8601 UTC,
-         "items": conv["items"] as they are, "meta": [{"at", "model", "usage", "note"} per item],
+         "items": the items exactly as they go upstream (attachments as data URLs: `read(sha)`
+         gives their bytes), "meta": [{"at", "model", "usage", "note"} per item],
+         "files": [{"sha256", "name"}] (the names of attachments: an image's is not in its part),
          "usage": usage.totals(conv)}
 
     `title` None falls back to conv["title"] (which may be None too)."""
@@ -183,6 +188,9 @@ def to_json(conv, title, prices_by_model=None, now=None):
     stamp = now if now is not None else time.time()
     metas = conv.get("meta") or []
     items = conv.get("items") or []
+    files = [{"sha256": ref["sha"], "name": ref["name"]} for item in items for ref in attachments.refs(item)]
+    if read is not None:
+        items = attachments.wire(items, read)
     return {
         "format": FORMAT, "version": VERSION,
         "title": title if title is not None else conv.get("title"),
@@ -191,6 +199,7 @@ def to_json(conv, title, prices_by_model=None, now=None):
         "exported_at": _utc(stamp, "%Y-%m-%dT%H:%M:%SZ"),
         "items": copy.deepcopy(items),
         "meta": [_clean_meta(metas[i] if i < len(metas) else None) for i in range(len(items))],
+        "files": files,
         "usage": usage.totals(conv, prices_by_model),
     }
 
@@ -220,7 +229,32 @@ def _keys(obj, allowed, what):
         raise ImportProblem(f"{what} lacks the field {missing[0]!r}.")
 
 
-def _item(found, index, max_chars):
+def _attachment(part, where, files, names):
+    """An imported user part that is an attachment, as its stored part (its Upload kept in `files`
+    for the caller to store), or None for a plain text part."""
+    try:
+        upload = attachments.from_wire_part(part, files.max_bytes)
+    except attachments.Bad as bad:
+        raise ImportProblem(f"{where} is an attachment that cannot be imported: {bad}.") from None
+    if upload is None:
+        return None
+    if isinstance(names.get(upload.sha), str) and upload.kind == attachments.IMAGE:
+        upload.name = attachments.clean_name(names[upload.sha])
+    files.append(upload)
+    return attachments.part(upload.ref())
+
+
+class _Files(list):
+    def __init__(self, max_bytes):
+        super().__init__()
+        self.max_bytes = max_bytes
+
+
+ATTACHMENT_KEYS = {"input_image": ({"type", "image_url"}, {"detail"}),
+                   "input_file": ({"type", "filename", "file_data"}, set())}
+
+
+def _item(found, index, max_chars, files=None, names=None):
     what = f"Message {index + 1}"
     if not isinstance(found, dict):
         raise ImportProblem(f"{what} must be an object.")
@@ -257,6 +291,17 @@ def _item(found, index, max_chars):
         where = f"{what}, part {number}"
         if not isinstance(part, dict):
             raise ImportProblem(f"{where} must be an object.")
+        kind = part.get("type") if isinstance(part.get("type"), str) else None
+        if role == "user" and files is not None and kind in ATTACHMENT_KEYS:
+            needed, optional = ATTACHMENT_KEYS[part["type"]]
+            _keys({k: v for k, v in part.items() if k not in optional}, needed, where)
+            parts.append(_attachment(part, where, files, names or {}))
+            continue
+        if role == "user" and files is not None and kind == "input_text" and isinstance(part.get("text"), str):
+            stored = _attachment({"type": "input_text", "text": part.get("text")}, where, files, names or {})
+            if stored is not None:
+                parts.append(stored)
+                continue
         _keys(part, PART_KEYS[role], where)
         if part["type"] != PART_TYPES[role]:
             raise ImportProblem(f"{where} must have the type \"{PART_TYPES[role]}\".")
@@ -267,11 +312,11 @@ def _item(found, index, max_chars):
                 raise ImportProblem(f"{where} has annotations; only an empty list can be imported.")
             clean["annotations"] = []
         parts.append(clean)
-    joined = "".join(p["text"] for p in parts)
+    joined = "".join(p.get("text", "") for p in parts)
     if len(joined) > max_chars:
         raise ImportProblem(f"{what} is too long ({len(joined):,} characters; the limit is "
                             f"{max_chars:,}).")
-    if role == "user" and not joined.strip():
+    if role == "user" and not joined.strip() and not attachments.refs({"content": parts}):
         raise ImportProblem(f"{what} is empty.")
     item["content"] = parts
     return item
@@ -303,7 +348,8 @@ def _setting(key, value, max_chars):
     return value
 
 
-def from_json(data, max_items=2000, max_chars=100_000, max_total_chars=5_000_000):
+def from_json(data, max_items=2000, max_chars=100_000, max_total_chars=5_000_000,
+              max_file_bytes=10 * 1024 * 1024):
     """A new conversation from an exported JSON document (already parsed), or ImportProblem.
 
     Returns {"items", "meta", "pending": None, "failed": None, "rev": 0, "dropped": 0,
@@ -312,6 +358,8 @@ def from_json(data, max_items=2000, max_chars=100_000, max_total_chars=5_000_000
     the file's where valid (at, model, usage's known numbers, note), else left out, never an error.
     Top-level `model`/`instructions` win over the same keys inside `settings`. Unknown top-level
     fields are ignored; unknown fields anywhere inside items or settings are an error.
+    Attachments (an image or PDF data URL, a text file's part) are checked as uploads are and
+    returned as `Upload`s under "uploads", for the caller to store; the items refer to them.
     """
     if not isinstance(data, dict):
         raise ImportProblem("This is not an exported conversation: expected a JSON object.")
@@ -328,9 +376,12 @@ def from_json(data, max_items=2000, max_chars=100_000, max_total_chars=5_000_000
         raise ImportProblem(f"The file has too many messages ({len(found):,}; the limit is "
                             f"{max_items:,}).")
     items, total = [], 0
+    files = _Files(max_file_bytes)
+    names = {f.get("sha256"): f.get("name") for f in data.get("files") or () if isinstance(f, dict)} \
+        if isinstance(data.get("files"), list) else {}
     for index, item in enumerate(found):
-        item = _item(item, index, max_chars)
-        total += sum(len(part["text"]) for part in item["content"])
+        item = _item(item, index, max_chars, files, names)
+        total += sum(len(part.get("text", "")) for part in item["content"])
         if total > max_total_chars:
             raise ImportProblem(f"The conversation is too long (more than {max_total_chars:,} "
                                 "characters).")
@@ -365,7 +416,7 @@ def from_json(data, max_items=2000, max_chars=100_000, max_total_chars=5_000_000
         meta.append({key: value for key, value in clean.items() if value is not None})
 
     return {"items": items, "meta": meta, "pending": None, "failed": None, "rev": 0,
-            "dropped": 0, "settings": settings, "title": title}
+            "dropped": 0, "settings": settings, "title": title, "uploads": list(files)}
 
 
 def _no_constant(name):

@@ -152,7 +152,7 @@ def register_error_pages(app, redis=None):
             return guards.refusal(429, "Too many messages", "Messages are arriving faster than this "
                                   "chat allows. Wait a moment, then send again.")
         if exc.code == 413 and request.endpoint == "transfer.import_conversation":
-            limit = app.config["MAX_CONTENT_LENGTH"]
+            limit = settings.upload_limit(app.config)
             return render_template("import.html", error=f"That file is too large to import (the limit "
                                    f"is {limit:,} bytes). Nothing was stored."), 413
         # A 413 is about the body itself: it cannot be read back into the form.

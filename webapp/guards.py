@@ -13,10 +13,10 @@ from urllib.parse import urlsplit
 from flask import current_app, redirect, render_template, request, session, url_for
 from flask_wtf.csrf import CSRFError, CSRFProtect
 
-from . import access
+from . import access, settings
 from .sessions import duplicate_cookie
 
-CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' blob:; connect-src 'self'; "
        "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
 UNSAFE = {"POST", "PUT", "PATCH", "DELETE"}
 # Reachable without the access password: the login page itself, the files it needs, health checks.
@@ -67,6 +67,11 @@ def from_this_origin():
     return parts.scheme == request.scheme and parts.netloc == request.host
 
 
+# The sends, which may carry attachments (and import, whose file holds them): their request limit is
+# derived from MAX_ATTACHMENT_BYTES and MAX_ATTACHMENTS (settings.py), not the small default.
+UPLOADS = frozenset(("chat.send", "streaming.stream", "transfer.import_conversation"))
+
+
 def check_request():
     if getattr(session, "store_down", False):
         raise Refused(503, "Storage unavailable", "The conversation store could not be reached, so "
@@ -84,6 +89,8 @@ def check_request():
             raise Refused(401, "Log in first", "This chat needs its password: log in, then send again.")
         return redirect(url_for("access.login", next=request.full_path.rstrip("?")))
     if request.method in UNSAFE:
+        if request.endpoint in UPLOADS:  # a message may carry files: its own, larger limit
+            request.max_content_length = settings.upload_limit(current_app.config)
         if not from_this_origin():
             # Not offered back: the text came from the other site, not from this person.
             raise Refused(403, "Blocked: another site", "This request came from another site, so it "
@@ -96,7 +103,7 @@ def add_headers(response):
     response.headers["Content-Security-Policy"] = CSP
     response.headers["X-Content-Type-Options"] = "nosniff"
     response.headers["Referrer-Policy"] = "same-origin"
-    if request.endpoint not in ("static", "chat.models"):
+    if request.endpoint not in ("static", "chat.models", "files.attachment"):
         # Pages and turns hold someone's conversation: never kept by a browser or proxy cache.
         response.headers["Cache-Control"] = "no-store"
     return response

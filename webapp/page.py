@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 
 from markupsafe import Markup
 
-from . import catalogue, conversation, render, usage
+from . import attachments, catalogue, conversation, render, usage
 from .openrouter import REASONING_EFFORTS as EFFORTS
 from .turns.events import DONE
 
@@ -45,9 +45,11 @@ _EARLIER_LOCK = threading.Lock()
 EARLIER_KEPT = 256  # conversations per process
 
 
-def with_html(shown, metas, prices):
-    """The messages `shown` (conversation.messages), each with its HTML, and a reply's usage."""
+def with_html(shown, metas, prices, cid=None):
+    """The messages `shown` (conversation.messages) of conversation `cid`, each with its HTML, and a
+    reply's usage (a message's attachments link to `/c/<cid>/files/<sha>`)."""
     for m, meta in zip(shown, metas):
+        m["cid"] = cid
         if m["role"] == "assistant":
             m["html"] = render.stored(meta, m["text"])
             m["usage"] = usage.turn_usage(meta, prices.get(meta.get("model")))
@@ -68,7 +70,8 @@ def earlier(cid, conv, upto, dropped, prices, article):
     if made_with != key or count > upto or cid is None:
         count, html = 0, ""
     if count < upto:
-        shown = with_html(conversation.messages(conv, count)[:upto - count], conv["meta"][count:upto], prices)
+        shown = with_html(conversation.messages(conv, count)[:upto - count], conv["meta"][count:upto], prices,
+                          cid)
         html += "".join(str(article(m, count + i + 1, dropped)) for i, m in enumerate(shown))
         if cid is not None:
             with _EARLIER_LOCK:
@@ -98,14 +101,17 @@ def chat(cid, conv, *, entries, offers, config, article, session_mark, draft="",
     on_offer = offers.offer(models_list)
     prices = on_offer.prices
     dropped = min(conv.get("dropped", 0), count)
-    shown = with_html(conversation.messages(conv, first), conv["meta"][first:], prices)
+    shown = with_html(conversation.messages(conv, first), conv["meta"][first:], prices, cid)
     editing = editing and count >= 2 and not conv.get("pending")
     if editing and not draft:
         draft = shown[-2]["text"]
     chosen = offers.model_of(conv)
     model = on_offer.by_id.get(chosen)
     entry = next((e for e in entries if e["id"] == cid), None)
+    # Attachments of a message that comes back to the box (a failed turn's, an edited one's).
+    keep_files = (failed or {}).get("files") or (attachments.refs(conv["items"][-2]) if editing else [])
     return dict(
+        keep_files=keep_files, accept_files=attachments.ACCEPT_ATTRIBUTE,
         cid=cid, entries=entries, earlier=earlier(cid, conv, first, dropped, prices, article), first=first,
         messages=shown, pending=conv.get("pending"), draft=draft, error=error, hint=hint, notice=notice,
         failed=bool(failed) and not failed.get("stopped") and not failed.get("notice"),
@@ -123,19 +129,19 @@ def chat(cid, conv, *, entries, offers, config, article, session_mark, draft="",
         missing_key=not config["OPENROUTER_API_KEY"], session_mark=session_mark)
 
 
-def last_turn(conv, prices, article, edit_url):
+def last_turn(cid, conv, prices, article, edit_url):
     """The last turn's two messages (the user's and the reply) as the page renders them, with the
     tools only the last turn has (Edit, Regenerate)."""
     count = len(conv["items"])
     first = max(0, count - 2)
-    shown = with_html(conversation.messages(conv, first), conv["meta"][first:], prices)
+    shown = with_html(conversation.messages(conv, first), conv["meta"][first:], prices, cid)
     last_reply, dropped = conversation.last_reply_id(conv), min(conv.get("dropped", 0), count)
     return "".join(str(article(m, first + i + 1, dropped, i == len(shown) - 1,
                                "regenerate" if m["role"] == "assistant" else "edit", last_reply, edit_url))
                    for i, m in enumerate(shown))
 
 
-def finished(outcome_kind, data, conv, offers, config, article=None, edit_url=None):
+def finished(outcome_kind, data, conv, offers, config, article=None, edit_url=None, cid=None):
     """What the browser needs when a reply ends: the last turn as the page renders it (`articles`,
     when `article` renders a message; the reply's sanitised HTML alone in `html`), who wrote it when,
     what it used, the reply an edit or regenerate would now replace, the history size to check, the
@@ -158,7 +164,7 @@ def finished(outcome_kind, data, conv, offers, config, article=None, edit_url=No
                            usage=usage.turn_usage(meta, prices.get(meta.get("model")))["text"],
                            reasoning=meta.get("reasoning"))
             if article is not None:
-                payload["articles"] = last_turn(conv, prices, article, edit_url)
+                payload["articles"] = last_turn(cid, conv, prices, article, edit_url)
     payload["title"] = conversation.title(conv)  # for a new conversation's tab (a rename is the list's)
     payload["count"] = len(conv["items"])
     payload["last_reply"] = conversation.last_reply_id(conv)

@@ -10,7 +10,7 @@ browser, the store, the models on offer and the settings it needs.
 
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from . import catalogue, conversation, turns, usage
+from . import attachments, catalogue, conversation, turns, usage
 from .openrouter import REASONING_EFFORTS as EFFORTS, UpstreamError
 from .ownership import new_id
 
@@ -39,11 +39,12 @@ def queue_limit(config):
     return max(QUEUE_WAIT, config["OPENROUTER_READ_TIMEOUT"] + 30)
 
 
-def read_message(form, conv, config):
+def read_message(form, conv, config, has_files=False):
     """The message from the form, checked: returns (text, replace). `replace` is the id of the reply
     an edit or a regenerate takes the place of (the form names it, so a stale page cannot replace a
     turn it never showed); `text` is None for a regenerate (the last message is sent again).
-    `conv()` gives the conversation, read only for an edit or a regenerate."""
+    `conv()` gives the conversation, read only for an edit or a regenerate. With files attached, the
+    text may be empty."""
     text = form.get("message", "")
     regenerate = form.get("regenerate", "")
     replace = regenerate or form.get("edit", "")
@@ -55,7 +56,7 @@ def read_message(form, conv, config):
             raise BadInput(409, STALE)
     if regenerate:
         text = None
-    elif not text.strip():
+    elif not text.strip() and not has_files:
         raise BadInput(400, "Type a message first: an empty message is not sent.")
     limit = config["MAX_MESSAGE_CHARS"]
     if text and len(text) > limit:
@@ -110,19 +111,20 @@ def _number(raw, kind, low, high, problem):
 
 
 def planner(offer, model_of, default_max):
-    """`plan(conv, history, text)` for `turns.begin`: the request options for this turn (model,
-    instructions and the options the model supports, each only when set), with `max_output_tokens`
-    capped to what the model's context leaves; None when the turn would not fit at all."""
+    """`plan(conv, history, item)` for `turns.begin` (`item`: the new user message, attachments
+    and all): the request options for this turn (model, instructions and the options the model
+    supports, each only when set), with `max_output_tokens` capped to what the model's context
+    leaves; None when the turn would not fit at all."""
     by_id = offer.by_id
 
-    def plan(conv, history, text):
+    def plan(conv, history, item):
         settings = conversation.Settings.of(conv)
         model_id = model_of(conv)
         model = by_id.get(model_id)
         instructions = settings.instructions or ""
         wanted = settings.max_output_tokens or default_max
-        budget = usage.budget(catalogue.context_length(model) if model else None, history, instructions,
-                              text, wanted)
+        budget = usage.budget(catalogue.context_length(model) if model else None, [*history, item],
+                              instructions, None, wanted)
         if not budget["fits"]:
             return None
         return catalogue.supported_options(model, {
@@ -141,6 +143,29 @@ class Cancelled(turns.Stale):
     """The person stopped a send while it waited for the reply before it."""
 
 
+def no_images(model_name):
+    return (f"{model_name} cannot read images, so nothing was sent. Pick a model that reads images "
+            "(the list marks them), or send without the images. Your text is kept.")
+
+
+def read_files(form, files, cid, conv, config):
+    """The message's attachments: new uploads (checked, read; `Upload`s) and the ones kept from this
+    conversation (a failed turn's, or an edited message's: references by sha). Raises BadInput."""
+    try:
+        uploads = attachments.read_uploads(files, config["MAX_ATTACHMENT_BYTES"], config["MAX_ATTACHMENTS"])
+    except attachments.Refused as refused:
+        raise BadInput(refused.status, refused.message) from None
+    wanted = form.getlist("keep") if hasattr(form, "getlist") else []
+    kept = []
+    if wanted and cid:
+        found = conv()
+        kept = [ref for ref in map(lambda sha: attachments.find(found, sha), dict.fromkeys(wanted)) if ref]
+    if len(uploads) + len(kept) > config["MAX_ATTACHMENTS"]:
+        raise BadInput(413, f"At most {config['MAX_ATTACHMENTS']} files can go with one message. "
+                            "Nothing was sent.")
+    return uploads, kept
+
+
 class Send:
     """One send, read from the form and begun.
 
@@ -150,18 +175,56 @@ class Send:
     (raises what `turns.begin` raises, or `turns.Full`). A send that gives up calls `release()`.
     `session_mark()` gives the session's public fingerprint once the browser has its id."""
 
-    def __init__(self, form, cid, *, browser, store, offers, config, session_mark):
+    def __init__(self, form, cid, *, browser, store, offers, config, session_mark, files=()):
         self.cid, self.browser, self.store, self.config = cid, browser, store, config
         self._session_mark = session_mark
         self.models = offers.models()
         # The conversation itself is read here only for an edit or regenerate (or while the model
         # list is down): `turns.begin` reads it anyway, under its lock.
         self._conv = None
-        self.text, self.replace = read_message(form, self.conversation, config)
+        has_files = any((getattr(f, "filename", "") or "").strip() for f in files) or (
+            hasattr(form, "getlist") and bool(form.getlist("keep")))
+        self.text, self.replace = read_message(form, self.conversation, config, has_files)
         self.settings = read_settings(form, offers, self.models, config, self.conversation)
+        if self.text is not None:  # a regenerate sends the last message's own attachments again
+            self.uploads, self.kept = read_files(form, files, cid, self.conversation, config)
+            if self.replace and "keep_listed" not in form:
+                # An edit keeps the replaced message's attachments unless its form lists them.
+                self.kept = attachments.refs(self.conversation()["items"][-2]) + self.kept
+        else:
+            self.uploads, self.kept = [], []
+        self._check_images(offers)
         self.plan = planner(offers.offer(self.models), offers.model_of, config["MAX_OUTPUT_TOKENS"])
         self.waiter = new_id()
         self.options = self.session_mark = None
+
+    def _check_images(self, offers):
+        """A model that cannot read images gets none: refused before anything is stored or sent."""
+        model_id = self.settings.get("model")
+        new_images = any(f.kind == attachments.IMAGE for f in self.uploads) or any(
+            ref["kind"] == attachments.IMAGE for ref in self.kept)
+        if not new_images and not (model_id and self.cid):
+            return  # (a model chosen now, for a conversation that may already hold images)
+        model_id = model_id or offers.model_of(self.conversation())
+        model = offers.offer(self.models).by_id.get(model_id)
+        if catalogue.reads_images(model):
+            return
+        if new_images or attachments.has_images(conversation.sent_history(self.conversation(),
+                                                                          bool(self.replace))):
+            raise BadInput(400, no_images(catalogue.display_name(model, model_id)))
+
+    def files(self):
+        """The message's attachments as stored references: the new ones' bytes are stored now
+        (once the conversation has its id), and let go of."""
+        refs = {ref["sha"]: ref for ref in self.kept}
+        for upload in self.uploads:
+            ref = upload.ref()
+            if ref["sha"] not in refs:
+                self.store.put_file(self.cid, ref["sha"], upload.data)
+                refs[ref["sha"]] = ref
+        self.uploads = []
+        self.kept = list(refs.values())
+        return self.kept or None
 
     def conversation(self):
         if self._conv is None:
@@ -179,6 +242,7 @@ class Send:
         self.options = {"owner": owner, "limit": config["OPENROUTER_TURN_TIMEOUT"], "slot": slot}
         self.cid = self.cid or new_id()
         try:
+            self.files()
             self.browser.touch(self.cid, self.text)
             return self._try(wait, first=True)
         except turns.Busy as busy:
@@ -207,7 +271,7 @@ class Send:
         if not any(e["id"] == self.cid for e in self.browser.listed()):
             raise Deleted()  # deleted meanwhile (another tab): never bring it back unlisted
         return turns.begin(self.store, self.cid, self.text, wait, self.replace, self.waiter,
-                           self.settings, self.plan)
+                           self.settings, self.plan, self.kept or None)
 
     def release(self):
         """Give the send up: its waiting place behind another reply, and its reserved place."""

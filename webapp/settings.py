@@ -31,6 +31,13 @@ def _number(env, name, default, minimum, kind=int):
     return value
 
 
+def upload_limit(config):
+    """The request limit of a send (and an import): MAX_CONTENT_LENGTH for its text, plus as many
+    files of the largest size as a message may carry (as base64 in an import: 4/3 of them)."""
+    return (config["MAX_CONTENT_LENGTH"] + config["MAX_ATTACHMENTS"] * config["MAX_ATTACHMENT_BYTES"] * 4 // 3
+            + 64 * 1024)
+
+
 def _int(env, name, default, minimum=1):
     return _number(env, name, default, minimum)
 
@@ -130,6 +137,9 @@ def from_env(env=None):
     # __Host-: the browser accepts this cookie only from this origin over HTTPS, with Path=/ and no
     # Domain, so a page on another port or subdomain cannot plant one (cookie tossing).
     secure_cookie = _bool(env, "SESSION_COOKIE_SECURE", False)
+    max_content = _int(env, "MAX_CONTENT_LENGTH", 1024 * 1024)
+    max_file = _int(env, "MAX_ATTACHMENT_BYTES", 10 * 1024 * 1024)
+    max_files = _int(env, "MAX_ATTACHMENTS", 10)
     return {
         "OPENROUTER_API_KEY": env.get("OPENROUTER_API_KEY", "").strip(),
         "OPENROUTER_BASE_URL": _base_url(env),
@@ -142,7 +152,9 @@ def from_env(env=None):
         "OPENROUTER_APP_URL": env.get("OPENROUTER_APP_URL", "").strip(),
         "OPENROUTER_APP_TITLE": env.get("OPENROUTER_APP_TITLE", "").strip() or "Chat",
         "MAX_MESSAGE_CHARS": _int(env, "MAX_MESSAGE_CHARS", 100_000),
-        "MAX_CONTENT_LENGTH": _int(env, "MAX_CONTENT_LENGTH", 1024 * 1024),
+        "MAX_CONTENT_LENGTH": max_content,
+        "MAX_ATTACHMENT_BYTES": max_file,
+        "MAX_ATTACHMENTS": max_files,
         # Unset: the factory uses a key made once and kept in SECRET_KEY_FILE (see secret_key.py).
         "SECRET_KEY": secret,
         "SECRET_KEY_FILE": env.get("SECRET_KEY_FILE", "").strip(),

@@ -20,7 +20,7 @@ import time
 from collections import OrderedDict
 from contextlib import contextmanager
 
-from . import conversation
+from . import attachments, conversation
 
 
 class StoreError(Exception):
@@ -45,6 +45,12 @@ class FileBackend:
 
     def delete(self, key):
         self.cache.delete(key)
+
+    def expire(self, key, ttl):
+        """Let `key` live `ttl` seconds from now (cachelib keeps the expiry in the file: written again)."""
+        value = self.cache.get(key)
+        if value is not None:
+            self.set(key, value, ttl)
 
     # Histories are stored encoded (bytes, which cachelib stores as they are), so a reader can tell
     # an unchanged history by comparing bytes instead of decoding it again (see Store.history).
@@ -180,6 +186,12 @@ class RedisBackend:
         except self.errors as exc:
             raise StoreError(str(exc)) from None
 
+    def expire(self, key, ttl):
+        try:
+            self.client.expire(key, ttl)
+        except self.errors as exc:
+            raise StoreError(str(exc)) from None
+
     def ping(self):
         try:
             self.client.ping()
@@ -235,6 +247,7 @@ class Store:
     saved. So a streaming reply's progress costs the same with 2 turns of history as with 200."""
 
     prefix, pending_prefix = "conv:", "turn:"
+    file_prefix = "file:"  # an attachment's bytes: file:<conversation id>:<sha256>
     index_prefix = "browser:"  # a browser's list of its conversations
     stop_key = "signal:stop"  # changes whenever a Stop is flagged for another worker to act on
     # Decoded histories kept per process, at most this many encoded bytes in all (see `history`).
@@ -312,9 +325,31 @@ class Store:
         whether any of its running turns needs to look at its own pending marker."""
         return self.backend.get(self.stop_key)
 
+    def put_file(self, cid, sha, data):
+        """Keep an attachment's bytes (once per conversation: its sha256 names it). They live twice
+        a conversation's lifetime, renewed as the history is written, so they outlive it."""
+        self.backend.set_blob(self._file_key(cid, sha), data, 2 * self.ttl)
+
+    def get_file(self, cid, sha):
+        """An attachment's bytes, or None when they are no longer stored."""
+        return self.backend.get_blob(self._file_key(cid, sha))
+
+    def _file_key(self, cid, sha):
+        return f"{self.file_prefix}{cid}:{sha}"
+
+    def _keep_files(self, cid, record, now):
+        # Every half lifetime, the attachments' lifetimes are renewed with the history's: a
+        # conversation's files never expire before it does.
+        shas = {ref["sha"] for ref in attachments.all_refs(record)}
+        if shas and now - record.get("files_kept", 0) > self.ttl / 2:
+            for sha in shas:
+                self.backend.expire(self._file_key(cid, sha), 2 * self.ttl)
+            record["files_kept"] = now
+
     def _save_history(self, cid, conv):
         record = {k: v for k, v in conv.items() if k != "pending"}
         record["saved"] = time.time()  # its lifetime restarts now (see `update`)
+        self._keep_files(cid, record, record["saved"])
         blob = self.backend.encode(record)
         self.backend.set_blob(self.prefix + cid, blob, self.ttl)
         self._remember(cid, blob, record)
@@ -331,6 +366,8 @@ class Store:
 
     def delete(self, cid):
         with self.backend.lock(self.prefix + cid, self.lock_timeout):
+            for sha in {ref["sha"] for ref in attachments.all_refs(self.load(cid))}:
+                self.backend.delete(self._file_key(cid, sha))
             self.backend.delete(self.prefix + cid)
             self.backend.delete(self.pending_prefix + cid)
         with self._decoded_lock:

@@ -26,6 +26,9 @@ MESSAGES = {
     "upstream": "OpenRouter answered with an error ({status}): {detail}",
     "cut": "The connection to the model was cut before the reply finished. Try again.",
     "stopped": "Stopped before the model answered.",
+    # Not OpenRouter's: the turn could not be sent at all (its bytes expired from the store).
+    "missing_file": "An attached file ({detail}) is no longer stored, so the message was not sent. "
+    "Send it again without that file, or attach it again.",
 }
 
 

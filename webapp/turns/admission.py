@@ -9,7 +9,7 @@ import time
 from collections import Counter
 from typing import NamedTuple
 
-from .. import conversation
+from .. import attachments, conversation
 from . import relay
 from .settle import recover_stale
 
@@ -53,7 +53,7 @@ WAITER_TTL = 10.0  # a waiting send's claim lapses this long after it last looke
 
 
 def begin(store, cid, text, wait=0.0, replace=None, waiter=None, settings=None,
-          plan=None):
+          plan=None, files=None):
     """Mark a new turn pending and return a `Begun`.
 
     While a reply is still being written here: without `waiter`, raise `Busy` at once. With one,
@@ -62,10 +62,11 @@ def begin(store, cid, text, wait=0.0, replace=None, waiter=None, settings=None,
     place, so the caller can try again; `release` gives it up. Meanwhile it waits on the reply
     before it (`wait_for_end`), so it starts as soon as that one ends. `replace` is the id of the last
     reply, for a turn that takes the last turn's place (edit, regenerate); if that is no longer the
-    last reply, raise `Stale` and change nothing. `text=None` resends the last message (regenerate).
+    last reply, raise `Stale` and change nothing. `text=None` resends the last message (regenerate),
+with its attachments; `files` are the new message's (attachment references, bytes already stored).
 
     `settings` (the model and options the form sets) are merged into the conversation's when they
-    change it. `plan(conv, history, text)` returns the request options for this turn, or None when it
+    change it. `plan(conv, history, item)` (the new user item) returns the request options for this turn, or None when it
     would not fit the model's context: then the text is kept as a failed turn and `TooLong` raised."""
     deadline = time.monotonic() + wait
     while True:
@@ -79,15 +80,17 @@ def begin(store, cid, text, wait=0.0, replace=None, waiter=None, settings=None,
                     raise Stale()
                 if text is None:
                     text = conversation.item_text(conv["items"][-2])
+                    files = attachments.refs(conv["items"][-2])
                 merged = {**(conv.get("settings") or {}), **(settings or {})}
                 if merged != (conv.get("settings") or {}):
                     conv["settings"] = merged
                     conv["rev"] = conv.get("rev", 0) + 1
                 history = conversation.sent_history(conv, replace=bool(replace))
-                request = plan(conv, history, text) if plan else {}
+                item = conversation.user_item(text, files)
+                request = plan(conv, history, item) if plan else {}
                 if request is None:
                     conversation.fail_turn(conv, text, conversation.CONTEXT_FULL, bool(replace),
-                                           context=True)
+                                           context=True, files=files)
                     too_long = True
                 else:
                     if conv.get("failed"):  # this turn answers it (a Retry): not shown as failed meanwhile
@@ -98,7 +101,9 @@ def begin(store, cid, text, wait=0.0, replace=None, waiter=None, settings=None,
                                        "partial": "", "item_id": None, "stop": False,
                                        "replace": bool(replace), "rev": conv.get("rev", 0),
                                        "model": request.get("model")}
-                    return Begun(turn, [*history, conversation.user_item(text)], text, request)
+                    if files:
+                        conv["pending"]["files"] = files
+                    return Begun(turn, [*history, item], text, request)
             elif waiter is None:
                 raise Busy(pending["turn"])
             else:

@@ -8,7 +8,7 @@ import logging
 import threading
 import time
 
-from .. import conversation, render
+from .. import attachments, conversation, render
 from ..openrouter import StreamState, UpstreamError
 from . import admission, settle
 from .events import DONE, ERROR
@@ -80,6 +80,17 @@ class Turn:
             self.stop()
 
 
+def _events(store, client, running, items, stream, request):
+    """The turn's upstream events; its attachments' bytes are read from the store here, in the
+    turn's own thread (never in a page view)."""
+    try:
+        items = attachments.wire(items, lambda sha: running.store.get_file(running.cid, sha))
+    except attachments.Missing as missing:
+        raise UpstreamError("missing_file", detail=str(missing)) from None
+    state = running.state
+    yield from client.stream(items, state, **request) if stream else _whole(client, items, state, request)
+
+
 def _whole(client, items, state, request):
     reply = client.respond(items, state, **request)
     state.item_id, state.text = reply.item_id, reply.text
@@ -92,7 +103,7 @@ def execute(store, client, running, items, stream=True, request=None):
     turn's request options."""
     cid, turn, state = running.cid, running.turn, running.state
     request = request or {}
-    events = client.stream(items, state, **request) if stream else _whole(client, items, state, request)
+    events = _events(store, client, running, items, stream, request)
     outcome = reply = None
     try:
         for kind, value in events:

@@ -26,11 +26,13 @@ def keep_partial(conv, pending, item_id, text, note, stopped=False):
         # Charged for, though the API never said how much: estimated (usage.estimate_turn).
         spent = usage.estimate_turn(conversation.sent_history(conv, pending.get("replace", False)),
                                     pending["text"], conversation.Settings.of(conv).instructions, text)
+        # The message's attachments, as estimated when they were attached.
+        spent["input_tokens"] += sum(ref.get("tokens") or 0 for ref in pending.get("files") or ())
         add_reply(conv, pending, item_id, "incomplete", text, note="stopped" if stopped else note,
                   model=pending.get("model"), usage=spent)
     else:
         conversation.fail_turn(conv, pending["text"], conversation.STOPPED_EARLY if stopped else note,
-                               pending.get("replace", False), stopped=stopped)
+                               pending.get("replace", False), stopped=stopped, files=pending.get("files"))
         conv["last_turn"] = pending["turn"]
 
 
@@ -41,7 +43,7 @@ def add_reply(conv, pending, item_id, status, text, html=None, **meta):
     if pending.get("replace"):
         # Regenerate/edit: the old last turn goes only now, once its replacement exists.
         del conv["items"][-2:], conv["meta"][-2:]
-    conversation.add_turn(conv, pending["text"], item_id, status, text, **meta)
+    conversation.add_turn(conv, pending["text"], item_id, status, text, files=pending.get("files"), **meta)
     conv["last_turn"] = pending["turn"]  # a page that still shows it writing can pick up the ending
 
 

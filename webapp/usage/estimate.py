@@ -1,6 +1,8 @@
 """Token estimates: cheap and rough (the real tokenizer is the provider's and differs per model), good
 enough to warn before a request cannot fit, never to bill; they err on the high side."""
 
+from .numbers import count
+
 # The estimate (see `estimate_tokens`).
 CHARS_PER_TOKEN = 4       # ASCII text: about 4 characters per token (English prose, code)
 OTHER_CHARS_PER_TOKEN = 2  # other scripts below U+2E80 (accented Latin, Greek, Cyrillic, Arabic...)
@@ -44,6 +46,8 @@ def item_tokens(item):
         for part in content:
             if isinstance(part, dict):
                 total += estimate_tokens(part.get("text"))
+                # An attachment counts as providers count it, estimated when it was attached.
+                total += count((part.get("attachment") or {}).get("tokens")) or 0
     return total
 
 

@@ -1,10 +1,10 @@
 """The routes, by what a user does: the chat page and its JS-off sends (`chat`), the streaming
 endpoints (`streaming`), the list of conversations (`conversations`), export and import
-(`transfer`). Each route parses the request, calls the plain modules that hold the logic (ownership,
+(`transfer`), attachments' bytes (`files`). Each route parses the request, calls the plain modules that hold the logic (ownership,
 offers, sending, page, turns) through `wiring` (what a request needs from the app), and renders.
 Request guards (origin, CSRF, limits, access) are in `webapp.guards` and `webapp.limits`, registered
 once by `create_app`."""
 
-from . import chat, conversations, streaming, transfer
+from . import chat, conversations, files, streaming, transfer
 
-blueprints = (chat.bp, streaming.bp, conversations.bp, transfer.bp)
+blueprints = (chat.bp, streaming.bp, conversations.bp, transfer.bp, files.bp)

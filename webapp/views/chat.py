@@ -8,13 +8,14 @@ to their own. `POST /` sends to the most recent conversation (for clients withou
 
 from flask import Blueprint, current_app, redirect, request, session, url_for
 
-from .. import page, sending, sessions, turns
+from .. import attachments, page, sending, sessions, turns
 from ..limits import per_session_and_address
 from . import wiring
 
 bp = Blueprint("chat", __name__)
 bp.add_app_template_filter(page.isotime, "isotime")
 bp.add_app_template_filter(page.clock, "clock")
+bp.add_app_template_filter(attachments.size_text, "filesize")
 
 
 @bp.before_app_request

@@ -9,6 +9,7 @@ from flask import Blueprint, Response, current_app, redirect, render_template, r
 from .. import conversation, exchange, render
 from ..limits import per_session_and_address
 from ..ownership import new_id
+from ..settings import upload_limit
 from . import wiring
 from .conversations import title_of
 
@@ -49,7 +50,9 @@ def export_json(cid):
     conv = wiring.current(cid)
     title = title_of(entry, conv)
     prices = _prices()
-    body = json.dumps(exchange.to_json(conv, title, prices), ensure_ascii=False, indent=1)
+    store = wiring.store()
+    body = json.dumps(exchange.to_json(conv, title, prices, read=lambda sha: store.get_file(cid, sha)),
+                      ensure_ascii=False, indent=1)
     return _download(body, "application/json", _filename(title, "json"))
 
 
@@ -63,8 +66,9 @@ def import_conversation():
         return render_template("import.html", error="Choose a JSON file exported from this app."), 400
     config = current_app.config
     try:
-        conv = exchange.from_bytes(upload.read(config["MAX_CONTENT_LENGTH"] + 1),
-                                   config["MAX_CONTENT_LENGTH"], max_chars=config["MAX_MESSAGE_CHARS"])
+        limit = upload_limit(config)
+        conv = exchange.from_bytes(upload.read(limit + 1), limit, max_chars=config["MAX_MESSAGE_CHARS"],
+                                   max_file_bytes=config["MAX_ATTACHMENT_BYTES"])
     except exchange.ImportProblem as problem:
         return render_template("import.html", error=f"That file cannot be imported: {problem}"), 400
     offers = wiring.offers()
@@ -81,6 +85,8 @@ def import_conversation():
     title = (conversation.short_title(title, conversation.TITLE_CHARS - len(IMPORTED)) + IMPORTED
              if title else "Imported conversation")
     store = wiring.store()
+    for upload in conv.pop("uploads"):
+        store.put_file(cid, upload.sha, upload.data)
     with store.update(cid) as stored:
         stored.update(conv)
         stored["rev"] = stored.get("rev", 0) + 1

@@ -37,7 +37,8 @@ def current(cid):
 def send(cid, me=None):
     """The send in this request's form, to conversation `cid` (raises sending.BadInput)."""
     return sending.Send(request.form, cid, browser=me or browser(), store=store(), offers=offers(),
-                        config=current_app.config, session_mark=session_mark)
+                        config=current_app.config, session_mark=session_mark,
+                        files=request.files.getlist("files"))
 
 
 def render_chat(cid, conv, *, status=200, entries=None, **shown):
@@ -53,4 +54,4 @@ def finished(kind, data, cid):
     """What the page's script is told when a reply of conversation `cid` ends (page.finished)."""
     return page.finished(kind, data, store().load(cid), offers(), current_app.config,
                          article=get_template_attribute("_message.html", "article"),
-                         edit_url=url_for("chat.edit", cid=cid))
+                         edit_url=url_for("chat.edit", cid=cid), cid=cid)

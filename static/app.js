@@ -184,6 +184,108 @@
     box.focus();
   }
 
+  // --- attachments -------------------------------------------------------------------------------
+  // The file input is the form's own (it works without this script); here: a chip per chosen file
+  // (name, size, a thumbnail for an image, a Remove button), files dropped on the box or pasted.
+  const fileInput = form.querySelector('input[type="file"][name="files"]');
+  const chips = document.getElementById("chips");
+  const uploadBar = document.getElementById("upload");
+  function sizeText(n) {
+    if (n < 1024) return n + " bytes";
+    if (n < 1048576) return (n / 1024).toFixed(1).replace(/\.0$/, "") + " KB";
+    return (n / 1048576).toFixed(1).replace(/\.0$/, "") + " MB";
+  }
+  function chosenFiles() { return fileInput ? Array.from(fileInput.files) : []; }
+  function setFiles(files) {
+    const all = new DataTransfer();
+    files.forEach(function (f) { all.items.add(f); });
+    fileInput.files = all.files;
+    showChips();
+  }
+  function showChips() {
+    if (!chips) return;
+    chips.querySelectorAll("img").forEach(function (img) { URL.revokeObjectURL(img.src); });
+    chips.replaceChildren();
+    chosenFiles().forEach(function (file, i) {
+      const chip = el("li", { class: "chip" });
+      if (/^image\/(png|jpeg|gif|webp)$/.test(file.type)) {
+        chip.appendChild(el("img", { src: URL.createObjectURL(file), alt: "" }));
+      }
+      chip.appendChild(el("span", {}, file.name + " (" + sizeText(file.size) + ")"));
+      const remove = el("button", { type: "button", class: "secondary small", "aria-label": "Remove " + file.name }, "Remove");
+      remove.addEventListener("click", function () {
+        setFiles(chosenFiles().filter(function (_, j) { return j !== i; }));
+        box.focus();
+      });
+      chip.appendChild(remove);
+      chips.appendChild(chip);
+    });
+    chips.hidden = !chips.children.length;
+  }
+  function addFiles(list) {
+    if (!fileInput || !list || !list.length) return;
+    setFiles(chosenFiles().concat(Array.from(list)));
+  }
+  if (fileInput) {
+    fileInput.addEventListener("change", showChips);
+    box.addEventListener("dragover", function (event) {
+      if (event.dataTransfer && Array.from(event.dataTransfer.types).includes("Files")) event.preventDefault();
+    });
+    box.addEventListener("drop", function (event) {
+      if (!event.dataTransfer || !event.dataTransfer.files.length) return;
+      event.preventDefault();
+      addFiles(event.dataTransfer.files);
+    });
+    box.addEventListener("paste", function (event) {
+      const files = event.clipboardData && event.clipboardData.files;
+      if (files && files.length) { event.preventDefault(); addFiles(files); }
+    });
+  }
+  function showProgress(loaded, total) {
+    if (!uploadBar) return;
+    const percent = total ? Math.floor(loaded * 100 / total) : 0;
+    uploadBar.hidden = false;
+    uploadBar.querySelector("progress").value = percent;
+    uploadBar.querySelector("#upload-percent").textContent = percent + "%";
+  }
+  // A send with files: XMLHttpRequest, for its upload progress; its streamed answer is handed on as
+  // a Response, so the reply is read like any other.
+  function upload(url, body, headers, signal) {
+    return new Promise(function (resolve, reject) {
+      const xhr = new XMLHttpRequest();
+      const encoder = new TextEncoder();
+      let sent = 0, stream;
+      const answer = new ReadableStream({ start: function (c) { stream = c; } });
+      function pump() {
+        const text = xhr.responseText;
+        if (text.length > sent) { stream.enqueue(encoder.encode(text.slice(sent))); sent = text.length; }
+      }
+      xhr.open("POST", url);
+      Object.keys(headers).forEach(function (k) { xhr.setRequestHeader(k, headers[k]); });
+      xhr.upload.addEventListener("progress", function (e) { if (e.lengthComputable) showProgress(e.loaded, e.total); });
+      xhr.upload.addEventListener("load", function () { if (uploadBar) uploadBar.hidden = true; });
+      xhr.addEventListener("readystatechange", function () {
+        if (xhr.readyState === 2) {
+          resolve(new Response(answer, { status: xhr.status,
+            headers: { "Content-Type": xhr.getResponseHeader("Content-Type") || "" } }));
+        }
+      });
+      xhr.addEventListener("progress", pump);
+      xhr.addEventListener("load", function () { pump(); stream.close(); });
+      function failed() {
+        if (uploadBar) uploadBar.hidden = true;
+        const error = new DOMException("The send was cut off", "AbortError");
+        reject(error);
+        try { stream.error(error); } catch (e) { /* already closed */ }
+      }
+      xhr.addEventListener("error", failed);
+      xhr.addEventListener("abort", failed);
+      signal.addEventListener("abort", function () { xhr.abort(); });
+      showProgress(0, 1);
+      xhr.send(body);
+    });
+  }
+
   // --- a turn ------------------------------------------------------------------------------------
   // While a reply is written, Send becomes Stop.
   let busyNotice = false;
@@ -461,7 +563,10 @@
     const regenerate = !!data.get("regenerate");
     const replaced = regenerate || !!data.get("edit");
     const text = String(data.get("message") || "");
-    if (!regenerate && !text.trim()) {
+    const files = data.getAll("files").filter(function (f) { return f && f.name; });
+    if (!files.length) data.delete("files"); // an empty file part: a text-only send
+    const withFiles = files.length > 0 || data.getAll("keep").length > 0;
+    if (!regenerate && !text.trim() && !withFiles) {
       hint.textContent = "Type a message first: an empty message is not sent.";
       hint.hidden = false;
       box.setAttribute("aria-invalid", "true");
@@ -478,9 +583,10 @@
     showNotice("");
     let response;
     try {
-      response = await fetch(conversationUrl("/turns"), { method: "POST", body: new URLSearchParams(data),
-        signal: view.controller.signal,
-        headers: Object.assign({ Accept: "text/event-stream" }, csrfHeaders) });
+      const headers = Object.assign({ Accept: "text/event-stream" }, csrfHeaders);
+      response = files.length ? await upload(conversationUrl("/turns"), data, headers, view.controller.signal)
+        : await fetch(conversationUrl("/turns"), { method: "POST", body: new URLSearchParams(data),
+          signal: view.controller.signal, headers });
     } catch (e) {
       if (view.abandoned) return;
       clearInterval(view.timer);
@@ -510,6 +616,14 @@
     log.querySelector(".empty").hidden = true;
     const user = el("article", { class: "msg user", "aria-label": "You" });
     user.appendChild(el("div", { class: "text", "data-role": "user" }, shownText));
+    if (files.length) {  // their names until the server's own rendering (thumbnails) replaces it
+      const list = el("ul", { class: "attachments", "data-role": "attachments" });
+      files.forEach(function (f) { list.appendChild(el("li", {}, f.name)); });
+      user.appendChild(list);
+    }
+    if (fileInput && !regenerate) { fileInput.value = ""; showChips(); } // sent: not attached again
+    const kept = form.querySelector("fieldset.kept");
+    if (kept && !regenerate) kept.remove();
     log.querySelectorAll('[data-action="regenerate"], [data-action="edit"]').forEach(function (b) { b.remove(); });
     view.user = user;
     view.replaced = replaced;

@@ -8,6 +8,7 @@ import hashlib
 import io
 import json
 import re
+import time
 
 import pytest
 
@@ -250,3 +251,50 @@ def test_wire_parts_round_trip_through_import():
         attachments.from_wire_part({"type": "input_image",
                                     "image_url": "data:image/png;base64," + base64.b64encode(b"<svg/>").decode()},
                                    10_000)
+
+
+# --- where the bytes live: files and Redis, their lifetime ----------------------------------------------
+
+def _ref(data, name):
+    return attachments.Upload(name, data, *attachments.identify(name, data)).ref()
+
+
+def _stored_turn(store, cid, data, name):
+    from webapp import conversation
+    ref = _ref(data, name)
+    store.put_file(cid, ref["sha"], data)
+    with store.update(cid) as conv:
+        conversation.add_turn(conv, "look", "msg_x", "completed", "reply", files=[ref])
+    return ref
+
+
+def test_attachments_outlive_their_conversation_and_purge_reclaims_them_after(tmp_path):
+    from cachelib.file import FileSystemCache
+    from webapp.purge import purge
+    from webapp.store import FileBackend, Store
+
+    backend = FileBackend(FileSystemCache(str(tmp_path), threshold=0), str(tmp_path / "locks"))
+    store = Store(backend, ttl=100)
+    ref = _stored_turn(store, "c1", PNG, "dot.png")
+    assert store.get_file("c1", ref["sha"]) == PNG
+    # Alive as long as the conversation (twice its lifetime, renewed with it) ...
+    assert purge(store, now=time.time() + 150)["expired"] == 1  # the history went first
+    assert store.get_file("c1", ref["sha"]) == PNG
+    # ... and reclaimed by purge once past it.
+    assert purge(store, now=time.time() + 250)["expired"] >= 1
+    assert not any(p.is_file() and PNG in p.read_bytes() for p in tmp_path.rglob("*"))
+
+
+def test_attachments_live_in_redis_with_a_ttl_and_go_with_delete(redis_url):
+    import redis as redis_py
+    from webapp.store import RedisBackend, Store
+
+    client = redis_py.Redis.from_url(redis_url)
+    store = Store(RedisBackend(client), ttl=100)
+    ref = _stored_turn(store, "r1", PDF, "report.pdf")
+    key = f"file:r1:{ref['sha']}"
+    assert client.get(key) == PDF and 100 < client.ttl(key) <= 200
+    assert attachments.stored(store, "r1", ref["sha"]) == (ref, PDF)
+    store.delete("r1")
+    assert client.exists(key) == 0
+

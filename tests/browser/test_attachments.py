@@ -4,6 +4,7 @@ the reply, a refused file keeping the text, and no axe-core violation with files
 
 import base64
 import hashlib
+import re
 
 from playwright.sync_api import expect
 
@@ -88,3 +89,24 @@ def test_with_javascript_off_a_file_is_posted_with_the_form(browser, server, fak
         assert fake.requests[-1]["body"]["input"][-1]["content"][1]["type"] == "input_image"
     finally:
         context.close()
+
+
+def test_a_large_upload_shows_its_progress_and_stop_cancels_it(page, context, server, fake):
+    # A slow uplink (DevTools' network emulation), so the upload is seen in progress.
+    cdp = context.new_cdp_session(page)
+    cdp.send("Network.enable")
+    cdp.send("Network.emulateNetworkConditions", {"offline": False, "latency": 0, "downloadThroughput": -1,
+                                                  "uploadThroughput": 256 * 1024})
+    big = PNG + bytes(3 * 1024 * 1024)
+    page.set_input_files('input[name="files"]', [file("big.png", big, "image/png")])
+    page.fill(BOX, "a big one")
+    page.get_by_role("button", name="Send").click()
+    progress = page.locator("#upload progress")
+    expect(progress).to_be_visible()
+    expect(page.locator("#upload-percent")).to_have_text(re.compile(r"^[1-9]\d?%$"))  # under way
+    page.get_by_role("button", name="Stop").click()
+    expect(page.locator("#notice")).to_contain_text("Not sent")
+    expect(page.locator(BOX)).to_have_value("a big one")
+    expect(page.locator("#upload")).to_be_hidden()
+    expect(page.locator("#chips li")).to_have_count(1)  # still attached, to send again
+    assert fake.requests == []

@@ -149,7 +149,7 @@ def test_a_model_that_cannot_read_images_is_refused_before_anything_is_sent(clie
     response = send(client, "what is this?", (PNG, "dot.png"), model="tiny/4k")
     assert response.status_code == 400
     html = response.get_data(as_text=True)
-    assert "Tiny: 4K cannot read images" in html and textarea(html) == "what is this?"
+    assert "Tiny: 4K (tiny/4k) cannot read images" in html and textarea(html) == "what is this?"
     assert fake.requests == []
 
 

@@ -211,7 +211,8 @@ class Send:
             return
         if new_images or attachments.has_images(conversation.sent_history(self.conversation(),
                                                                           bool(self.replace))):
-            raise BadInput(400, no_images(catalogue.display_name(model, model_id)))
+            name = catalogue.display_name(model, model_id)
+            raise BadInput(400, no_images(name if name == model_id else f"{name} ({model_id})"))
 
     def files(self):
         """The message's attachments as stored references: the new ones' bytes are stored now

@@ -694,7 +694,14 @@
   function offerParams(params) {
     form.querySelectorAll("[data-param]").forEach(function (p) {
       const on = params.indexOf(p.dataset.param) >= 0;
-      p.hidden = !on;
+      if (p.dataset.param === "tools") {
+        // Search the web stays in sight, disabled with its note, for a model that cannot search.
+        const note = p.querySelector(".search-note");
+        if (note) note.hidden = on;
+        if (!on) p.querySelector("input").checked = false;
+      } else {
+        p.hidden = !on;
+      }
       p.querySelectorAll("input, select").forEach(function (f) { f.disabled = !on; });
     });
   }

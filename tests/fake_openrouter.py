@@ -41,11 +41,11 @@ GONE = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError)
 MODELS = {"data": [
     {"id": "openai/o4-mini", "name": "OpenAI: o4-mini", "context_length": 200000,
      "pricing": {"prompt": "0.0000011", "completion": "0.0000044"},
-     "supported_parameters": ["max_tokens", "reasoning"],
+     "supported_parameters": ["max_tokens", "reasoning", "tools"],
      "architecture": {"input_modalities": ["text", "image", "file"], "output_modalities": ["text"]}},
     {"id": "openai/gpt-4o-mini", "name": "OpenAI: GPT-4o-mini", "context_length": 128000,
      "pricing": {"prompt": "0.00000015", "completion": "0.0000006"},
-     "supported_parameters": ["max_tokens", "temperature", "top_p"],
+     "supported_parameters": ["max_tokens", "temperature", "top_p", "tools"],
      "architecture": {"input_modalities": ["text", "image", "file"], "output_modalities": ["text"]}}]}
 # A small-context model without reasoning, for tests of context limits (not in MODELS: add it).
 TINY_MODEL = {"id": "tiny/4k", "name": "Tiny: 4K", "context_length": 4096,
@@ -73,6 +73,9 @@ class Reply:
     keepalive_every: object = None
     gate: object = None           # threading.Event holding the stream after its first delta
     usage: bool = True
+    # url_citation annotations of the reply's text (sent as the API does: streamed after the deltas,
+    # and in the final part); default when the request asks for web search: one citation per result.
+    annotations: object = None
 
 
 @dataclass
@@ -167,6 +170,11 @@ def _parts_problem(content, part_type, where):
             return f"{where}: content[{j}] must be {{'type': '{part_type}', 'text': str}}, got {part!r}"
         if part_type == "output_text" and not isinstance(part.get("annotations"), list):
             return f"{where}: content[{j}] needs 'annotations' (a list)"
+        for annotation in part.get("annotations") or ():
+            if not isinstance(annotation, dict) or annotation.get("type") != "url_citation" \
+                    or not isinstance(annotation.get("url"), str) or not isinstance(annotation.get("title"), str) \
+                    or type(annotation.get("start_index")) is not int or type(annotation.get("end_index")) is not int:
+                return f"{where}: content[{j}] has an annotation the API did not give: {annotation!r}"
         if set(part) - allowed:
             return f"{where}: content[{j}] has unknown keys {sorted(set(part) - allowed)}"
     return None
@@ -185,6 +193,23 @@ def _options_problem(body, model):
                 return f"'{name}' must be a number from 0 to {top}, got {body[name]!r}"
             if name not in supported:
                 return f"'{name}' is not supported by {model['id']}"
+    if "tools" in body:
+        tools = body["tools"]
+        if not isinstance(tools, list) or not tools:
+            return f"'tools' must be a non-empty list, got {tools!r}"
+        for tool in tools:
+            if not isinstance(tool, dict) or tool.get("type") != "openrouter:web_search":
+                return f"the fake knows only the openrouter:web_search tool, got {tool!r}"
+            if set(tool) - {"type", "parameters"}:
+                return f"a tool has unknown keys {sorted(set(tool) - {'type', 'parameters'})}"
+            params = tool.get("parameters", {})
+            if not isinstance(params, dict) or set(params) - {"max_results", "search_context_size", "engine"}:
+                return f"web_search parameters must be max_results, search_context_size or engine, got {params!r}"
+            if "max_results" in params and (type(params["max_results"]) is not int
+                                            or not 1 <= params["max_results"] <= 25):
+                return f"'max_results' must be a whole number from 1 to 25, got {params['max_results']!r}"
+        if "tools" not in supported:
+            return f"No endpoints found that support tool use ({model['id']})"
     if "reasoning" in body:
         reasoning = body["reasoning"]
         if not isinstance(reasoning, dict):
@@ -526,6 +551,17 @@ class _Turn:
         self.has_message = not isinstance(behaviour, NoMessage)
         self.input_chars = sum(len(t) for t in users)
         self.msg_id = None
+        search = [t for t in body.get("tools") or () if t.get("type") == "openrouter:web_search"]
+        self.searched = (search[0].get("parameters") or {}).get("max_results", 5) if search else 0
+        found = getattr(behaviour, "annotations", None)
+        if found is None and self.searched:
+            found = [{"type": "url_citation", "url": f"https://example.org/result-{i}",
+                      "title": f"Result {i}", "start_index": 0, "end_index": len(self.text)}
+                     for i in range(1, min(self.searched, 2) + 1)]
+        self.annotations = list(found or [])
+
+    def search_item(self):
+        return {"type": "web_search_call", "id": f"ws_{secrets.token_hex(12)}", "status": "completed"}
 
     def reasoning_item(self):
         return {"type": "reasoning", "id": f"rs_{secrets.token_hex(12)}",
@@ -534,7 +570,8 @@ class _Turn:
     def message_item(self, status, text):
         if self.msg_id is None:
             self.msg_id = self.fake._issue_message_id()
-        content = [] if text is None else [{"type": "output_text", "text": text, "annotations": []}]
+        annotations = self.annotations if status != "in_progress" else []
+        content = [] if text is None else [{"type": "output_text", "text": text, "annotations": annotations}]
         return {"type": "message", "id": self.msg_id, "status": status, "role": "assistant", "content": content}
 
     def usage(self):
@@ -544,7 +581,9 @@ class _Turn:
         inp, out = max(1, self.input_chars // 4), len(self.text) // 4 + 1 + reasoning
         return {"input_tokens": inp, "output_tokens": out,
                 "output_tokens_details": {"reasoning_tokens": reasoning},
-                "total_tokens": inp + out, "cost": round(inp * 1.1e-6 + out * 4.4e-6, 10)}
+                "total_tokens": inp + out,
+                # Search results are priced per result ($4 per 1,000), inside usage.cost.
+                "cost": round(inp * 1.1e-6 + out * 4.4e-6 + self.searched * 0.004, 10)}
 
     def response(self, status, output, usage=None):
         return {"id": self.id, "object": "response", "model": self.model, "status": status, "output": output,
@@ -553,6 +592,8 @@ class _Turn:
 
     def final(self):
         output = [self.reasoning_item()] if self.reasoning or not self.has_message else []
+        if self.searched:
+            output.append(self.search_item())
         if self.has_message:
             output.append(self.message_item(self.status, self.text))
         return self.response(self.status, output, self.usage())
@@ -622,6 +663,11 @@ class _SSE:
             output.append(item)
         if not t.has_message:
             return self.finish("response.completed", t.response("completed", output, t.usage()))
+        if t.searched:
+            item = t.search_item()
+            self.event("response.output_item.added", output_index=len(output), item={**item, "status": "in_progress"})
+            self.event("response.output_item.done", output_index=len(output), item=item)
+            output.append(item)
         index = len(output)
         # Added (and so issued) before any delta: a reply cut short still has an id the app may send back.
         self.event("response.output_item.added", output_index=index, item=t.message_item("in_progress", None))
@@ -637,7 +683,10 @@ class _SSE:
                 self.wait(30.0, until=b.gate)
         if isinstance(b, StreamError):
             return self.fail(output + [t.message_item("incomplete", "".join(chunks[:limit]))])
-        part = {"type": "output_text", "text": t.text, "annotations": []}
+        for number, annotation in enumerate(t.annotations):
+            self.event("response.output_text.annotation.added", **ids, annotation_index=number,
+                       annotation=annotation)
+        part = {"type": "output_text", "text": t.text, "annotations": t.annotations}
         self.event("response.output_text.done", **ids, text=t.text)
         self.event("response.content_part.done", **ids, part=part)
         final = t.message_item(t.status, t.text)

@@ -217,7 +217,7 @@ def test_options_group_by_provider_and_sort_by_name():
     assert o4 == {"id": "openai/o4-mini", "name": "OpenAI: o4-mini", "context_length": 200000,
                   "prompt_price": 1.1e-6, "completion_price": 4.4e-6,
                   "label": "o4-mini \u00b7 200K context \u00b7 $1.10/$4.40 per M",
-                  "params": ["max_tokens", "reasoning"], "page_params": "max_tokens reasoning",
+                  "params": ["max_tokens", "reasoning", "tools"], "page_params": "max_tokens reasoning tools",
                   "images": True}  # its architecture lists "image"
 
 

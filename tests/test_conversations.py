@@ -424,8 +424,8 @@ def test_a_catalogue_of_hundreds_of_models_is_worked_out_once_per_fetch(make_app
     listed = client.get("/models.json")
     assert listed.cache_control.max_age == 300 and listed.cache_control.private
     assert len(listed.json["models"]) == 302
-    assert listed.json["models"]["acme3/model-12"] == {"context": 131072, "params": "max_tokens temperature"}
-    assert listed.json["models"]["openai/o4-mini"] == {"context": 200000, "params": "max_tokens reasoning"}
+    assert listed.json["models"]["acme3/model-12"] == {"context": 131072, "params": "max_tokens temperature tools"}
+    assert listed.json["models"]["openai/o4-mini"] == {"context": 200000, "params": "max_tokens reasoning tools"}
     assert len(worked_out) == 1
 
 

@@ -17,7 +17,7 @@ TTL = 300.0  # seconds a fetched list is served before it is fetched again
 RETRY_AFTER = 30.0  # seconds a failed fetch is remembered, so a down endpoint is not asked on every page
 
 # A client option -> the `supported_parameters` entry that says the model takes it.
-PARAMETERS = {"max_output_tokens": "max_tokens", "reasoning_effort": "reasoning"}
+PARAMETERS = {"max_output_tokens": "max_tokens", "reasoning_effort": "reasoning", "web_search": "tools"}
 ALWAYS_SUPPORTED = {"model", "instructions"}  # not in supported_parameters: every model takes them
 
 
@@ -200,7 +200,7 @@ def label(model):
 
 # The parameters the page shows a field for (templates/chat.html `data-param`): an option lists only
 # these, not the dozen or more a model supports.
-PAGE_PARAMS = ("max_tokens", "temperature", "reasoning")
+PAGE_PARAMS = ("max_tokens", "temperature", "reasoning", "tools")
 
 
 def _entry(model):

@@ -68,12 +68,13 @@ def user_item(text, files=()):
     return {"type": "message", "role": "user", "content": parts}
 
 
-def assistant_item(item_id, status, text):
-    """The assistant item as the API wants it back: the id and status it returned, never invented ones."""
+def assistant_item(item_id, status, text, annotations=None):
+    """The assistant item as the API wants it back: the id and status it returned, never invented ones,
+    and its text's annotations (web search citations) exactly as returned."""
     if not item_id or not status:
         raise ValueError("an assistant item needs the id and status the API returned")
     return {"type": "message", "role": "assistant", "id": item_id, "status": status,
-            "content": [{"type": "output_text", "text": text, "annotations": []}]}
+            "content": [{"type": "output_text", "text": text, "annotations": list(annotations or [])}]}
 
 
 def input_items(conv, text):
@@ -88,13 +89,14 @@ def sent_history(conv, replace=False):
     return items[min(conv.get("dropped", 0), len(items)):]
 
 
-def add_turn(conv, text, item_id, status, reply_text, note=None, files=None, **reply_meta):
+def add_turn(conv, text, item_id, status, reply_text, note=None, files=None, annotations=None,
+             **reply_meta):
     """Append a finished turn (the user's message, with its attachments, and the reply) and clear
     pending/failed state."""
     now = time.time()
     conv["items"].append(user_item(text, files))
     conv["meta"].append({"at": now})
-    conv["items"].append(assistant_item(item_id, status, reply_text))
+    conv["items"].append(assistant_item(item_id, status, reply_text, annotations))
     meta = {"at": now, **{k: v for k, v in reply_meta.items() if v is not None}}
     if note:
         meta["note"] = note
@@ -117,6 +119,24 @@ def fail_turn(conv, text, error, replace=False, stopped=False, context=False, fi
         conv["failed"]["context"] = True
     conv["rev"] = conv.get("rev", 0) + 1
     return conv
+
+
+def sources(item):
+    """A reply's web sources, from its url_citation annotations, each URL once, in order: `{"url",
+    "title", "link"}`; `link` only for http(s) URLs (any other scheme is shown as text, never a link)."""
+    found, seen = [], set()
+    for part in item.get("content") or ():
+        for annotation in (part.get("annotations") or ()) if isinstance(part, dict) else ():
+            if not isinstance(annotation, dict) or annotation.get("type") != "url_citation":
+                continue
+            url = annotation.get("url")
+            if not isinstance(url, str) or not url or url in seen:
+                continue
+            seen.add(url)
+            title = annotation.get("title") if isinstance(annotation.get("title"), str) else ""
+            link = url.lower().startswith(("https://", "http://"))
+            found.append({"url": url, "title": clean_title(title)[:300] or url, "link": link})
+    return found
 
 
 def item_text(item):
@@ -168,6 +188,7 @@ def messages(conv, start=0):
     for item, meta in zip(conv["items"][start:], conv["meta"][start:]):
         note = meta.get("note")
         shown.append({"role": item["role"], "text": item_text(item), "id": item.get("id"),
-                      "files": attachments.refs(item), "status": item.get("status"), "note": note_text(note),
+                      "files": attachments.refs(item), "sources": sources(item),
+                      "status": item.get("status"), "note": note_text(note),
                       "stopped": note == "stopped", "model": meta.get("model"), "at": meta.get("at")})
     return shown

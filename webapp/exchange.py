@@ -308,9 +308,7 @@ def _item(found, index, max_chars, files=None, names=None):
         text = _text(part["text"], where, max_chars)
         clean = {"type": PART_TYPES[role], "text": text}
         if role == "assistant":
-            if part["annotations"] != []:
-                raise ImportProblem(f"{where} has annotations; only an empty list can be imported.")
-            clean["annotations"] = []
+            clean["annotations"] = _annotations(part["annotations"], where)
         parts.append(clean)
     joined = "".join(p.get("text", "") for p in parts)
     if len(joined) > max_chars:
@@ -320,6 +318,29 @@ def _item(found, index, max_chars, files=None, names=None):
         raise ImportProblem(f"{what} is empty.")
     item["content"] = parts
     return item
+
+
+ANNOTATION_KEYS = {"type", "url", "title", "start_index", "end_index"}
+ANNOTATIONS_LIMIT = 200
+
+
+def _annotations(found, where):
+    """A reply's annotations: web search citations (url_citation), rebuilt field by field."""
+    if not isinstance(found, list) or len(found) > ANNOTATIONS_LIMIT:
+        raise ImportProblem(f"{where} must have its annotations as a list of at most {ANNOTATIONS_LIMIT}.")
+    clean = []
+    for annotation in found:
+        if not isinstance(annotation, dict) or annotation.get("type") != "url_citation":
+            raise ImportProblem(f"{where} has an annotation that is not a url_citation.")
+        _keys(annotation, ANNOTATION_KEYS, f"{where}, an annotation")
+        url, title = annotation["url"], annotation["title"]
+        start, end = annotation["start_index"], annotation["end_index"]
+        if not isinstance(url, str) or len(url) > 2000 or not isinstance(title, str) or len(title) > 1000 \
+                or type(start) is not int or type(end) is not int or not 0 <= start <= end:
+            raise ImportProblem(f"{where} has a citation whose url, title or indices are not valid.")
+        clean.append({"type": "url_citation", "url": url, "title": title, "start_index": start,
+                      "end_index": end})
+    return clean
 
 
 def _setting(key, value, max_chars):

@@ -28,9 +28,13 @@ STALE = ("The conversation changed since you pressed Edit or Regenerate (another
 
 
 class BadInput(Exception):
-    def __init__(self, status, message):
+    """A send refused before anything was stored or sent. `hint`: about what was typed in the form
+    (shown beside the box) rather than about the send as a whole (shown as the page's error)."""
+
+    def __init__(self, status, message, hint=None):
         super().__init__(message)
         self.status, self.message = status, message
+        self.hint = status == 400 if hint is None else hint
 
 
 def queue_limit(config):
@@ -110,11 +114,12 @@ def _number(raw, kind, low, high, problem):
     return value
 
 
-def planner(offer, model_of, default_max):
+def planner(offer, model_of, default_max, web_search=None):
     """`plan(conv, history, item)` for `turns.begin` (`item`: the new user message, attachments
     and all): the request options for this turn (model, instructions and the options the model
     supports, each only when set), with `max_output_tokens` capped to what the model's context
-    leaves; None when the turn would not fit at all."""
+    leaves; None when the turn would not fit at all. `web_search`: this message searches the web
+    (that many results at most), on a model that takes tools."""
     by_id = offer.by_id
 
     def plan(conv, history, item):
@@ -130,7 +135,7 @@ def planner(offer, model_of, default_max):
         return catalogue.supported_options(model, {
             "model": model_id, "max_output_tokens": budget["max_output"],
             "instructions": instructions or None, "temperature": settings.temperature,
-            "reasoning_effort": settings.effort or None})
+            "reasoning_effort": settings.effort or None, "web_search": web_search})
 
     return plan
 
@@ -194,7 +199,9 @@ class Send:
         else:
             self.uploads, self.kept = [], []
         self._check_images(offers)
-        self.plan = planner(offers.offer(self.models), offers.model_of, config["MAX_OUTPUT_TOKENS"])
+        self.web_search = "web_search" in form and self._check_search(offers)
+        self.plan = planner(offers.offer(self.models), offers.model_of, config["MAX_OUTPUT_TOKENS"],
+                            config["WEB_SEARCH_MAX_RESULTS"] if self.web_search else None)
         self.waiter = new_id()
         self.options = self.session_mark = None
 
@@ -212,7 +219,18 @@ class Send:
         if new_images or attachments.has_images(conversation.sent_history(self.conversation(),
                                                                           bool(self.replace))):
             name = catalogue.display_name(model, model_id)
-            raise BadInput(400, no_images(name if name == model_id else f"{name} ({model_id})"))
+            raise BadInput(400, no_images(name if name == model_id else f"{name} ({model_id})"), hint=False)
+
+    def _check_search(self, offers):
+        """Search the web only on a model that takes tools: refused before anything is sent."""
+        model_id = self.settings.get("model") or offers.model_of(self.conversation() if self.cid else None)
+        model = offers.offer(self.models).by_id.get(model_id)
+        if not catalogue.supports(model, "tools"):
+            name = catalogue.display_name(model, model_id)
+            raise BadInput(400, f"{name if name == model_id else f'{name} ({model_id})'} cannot search "
+                                "the web, so nothing was sent. Untick Search the web, or pick a model "
+                                "that can. Your text is kept.", hint=False)
+        return True
 
     def files(self):
         """The message's attachments as stored references: the new ones' bytes are stored now

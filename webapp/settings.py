@@ -155,6 +155,8 @@ def from_env(env=None):
         "MAX_CONTENT_LENGTH": max_content,
         "MAX_ATTACHMENT_BYTES": max_file,
         "MAX_ATTACHMENTS": max_files,
+        # A message with "Search the web" ticked asks OpenRouter's web search for this many results.
+        "WEB_SEARCH_MAX_RESULTS": min(25, _int(env, "WEB_SEARCH_MAX_RESULTS", 5)),
         # Unset: the factory uses a key made once and kept in SECRET_KEY_FILE (see secret_key.py).
         "SECRET_KEY": secret,
         "SECRET_KEY_FILE": env.get("SECRET_KEY_FILE", "").strip(),

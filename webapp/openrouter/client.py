@@ -73,7 +73,7 @@ class Client:
                    config["OPENROUTER_APP_URL"], config["OPENROUTER_APP_TITLE"])
 
     def body(self, items, stream=False, *, model=None, instructions=None, max_output_tokens=None,
-             temperature=None, reasoning_effort=None):
+             temperature=None, reasoning_effort=None, web_search=None):
         """The request body. Each option is sent only when given (None: not sent); `model` and
         `max_output_tokens` fall back to the client's own. A value the API would refuse raises
         `ValueError` here, before anything is sent: check user input before it reaches a turn."""
@@ -99,6 +99,10 @@ class Client:
                 raise ValueError(f"reasoning_effort must be one of {', '.join(REASONING_EFFORTS)}, "
                                  f"got {reasoning_effort!r}")
             body["reasoning"] = {"effort": reasoning_effort, "summary": "auto"}
+        if web_search:  # OpenRouter's server tool: it searches, the reply cites (url_citation)
+            if type(web_search) is not int or not 1 <= web_search <= 25:
+                raise ValueError(f"web_search must be a number of results from 1 to 25, got {web_search!r}")
+            body["tools"] = [{"type": "openrouter:web_search", "parameters": {"max_results": web_search}}]
         return body
 
     def models(self):
@@ -204,6 +208,11 @@ class Client:
                         state.text += delta
                         yield "delta", delta
                         continue
+                elif kind == "response.output_text.annotation.added":
+                    annotation = event.get("annotation")
+                    if isinstance(annotation, dict):
+                        # Kept for the reply (the page lists its sources when it ends).
+                        state.annotations.append(annotation)
                 elif kind == "response.output_item.added":
                     item = event.get("item") or {}
                     if item.get("type") == "message" and item.get("id"):
@@ -264,8 +273,11 @@ class Client:
             status = "incomplete" if kind == "response.incomplete" else "completed"
             details = (body or {}).get("incomplete_details") or {}
             return Reply(state.item_id, status, state.text, (body or {}).get("usage"),
-                         (body or {}).get("model"), details.get("reason"), reasoning)
+                         (body or {}).get("model"), details.get("reason"), reasoning,
+                         list(state.annotations))
         state.item_id, state.text = reply.item_id, reply.text
         if reply.reasoning is None:
             reply.reasoning = reasoning
+        if not reply.annotations and state.annotations:
+            reply.annotations = list(state.annotations)  # streamed, but not repeated at the end
         return reply

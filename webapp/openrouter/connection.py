@@ -14,6 +14,7 @@ class StreamState:
 
     item_id: str | None = None
     text: str = ""
+    annotations: list = field(default_factory=list)  # the reply's citations, as they streamed
     cancelled: bool = False
     _conn: object = field(default=None, repr=False)  # the urllib3 connection carrying this request
     _lock: object = field(default_factory=threading.Lock, repr=False)

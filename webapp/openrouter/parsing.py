@@ -1,7 +1,7 @@
 """Reading OpenRouter's answers: a response object into a `Reply`, Server-Sent Events into their data
 (keep-alive comments included), and a reasoning summary as it streams. No HTTP here."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .errors import UpstreamError, error_detail
 
@@ -18,6 +18,9 @@ class Reply:
     # The reasoning summary (its parts joined with blank lines), when the model sent one. Never part of
     # `text`, and never sent back upstream.
     reasoning: str | None = None
+    # The text's annotations (url_citation: url, title, start_index, end_index), exactly as returned:
+    # stored with the item and sent back with it. Untrusted: the page shows only http(s) links.
+    annotations: list = field(default_factory=list)
 
 
 def sse_data(raw):
@@ -90,11 +93,20 @@ def reply_from_response(body):
     ]
     if not messages:
         raise UpstreamError("no_message")
-    text = "".join(
-        part.get("text", "")
-        for item in messages for part in item.get("content") or []
-        if isinstance(part, dict) and part.get("type") == "output_text"
-    )
+    parts = [part for item in messages for part in item.get("content") or []
+             if isinstance(part, dict) and part.get("type") == "output_text"]
+    text, annotations = "", []
+    for part in parts:
+        found = part.get("annotations")
+        for annotation in found if isinstance(found, list) else ():
+            if isinstance(annotation, dict):
+                if text and isinstance(annotation.get("start_index"), int) \
+                        and isinstance(annotation.get("end_index"), int):
+                    # The parts are joined into one: an index into a later part moves with it.
+                    annotation = {**annotation, "start_index": annotation["start_index"] + len(text),
+                                  "end_index": annotation["end_index"] + len(text)}
+                annotations.append(annotation)
+        text += part.get("text", "") if isinstance(part.get("text"), str) else ""
     # With several message items the history keeps one item; the last one's id and status stand for it.
     last = messages[-1]
     status = last.get("status") or body.get("status") or "completed"
@@ -102,7 +114,7 @@ def reply_from_response(body):
         status = "incomplete"
     reason = (body.get("incomplete_details") or {}).get("reason") if status == "incomplete" else None
     return Reply(last["id"], status, text, body.get("usage"), body.get("model"), reason,
-                 reasoning_from_output(body["output"]))
+                 reasoning_from_output(body["output"]), annotations)
 
 
 class _Summary:

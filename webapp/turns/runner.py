@@ -113,7 +113,7 @@ def execute(store, client, running, items, stream=True, request=None):
                 ok = settle.settle(store, cid, turn, lambda conv, pending: settle.add_reply(
                     conv, pending, reply.item_id, reply.status, reply.text, html,
                     note=settle.note_for(reply), model=reply.model, usage=reply.usage,
-                    reasoning=reply.reasoning))
+                    reasoning=reply.reasoning, annotations=reply.annotations))
                 outcome = (DONE, {"text": reply.text, "stored": ok,
                                   "note": conversation.note_text(settle.note_for(reply))})
                 break

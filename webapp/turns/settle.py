@@ -36,14 +36,15 @@ def keep_partial(conv, pending, item_id, text, note, stopped=False):
         conv["last_turn"] = pending["turn"]
 
 
-def add_reply(conv, pending, item_id, status, text, html=None, **meta):
+def add_reply(conv, pending, item_id, status, text, html=None, annotations=None, **meta):
     # Rendered once, here, and kept beside the item (never in it: the items go upstream as they are):
     # a page view only assembles stored fragments.
     meta.update(html=str(html if html is not None else render.markdown(text)), rv=render.VERSION)
     if pending.get("replace"):
         # Regenerate/edit: the old last turn goes only now, once its replacement exists.
         del conv["items"][-2:], conv["meta"][-2:]
-    conversation.add_turn(conv, pending["text"], item_id, status, text, files=pending.get("files"), **meta)
+    conversation.add_turn(conv, pending["text"], item_id, status, text, files=pending.get("files"),
+                          annotations=annotations, **meta)
     conv["last_turn"] = pending["turn"]  # a page that still shows it writing can pick up the ending
 
 

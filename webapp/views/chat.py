@@ -84,7 +84,7 @@ def send(cid=None):
     try:
         outgoing = wiring.send(cid, me)
     except sending.BadInput as bad:
-        kind = "hint" if bad.status == 400 else "error"
+        kind = "hint" if bad.hint else "error"
         return wiring.render_chat(cid, wiring.current(cid), draft=draft, status=bad.status,
                                   **{kind: bad.message})
     try:

@@ -8,6 +8,17 @@ Python's on lines of one space) can be super-linear. So a long text is parsed in
 CHUNK characters, other requests running in between; only common languages are highlighted, up to
 HIGHLIGHT_MAX characters and HIGHLIGHT_TIME seconds per chunk; after BUDGET seconds the rest is
 shown as escaped text. Whatever is not rendered is shown as text, never dropped.
+
+Math, in replies and in the person's own messages (which are otherwise plain text), becomes MathML
+on the server: `$…$` and `\\(…\\)` inline, `$$…$$` and `\\[…\\]` as display math, parsed by
+mdit-py-plugins' dollarmath (Pandoc's rules for prices: `$` opens no formula before a space, nor
+closes one before a digit) and a rule of ours for the brackets, converted by latex2mathml. Its
+output is rebuilt on an allowlist of MathML elements and attributes (no href, no style, no class,
+values plain words and lengths) and goes through nh3 with the rest; a formula it cannot convert, or
+one past the chunk's deadline, stays as its escaped source in a <code>. Browsers render MathML Core
+natively: no script, stylesheet or font is added. In a person's message nothing else is read but
+code spans (`$HOME` stays text), and each formula keeps its exact source in an <annotation>, so the
+text they typed can be taken back from the page.
 """
 
 import re
@@ -16,15 +27,19 @@ from functools import lru_cache
 
 import nh3
 import pygments
+from latex2mathml.converter import convert_to_element
 from markdown_it import MarkdownIt
+from markdown_it.rules_inline import backtick
 from markdown_it.utils import OptionsDict
+from mdit_py_plugins.dollarmath import dollarmath_plugin
+from mdit_py_plugins.dollarmath.index import math_block_dollar, math_inline_dollar
 from pygments.formatters import HtmlFormatter
 from pygments.lexers import get_lexer_by_name
 
 from markupsafe import Markup, escape
 
 # Bump when the rendering changes: replies stored with another version are rendered again on view.
-VERSION = 2
+VERSION = 3  # 3: math as MathML
 
 CHUNK = 8_000  # characters markdown-it parses at once: 8,000 of `*[` take it 0.13 s, prose 0.2 ms
 HIGHLIGHT_MAX = 10_000  # characters of code highlighted at most (10,000 of real code: 5-20 ms)
@@ -54,10 +69,31 @@ LANGUAGES = {alias: name for name, aliases in {
 
 _FORMATTER = HtmlFormatter(nowrap=True)
 
+MATH_LINES = 50  # lines a `$$` display block may span (a longer one is read as inline `$$…$$`)
+
+# MathML that may be shown: presentation elements, and in a person's message each formula's source
+# in an annotation (semantics and annotation are ours, never taken from the converter). Attributes
+# are presentation only, no href, style, class or id, and their values plain words and lengths.
+_SCRIPTS = "displaystyle scriptlevel"
+MATH_ATTRIBUTES = {tag: set(names.split()) for tag, names in {
+    "math": "display", "semantics": "", "annotation": "encoding", "mi": "mathvariant",
+    "mn": "mathvariant", "mtext": "mathvariant", "ms": "", "mspace": "width height depth",
+    "mo": "form fence separator stretchy symmetric largeop movablelimits lspace rspace minsize maxsize "
+          "accent",
+    "mrow": "", "msup": "", "msub": "", "msubsup": "", "msqrt": "", "mroot": "", "mphantom": "",
+    "mfrac": "linethickness", "mover": "accent", "munder": "accentunder",
+    "munderover": "accent accentunder", "mstyle": f"{_SCRIPTS} mathvariant",
+    "mpadded": "width height depth lspace voffset", "menclose": "notation",
+    "mtable": f"{_SCRIPTS} columnalign rowalign columnspacing rowspacing columnlines rowlines",
+    "mtr": "columnalign rowalign", "mtd": "columnalign rowalign rowspan columnspan",
+}.items()}
+MATH_TAGS = set(MATH_ATTRIBUTES)
+
 TAGS = {"p", "br", "hr", "h1", "h2", "h3", "h4", "h5", "h6", "strong", "em", "del", "s", "code",
-        "pre", "blockquote", "ul", "ol", "li", "a", "table", "thead", "tbody", "tr", "th", "td", "span"}
+        "pre", "blockquote", "ul", "ol", "li", "a", "table", "thead", "tbody", "tr", "th", "td", "span",
+        *MATH_TAGS}
 ATTRIBUTES = {"a": {"href", "title"}, "ol": {"start"}, "span": {"class"}, "code": {"class"},
-              "th": {"class"}, "td": {"class"}, "p": {"class"}}
+              "th": {"class"}, "td": {"class"}, "p": {"class"}, **MATH_ATTRIBUTES}
 ALIGNED = {"text-align:left": "align-left", "text-align:center": "align-center",
            "text-align:right": "align-right"}
 
@@ -104,6 +140,163 @@ def _aligned_cells_as_classes(state):
             token.attrs = {"class": ALIGNED.get(token.attrs["style"], "")}
 
 
+# Math. Token types: dollarmath's, which the bracket rule reuses; the display ones are blocks.
+_DISPLAY = {"math_inline": False, "math_inline_double": True, "math_block": True}
+_CLOSING = {"$": "$", "$$": "$$", "\\(": "\\)", "\\[": "\\]"}
+_VALUE = re.compile(r"[A-Za-z0-9.+\- %]{1,200}")  # an attribute's value: words, numbers, lengths
+_REFERENCE = re.compile(r"&#x([0-9A-Fa-f]{1,6});")  # how latex2mathml writes symbols in its text
+# Environments latex2mathml reads as a row, showing each `&` and losing each `\\`: as `align*`
+# (right and left columns, which it lays out as a table), or a centred column.
+_ALIGNED = re.compile(r"\\begin\{(?:alignedat|alignat\*?)\}\{\d+\}"
+                      r"|\\(begin|end)\{(?:aligned|alignat\*?|alignedat|flalign\*?|eqnarray\*?)\}")
+_GATHERED = re.compile(r"\\(begin|end)\{(?:gathered|gather\*?|multline\*?)\}")
+_COMMAND = re.compile(r"\\[A-Za-z]+")
+_UNSHOWN = re.compile(r"\\label\{[^{}]*\}|\\no(?:number|tag)(?![A-Za-z])")  # shown as commands
+
+
+def _character(reference):
+    point = int(reference[1], 16)
+    return chr(point) if 0 < point <= 0x10FFFF and not 0xD800 <= point <= 0xDFFF else reference[0]
+
+
+def _text(text):
+    return escape(_REFERENCE.sub(_character, text)) if text else ""
+
+
+def _unwrapped(element, alone=False):
+    """An mrow holding nothing but one identifier, number, text or mrow, as that one (latex2mathml
+    wraps each argument so; operators stay wrapped, as their spacing depends on their row, unless
+    the row is `alone`, the formula's whole)."""
+    while (element.tag == "mrow" and not element.attrib and len(element) == 1
+           and not (element.text or "").strip() and not (element[0].tail or "").strip()
+           and (alone or element[0].tag in ("mi", "mn", "mtext", "mrow"))):
+        element = element[0]
+    return element
+
+
+def _element(element, alone=False):
+    """latex2mathml's element as MathML on the allowlist: an element it does not know as an mrow,
+    only allowlisted attributes with plain values, its text escaped."""
+    element = _unwrapped(element, alone)
+    tag = element.tag if element.tag in MATH_TAGS - {"math", "semantics", "annotation"} else "mrow"
+    text = element.text
+    if tag in ("mi", "mo") and text and _COMMAND.fullmatch(text):
+        tag, text = "mi", text[1:]  # a command it does not know (`\arg`): its name, as `\operatorname`
+    attributes = "".join(f' {name}="{escape(value)}"' for name, value in element.attrib.items()
+                         if name in MATH_ATTRIBUTES[tag] and _VALUE.fullmatch(value))
+    inner = "".join(_element(child) + _text(child.tail) for child in element)
+    return f"<{tag}{attributes}>{_text(text)}{inner}</{tag}>"
+
+
+def _mathml(tex, display, source=None):
+    """The formula as a <math> element (holding its `source` in an annotation, when given), or None
+    when latex2mathml cannot convert it."""
+    tex = _GATHERED.sub(lambda m: r"\begin{array}{c}" if m[1] == "begin" else r"\end{array}",
+                        _ALIGNED.sub(lambda m: f"\\{m[1] or 'begin'}{{align*}}", _UNSHOWN.sub("", tex)))
+    if not tex.strip():
+        return None
+    try:
+        root = convert_to_element(tex, display="block" if display else "inline")
+        body = (_element(root[0], alone=True) if len(root) == 1
+                else f'<mrow>{"".join(map(_element, root))}</mrow>')
+    except Exception:  # latex2mathml's errors for what it cannot read, RecursionError for depth
+        return None
+    if source is not None:
+        body = (f'<semantics>{body}<annotation encoding="application/x-tex">{escape(source)}'
+                "</annotation></semantics>")
+    return f'<math display="block">{body}</math>' if display else f"<math>{body}</math>"
+
+
+def _formula(token, env, annotated=False):
+    """A math token's HTML: MathML (`annotated` with its source), or its source as escaped text in a
+    <code> when it cannot be converted or the chunk's deadline has passed."""
+    source = token.meta.get("source") or token.markup + token.content + _CLOSING[token.markup]
+    html = None
+    if _clock() <= env.get("deadline", float("inf")):
+        html = _mathml(token.content, _DISPLAY[token.type], source if annotated else None)
+    if token.type == "math_block":
+        return (html or f"<p><code>{escape(source)}</code></p>") + "\n"
+    return html or f"<code>{escape(source)}</code>"
+
+
+def _render_formula(renderer, tokens, idx, options, env):
+    return _formula(tokens[idx], env)
+
+
+def _escaped(state, pos):
+    """Whether the character at `pos` follows an odd number of backslashes."""
+    start = pos
+    while pos and state.src[pos - 1] == "\\":
+        pos -= 1
+    return (start - pos) % 2 == 1
+
+
+def _dollars(rule):
+    """dollarmath's inline rule, noting each formula's source; a `$` right after another (the
+    second of an unclosed `$$`) opens none, so a display formula still being written stays text."""
+    def dollars(state, silent):
+        start = state.pos
+        if start and state.src[start - 1] == "$" or not rule(state, silent):
+            return False
+        if not silent:
+            state.tokens[-1].meta["source"] = state.src[start:state.pos]
+        return True
+
+    return dollars
+
+
+def _brackets(state, silent):
+    """`\\(…\\)` inline and `\\[…\\]` display math, inside a paragraph (or a person's message): up to
+    the first closing bracket, which must come (an unclosed one stays text)."""
+    src, pos = state.src, state.pos
+    kind = src[pos:pos + 2]
+    if kind not in ("\\(", "\\[") or _escaped(state, pos):
+        return False
+    end = src.find(_CLOSING[kind], pos + 2, state.posMax)
+    if end == -1 or not src[pos + 2:end].strip():
+        return False
+    if not silent:
+        token = state.push("math_inline" if kind == "\\(" else "math_inline_double", "math", 0)
+        token.content, token.markup = src[pos + 2:end], kind
+        token.meta["source"] = src[pos:end + 2]
+    state.pos = end + 2
+    return True
+
+
+def _bounded(rule):
+    """dollarmath's `$$` block rule, reading no further for the closing `$$` than MATH_LINES lines,
+    a blank line, or a line outdented out of the list item the `$$` is in. (Unbounded, each `$$`
+    line opening no block reads every line to the end, quadratic; and it reads past list items.)"""
+    def math_block(state, startLine, endLine, silent):
+        if not state.src.startswith("$$", state.bMarks[startLine] + state.tShift[startLine]):
+            return False
+        last, limit = startLine + 1, min(endLine, startLine + MATH_LINES)
+        while last < limit and not state.isEmpty(last) and state.sCount[last] >= state.blkIndent:
+            last += 1
+        return rule(state, startLine, last, silent)
+
+    return math_block
+
+
+def _literal(rule):
+    """markdown-it's code span rule, keeping the span as the text it was: in a person's message,
+    `$HOME` between backticks is no formula, and the backticks stay."""
+    def literal(state, silent):
+        start = state.pos
+        if not rule(state, silent):
+            return False
+        if not silent and state.tokens and state.tokens[-1].type == "code_inline":
+            token = state.tokens[-1]
+            token.type, token.tag, token.markup = "text", "", ""
+            token.content = state.src[start:state.pos]
+        return True
+
+    return literal
+
+
+_DOLLARS = _dollars(math_inline_dollar(allow_space=False, allow_digits=False, allow_double=True))
+
+
 def _parser():
     # html=False: raw HTML in the model's markdown is shown as text, never parsed as tags.
     md = MarkdownIt("commonmark", {"html": False})
@@ -112,10 +305,30 @@ def _parser():
     md.disable("image")
     md.core.ruler.push("aligned_cells", _aligned_cells_as_classes)
     md.add_render_rule("fence", _fence)
+    # `$$` display blocks on their own lines; the inline rules are replaced by ours.
+    dollarmath_plugin(md, allow_labels=False, allow_space=False, allow_digits=False,
+                      allow_blank_lines=False, double_inline=True)
+    md.block.ruler.at("math_block", _bounded(math_block_dollar(allow_labels=False,
+                                                                allow_blank_lines=False)))
+    md.inline.ruler.at("math_inline", _DOLLARS)
+    md.inline.ruler.before("escape", "math_brackets", _brackets)  # before `\(` is read as `(`
+    for kind in _DISPLAY:
+        md.add_render_rule(kind, _render_formula)
+    return md
+
+
+def _plain_parser():
+    """For a person's message: its text stays text, bar its formulas (and code spans, kept whole)."""
+    md = MarkdownIt("zero")
+    md.inline.ruler.before("escape", "math_inline", _DOLLARS)
+    md.inline.ruler.before("escape", "math_brackets", _brackets)
+    md.inline.ruler.at("backticks", _literal(backtick))
+    md.inline.ruler.enable("backticks")
     return md
 
 
 _MD = _parser()
+_PLAIN = _plain_parser()
 
 # A fence's opening line as markdown-it reads it outside a list or quote: up to 3 spaces, then 3 or
 # more backticks (with none in the info string after them) or tildes.
@@ -216,12 +429,10 @@ def _chunks(text):
         yield "\n".join(chunk), _size(chunk) <= CHUNK or _closing(chunk[0]) is not None
 
 
-def _html(text):
-    """The message's sanitised HTML, chunk by chunk: parsed while the budget lasts, else as escaped
-    text."""
+def _rendered(pieces, render, as_text):
+    """Each (piece, parse) rendered while the budget lasts, else as escaped text."""
     spent, env = 0.0, {}  # one env: a link reference defined in a chunk serves the chunks after it
-    # A text of one chunk at most (most replies, every early snapshot of a streaming one) is not split.
-    for i, (chunk, parse) in enumerate([(text, True)] if len(text) <= CHUNK else _chunks(text)):
+    for i, (piece, parse) in enumerate(pieces):
         if i:
             # Other users' requests and streams run between chunks: under gunicorn's gevent worker
             # time.sleep is gevent's (monkey-patched), and a sleep of more than 0 runs its event
@@ -231,10 +442,19 @@ def _html(text):
         if parse and spent < BUDGET:
             started = _clock()
             env.update(deadline=started + min(HIGHLIGHT_TIME, BUDGET - spent), compiling=0.0)
-            yield _clean(_MD.render(chunk, env))
+            yield render(piece, env)
             spent += _clock() - started - env["compiling"]
         else:
-            yield _clean(f'<p class="plain">{escape(chunk)}</p>\n')
+            yield as_text(piece)
+
+
+def _html(text):
+    """The message's sanitised HTML, chunk by chunk: parsed while the budget lasts, else as escaped
+    text."""
+    # A text of one chunk at most (most replies, every early snapshot of a streaming one) is not split.
+    return _rendered([(text, True)] if len(text) <= CHUNK else _chunks(text),
+                     lambda chunk, env: _clean(_MD.render(chunk, env)),
+                     lambda chunk: _clean(f'<p class="plain">{escape(chunk)}</p>\n'))
 
 
 def _clean(html):
@@ -256,9 +476,38 @@ def stored(meta, text):
     return markdown(text)
 
 
+_MATH_MARK = re.compile(r"\$|\\[(\[]")  # what any formula holds
+
+
+def _pieces(text):
+    """(piece, parse) pairs that, joined by line breaks, are the text (its line breaks made one
+    kind): its lines packed up to CHUNK characters, cut after a blank line or a fenced block where
+    they can be; a longer line is a piece not to parse."""
+    blocks = _blocks(re.split(r"\r\n?|\n", text))
+    for piece in _pack(part for block in blocks
+                       for part in ([block] if _size(block) <= CHUNK else ([line] for line in block))):
+        yield "\n".join(piece), _size(piece) <= CHUNK
+
+
+def _plain_math(piece, env):
+    tokens = []
+    _PLAIN.inline.parse(piece, _PLAIN, env, tokens)
+    for token, after in zip(tokens, tokens[1:]):
+        # A display formula is a line of its own: the line break after it would show as a blank
+        # line (white-space: pre-wrap). It goes, into the formula's source, which stays exact.
+        if token.type == "math_inline_double" and after.type == "text" and after.content[:1] == "\n":
+            token.meta["source"] += "\n"
+            after.content = after.content[1:]
+    return _clean("".join(_formula(token, env, annotated=True) if token.type in _DISPLAY
+                          else escape(token.content) for token in tokens))
+
+
 def plain(text):
-    """A user's message: escaped text; the stylesheet keeps its line breaks (white-space: pre-wrap)."""
-    return escape(text)
+    """A person's message: escaped text (the stylesheet keeps its line breaks, white-space: pre-wrap)
+    but for its formulas, as MathML. Not markdown: what they typed is what they see."""
+    if not _MATH_MARK.search(text):
+        return escape(text)
+    return Markup("\n".join(_rendered(_pieces(text), _plain_math, escape)))
 
 
 def _token_rules(style):

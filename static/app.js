@@ -105,11 +105,23 @@
     if (!tools) { tools = el("div", { class: "tools" }); article.appendChild(tools); }
     return tools;
   }
+  // A message's text as typed: a formula rendered as MathML gives back its TeX source (kept in the
+  // <math>'s annotation in a person's own messages), not its symbols.
+  function messageText(node) {
+    const copy = node.cloneNode(true);
+    copy.querySelectorAll("math").forEach(function (m) {
+      const source = m.querySelector('annotation[encoding="application/x-tex"]');
+      m.replaceWith(source ? source.textContent : m.textContent);
+    });
+    return copy.textContent;
+  }
   function addCopyButtons(article) {
     const text = article.querySelector("[data-role]");
     if (!text || article.querySelector(":scope > .tools > .copy")) return;
     const who = text.dataset.role === "user" ? "your message" : "the reply";
-    toolsOf(article).prepend(copyButton(function () { return text.innerText; }, "Copy " + who));
+    toolsOf(article).prepend(copyButton(function () {
+      return text.dataset.role === "user" ? messageText(text) : text.innerText;
+    }, "Copy " + who));
     text.querySelectorAll("pre").forEach(function (pre, i) {
       const code = pre.querySelector("code") || pre;
       pre.appendChild(copyButton(function () { return code.innerText; }, "Copy code block " + (i + 1)));
@@ -501,7 +513,7 @@
       return;
     }
     if (kind === "done" && data.stopped && !data.kept && view.user && !view.replaced) {
-      putBack(view, view.user.querySelector("[data-role]").textContent);
+      putBack(view, messageText(view.user.querySelector("[data-role]")));
       showNotice(data.note + " Your message is back in the box.");
       return;
     }
@@ -606,7 +618,7 @@
     }
     // Accepted: show the turn at once. Regenerate and Edit replace the last turn.
     const users = log.querySelectorAll('[data-role="user"]');
-    const shownText = regenerate ? users[users.length - 1].textContent : text;
+    const shownText = regenerate ? messageText(users[users.length - 1]) : text;
     view.previousReply = editField.value || (regenerate ? data.get("regenerate") : null) ||
       (log.querySelector('[data-action="regenerate"]') || {}).value;
     if (replaced) {
@@ -671,7 +683,7 @@
     event.preventDefault();
     const users = log.querySelectorAll('[data-role="user"]');
     const regenerate = log.querySelector('[data-action="regenerate"]');
-    startEdit(button.dataset.reply || (regenerate && regenerate.value), users[users.length - 1].textContent);
+    startEdit(button.dataset.reply || (regenerate && regenerate.value), messageText(users[users.length - 1]));
   });
 
   // --- settings: only the options the chosen model supports are offered --------------------------

@@ -18,9 +18,21 @@ GET /models serves `fake.models` (default: a copy of MODELS), which is also the 
     fake.models = {"data": MODELS["data"] + [TINY_MODEL]}   # reset() restores the default
     fake.models_response = error(503, "down")               # make GET /models fail (error, raw or hang)
     fake.model_fetches                                      # how many GET /models arrived
+
+Sign in with OpenRouter (OAuth PKCE), as OpenRouter does it: `GET {fake.auth_url}?callback_url=…&
+code_challenge=…&code_challenge_method=S256` (the page a browser is sent to) issues a single-use code
+bound to that challenge and redirects to `callback_url?code=…`; `POST /api/v1/auth/keys` with `code`,
+`code_verifier` and `code_challenge_method` answers `{"key", "user_id"}` only when base64url(SHA-256(
+code_verifier)) is that challenge (else 403, and the code is spent either way). Each key it issues is
+then accepted by POST /responses like the operator's; every request records the key it carried
+(`fake.requests[i]["key"]`), so a test can tell who paid. `GET /api/v1/key` answers a key's limit and
+usage (`fake.key_limits[key] = (limit, usage)`; default (10, 0.25)). `fake.revoked.add(key)`: that key
+gets 401 everywhere. `fake.exchanges` records each POST /auth/keys (body, headers, status).
 """
 
+import base64
 import copy
+import hashlib
 import json
 import math
 import re
@@ -31,6 +43,7 @@ import threading
 import time
 from dataclasses import KW_ONLY, dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 KEEPALIVE = b": OPENROUTER PROCESSING\n\n"
 REASONING_TEXT = "thinking\u2026"
@@ -55,6 +68,9 @@ TINY_MODEL = {"id": "tiny/4k", "name": "Tiny: 4K", "context_length": 4096,
 REASONING_EFFORTS = {"minimal", "low", "medium", "high"}
 REASONING_SUMMARIES = {"auto", "concise", "detailed"}
 REASONING_KEYS = {"effort", "summary", "max_tokens", "exclude", "enabled"}
+CHALLENGE = re.compile(r"[A-Za-z0-9_-]{43}")  # base64url of 32 bytes, without padding
+VERIFIER = re.compile(r"[A-Za-z0-9._~-]{43,128}")  # RFC 7636's code_verifier
+DEFAULT_KEY_LIMIT = (10.0, 0.25)  # (limit, usage) in dollars of a key GET /key describes
 
 
 # --- behaviours: plain data, so a test reads like a script of what upstream will do -----------------
@@ -336,6 +352,10 @@ class FakeOpenRouter:
         self.models_response = None  # a behaviour (error, raw, hang) GET /models answers with instead
         self.model_fetches = 0
         self.default = Reply()  # what a POST /responses gets when nothing is queued (benchmarks set it)
+        # Sign in with OpenRouter: codes issued by GET /auth (code -> its challenge), keys issued by
+        # POST /auth/keys (key -> user id), keys revoked (401), keys' (limit, usage), and each exchange.
+        self.auth_codes, self.user_keys, self.revoked, self.key_limits = {}, {}, set(), {}
+        self.exchanges, self.key_fetches = [], 0
         # One condition guards all shared state; it also wakes wait_for_requests.
         self._lock = threading.Condition()
         self._stopping = threading.Event()
@@ -351,6 +371,14 @@ class FakeOpenRouter:
         self.base_url = f"http://{self.host}:{self._server.server_address[1]}/api/v1"
         threading.Thread(target=self._server.serve_forever, name="fake-openrouter", daemon=True).start()
         return self
+
+    @property
+    def auth_url(self):
+        """OPENROUTER_AUTH_URL of an app on this fake: its sign-in page."""
+        return self.base_url.rsplit("/api/v1", 1)[0] + "/auth"
+
+    def key_valid(self, key):
+        return key not in self.revoked and (key == self.api_key or key in self.user_keys)
 
     def stop(self):
         if self._server:
@@ -379,6 +407,12 @@ class FakeOpenRouter:
             self.models = copy.deepcopy(MODELS)
             self.models_response = None
             self.model_fetches = 0
+            self.auth_codes.clear()
+            self.user_keys.clear()
+            self.revoked.clear()
+            self.key_limits.clear()
+            self.exchanges.clear()
+            self.key_fetches = 0
 
     def wait_for_requests(self, n, timeout=5.0):
         with self._lock:
@@ -455,7 +489,12 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- routes --
     def do_GET(self):
-        if self.path.split("?")[0] != "/api/v1/models":
+        path = self.path.split("?")[0]
+        if path == "/auth":
+            return self._authorize()
+        if path == "/api/v1/key":
+            return self._key()
+        if path != "/api/v1/models":
             return self._not_found()
         with self.fake._lock:
             self.fake.model_fetches += 1
@@ -470,6 +509,76 @@ class _Handler(BaseHTTPRequestHandler):
         except _Abort:
             self.close_connection = True
 
+    def _reject(self, status, reason, message=None):
+        with self.fake._lock:
+            self.fake.rejections.append(f"{status} {self.command} {self.path.split('?')[0]}: {reason}")
+        self._send_error(status, message or reason)
+
+    def _key_used(self):
+        auth = self.headers.get("Authorization") or ""
+        return auth[len("Bearer "):] if auth.startswith("Bearer ") else None
+
+    def _authorize(self):
+        """OpenRouter's sign-in page, with the person saying yes at once: a single-use code bound to the
+        challenge, and a redirect to the app's callback with it."""
+        query = parse_qs(urlsplit(self.path).query)
+        callback = (query.get("callback_url") or [""])[0]
+        challenge = (query.get("code_challenge") or [""])[0]
+        method = (query.get("code_challenge_method") or [""])[0]
+        if urlsplit(callback).scheme not in ("http", "https") or not urlsplit(callback).netloc:
+            return self._reject(400, f"callback_url must be an http(s) URL, got {callback!r}")
+        if method != "S256":
+            return self._reject(400, f"code_challenge_method must be S256, got {method!r}")
+        if not CHALLENGE.fullmatch(challenge):
+            return self._reject(400, f"code_challenge must be base64url(SHA-256) without padding, got {challenge!r}")
+        code = secrets.token_urlsafe(24)
+        with self.fake._lock:
+            self.fake.auth_codes[code] = challenge
+        location = callback + ("&" if "?" in callback else "?") + urlencode({"code": code})
+        self.send_response(302)
+        self.send_header("Location", location)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def _exchange(self, raw_body):
+        try:
+            body = json.loads(raw_body.decode("utf-8"))
+        except ValueError:
+            body = None
+        entry = {"body": body, "headers": dict(self.headers), "status": 403}
+        with self.fake._lock:
+            self.fake.exchanges.append(entry)
+        if not isinstance(body, dict) or set(body) != {"code", "code_verifier", "code_challenge_method"}:
+            entry["status"] = 400
+            return self._reject(400, f"the body must hold code, code_verifier and code_challenge_method, got {body!r}")
+        verifier = body["code_verifier"]
+        if body["code_challenge_method"] != "S256" or not isinstance(verifier, str) or not VERIFIER.fullmatch(verifier):
+            entry["status"] = 400
+            return self._reject(400, "code_challenge_method must be S256 and code_verifier 43-128 characters")
+        with self.fake._lock:
+            challenge = self.fake.auth_codes.pop(body["code"], None) if isinstance(body["code"], str) else None
+        expected = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
+        if challenge is None or challenge != expected:
+            why = "unknown or spent code" if challenge is None else "code_verifier does not match the challenge"
+            return self._reject(403, why, "Invalid code or code_verifier")
+        key, user = f"sk-or-v1-user-{secrets.token_hex(24)}", f"user_{secrets.token_hex(6)}"
+        with self.fake._lock:
+            self.fake.user_keys[key] = user
+        entry["status"] = 200
+        self._send(200, json.dumps({"key": key, "user_id": user}).encode())
+
+    def _key(self):
+        key = self._key_used()
+        with self.fake._lock:
+            self.fake.key_fetches += 1
+            valid = key is not None and self.fake.key_valid(key)
+            limit, usage = self.fake.key_limits.get(key, DEFAULT_KEY_LIMIT)
+        if not valid:
+            return self._send_error(401, "User not found.")
+        data = {"label": "sk-or-v1-…", "limit": limit, "usage": usage, "is_free_tier": False,
+                "limit_remaining": None if limit is None else round(limit - usage, 10)}
+        self._send(200, json.dumps({"data": data}).encode())
+
     def _not_found(self):
         # Recorded as a rejection too: an app calling a wrong URL is a bug the tests should see.
         reason = f"404 {self.command} {self.path}: no such route"
@@ -480,16 +589,21 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self):
         # Read the whole body even for a request we refuse, so the keep-alive connection stays in step.
         raw_body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        if self.path.split("?")[0] == "/api/v1/auth/keys":
+            return self._exchange(raw_body)
         if self.path.split("?")[0] != "/api/v1/responses":
             return self._not_found()
         try:
             body = json.loads(raw_body.decode("utf-8"))
         except ValueError:
             body = None
-        entry = {"path": self.path, "headers": dict(self.headers), "body": body,
+        key = self._key_used()
+        entry = {"path": self.path, "headers": dict(self.headers), "body": body, "key": key,
                  "accepted": False, "rejection": None}
-        if self.headers.get("Authorization") != f"Bearer {self.fake.api_key}":
-            status, reason = 401, "missing or wrong 'Authorization: Bearer <key>' header"
+        with self.fake._lock:
+            valid = key is not None and self.fake.key_valid(key)
+        if not valid:
+            status, reason = 401, "missing, wrong or revoked 'Authorization: Bearer <key>' header"
         else:
             with self.fake._lock:
                 issued, models = set(self.fake.issued_ids), self.fake.models

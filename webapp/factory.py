@@ -13,7 +13,7 @@ from werkzeug.exceptions import HTTPException, SecurityError
 from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.security import safe_join
 
-from . import access, guards, limits, ops, secret_key, sessions, settings
+from . import access, guards, limits, ops, secret_key, sessions, settings, signin
 from .catalogue import Catalogue
 from .offers import Offers
 from .openrouter import Client
@@ -101,6 +101,10 @@ def create_app(overrides=None, env=None):
         app.session_interface = sessions.interface(app, cache=cache)
     app.extensions["chat_store"] = Store(backend, ttl)
     app.extensions["openrouter"] = Client.from_config(app.config)
+    # People's own keys (SIGN_IN_WITH_OPENROUTER), encrypted under SECRET_KEY in the same store, and
+    # what is left of their credit (GET /key, asked at most once a minute per key and process).
+    app.extensions["signin_keys"] = signin.KeyBox(backend, app.config["SECRET_KEY"], ttl)
+    app.extensions["signin_credits"] = signin.Credits(app.extensions["openrouter"].key_info)
     if app.config["TRUSTED_PROXIES"]:
         # Only behind that many proxies that set X-Forwarded-*; otherwise clients could forge
         # their address (and escape the per-address limits).
@@ -131,9 +135,11 @@ def startup_warnings(config):
     """What a serving process warns its operator about at start (gunicorn.conf.py logs them once per
     worker). Not logged by `create_app` itself: `flask purge` from cron would mail them every day."""
     found = []
-    if not config["OPENROUTER_API_KEY"]:
+    # Each person signs in with OpenRouter and pays with their own key: no credits of the operator's.
+    own_keys_only = config.get("SIGN_IN_WITH_OPENROUTER") and not config["OPENROUTER_API_KEY"]
+    if not config["OPENROUTER_API_KEY"] and not own_keys_only:
         found.append("OPENROUTER_API_KEY is not set: the chat page will say how to set it.")
-    if not config["ACCESS_PASSWORD"] and not settings.is_loopback_bind(config["BIND"]):
+    if not own_keys_only and not config["ACCESS_PASSWORD"] and not settings.is_loopback_bind(config["BIND"]):
         found.append(f"ACCESS_PASSWORD is not set and the app listens on {config['BIND']}: anyone who "
                      f"can reach it can spend this OpenRouter account's credits. Set ACCESS_PASSWORD.")
     return found

@@ -22,6 +22,8 @@ QUEUE_FULL = ("Another message is already waiting for the reply being written in
 FULL = "The server is answering as many messages as it can right now. Yours is kept: try again shortly."
 TOO_MANY = ("You already have as many replies being written as one browser may. Yours is kept: send "
             "it when one has finished.")
+SIGN_IN_FIRST = ("Sign in with OpenRouter first (at the top of the page): this chat answers on each "
+                 "person's own OpenRouter account. Nothing was sent; your message is kept.")
 STALE = ("The conversation changed since you pressed Edit or Regenerate (another tab or window sent "
          "a message), so nothing was replaced. Your text is kept in the box: send it as a new "
          "message, or press Edit again.")
@@ -43,12 +45,13 @@ def queue_limit(config):
     return max(QUEUE_WAIT, config["OPENROUTER_READ_TIMEOUT"] + 30)
 
 
-def read_message(form, conv, config, has_files=False):
+def read_message(form, conv, config, has_files=False, api_key=None):
     """The message from the form, checked: returns (text, replace). `replace` is the id of the reply
     an edit or a regenerate takes the place of (the form names it, so a stale page cannot replace a
     turn it never showed); `text` is None for a regenerate (the last message is sent again).
     `conv()` gives the conversation, read only for an edit or a regenerate. With files attached, the
-    text may be empty."""
+    text may be empty. `api_key`: this person's own key (signed in with OpenRouter), if any; without
+    it and without the operator's, the send is refused (asked to sign in, when sign-in is on)."""
     text = form.get("message", "")
     regenerate = form.get("regenerate", "")
     replace = regenerate or form.get("edit", "")
@@ -66,7 +69,9 @@ def read_message(form, conv, config, has_files=False):
     if text and len(text) > limit:
         raise RequestEntityTooLarge(f"The message is {len(text):,} characters long; the limit is "
                                     f"{limit:,}. Nothing was sent or stored.")
-    if not config["OPENROUTER_API_KEY"]:
+    if not (config["OPENROUTER_API_KEY"] or api_key):
+        if config.get("SIGN_IN_WITH_OPENROUTER"):
+            raise BadInput(401, SIGN_IN_FIRST, hint=False)
         raise BadInput(503, UpstreamError("no_key").message)
     return text, replace or None
 
@@ -114,12 +119,13 @@ def _number(raw, kind, low, high, problem):
     return value
 
 
-def planner(offer, model_of, default_max, web_search=None):
+def planner(offer, model_of, default_max, web_search=None, api_key=None):
     """`plan(conv, history, item)` for `turns.begin` (`item`: the new user message, attachments
     and all): the request options for this turn (model, instructions and the options the model
     supports, each only when set), with `max_output_tokens` capped to what the model's context
     leaves; None when the turn would not fit at all. `web_search`: this message searches the web
-    (that many results at most), on a model that takes tools."""
+    (that many results at most), on a model that takes tools. `api_key`: the person's own key
+    (signed in with OpenRouter), carried with the turn's request to the client, never stored."""
     by_id = offer.by_id
 
     def plan(conv, history, item):
@@ -132,10 +138,13 @@ def planner(offer, model_of, default_max, web_search=None):
                               instructions, None, wanted)
         if not budget["fits"]:
             return None
-        return catalogue.supported_options(model, {
+        options = catalogue.supported_options(model, {
             "model": model_id, "max_output_tokens": budget["max_output"],
             "instructions": instructions or None, "temperature": settings.temperature,
             "reasoning_effort": settings.effort or None, "web_search": web_search})
+        if api_key:
+            options["api_key"] = api_key
+        return options
 
     return plan
 
@@ -180,7 +189,7 @@ class Send:
     (raises what `turns.begin` raises, or `turns.Full`). A send that gives up calls `release()`.
     `session_mark()` gives the session's public fingerprint once the browser has its id."""
 
-    def __init__(self, form, cid, *, browser, store, offers, config, session_mark, files=()):
+    def __init__(self, form, cid, *, browser, store, offers, config, session_mark, files=(), api_key=None):
         self.cid, self.browser, self.store, self.config = cid, browser, store, config
         self._session_mark = session_mark
         self.models = offers.models()
@@ -189,7 +198,8 @@ class Send:
         self._conv = None
         has_files = any((getattr(f, "filename", "") or "").strip() for f in files) or (
             hasattr(form, "getlist") and bool(form.getlist("keep")))
-        self.text, self.replace = read_message(form, self.conversation, config, has_files)
+        # `api_key`: this browser's own key (signed in with OpenRouter): the turn pays with it.
+        self.text, self.replace = read_message(form, self.conversation, config, has_files, api_key)
         self.settings = read_settings(form, offers, self.models, config, self.conversation)
         if self.text is not None:  # a regenerate sends the last message's own attachments again
             self.uploads, self.kept = read_files(form, files, cid, self.conversation, config)
@@ -201,7 +211,7 @@ class Send:
         self._check_images(offers)
         self.web_search = "web_search" in form and self._check_search(offers)
         self.plan = planner(offers.offer(self.models), offers.model_of, config["MAX_OUTPUT_TOKENS"],
-                            config["WEB_SEARCH_MAX_RESULTS"] if self.web_search else None)
+                            config["WEB_SEARCH_MAX_RESULTS"] if self.web_search else None, api_key)
         self.waiter = new_id()
         self.options = self.session_mark = None
 

@@ -11,6 +11,7 @@ from datetime import timedelta
 from urllib.parse import parse_qs, urlsplit
 
 DEFAULT_BASE_URL = "https://openrouter.ai/api/v1"
+DEFAULT_AUTH_URL = "https://openrouter.ai/auth"
 
 
 class SettingsError(ValueError):
@@ -57,21 +58,22 @@ def _bool(env, name, default):
     raise SettingsError(f"{name} must be true or false, got {raw!r}")
 
 
-def _base_url(env):
-    """OPENROUTER_BASE_URL checked at startup, so a typo is not first seen as "Check the network"."""
-    raw = env.get("OPENROUTER_BASE_URL", "").strip()
+def _base_url(env, name="OPENROUTER_BASE_URL", default=DEFAULT_BASE_URL):
+    """OPENROUTER_BASE_URL (or OPENROUTER_AUTH_URL) checked at startup, so a typo is not first seen
+    as "Check the network"."""
+    raw = env.get(name, "").strip()
     if not raw:
-        return DEFAULT_BASE_URL
+        return default
     parts = urlsplit(raw)
     try:
         parts.port  # noqa: B018 - raises ValueError for a port that is not 0-65535
         valid = parts.scheme.lower() in ("http", "https") and bool(parts.hostname)
     except ValueError:
         valid = False
-    # The app posts to "{base}/responses", so a query string or fragment would end up in the wrong place.
+    # The app posts to "{base}/responses" (and sends browsers to "{auth}?callback_url=…"), so a query
+    # string or fragment would end up in the wrong place.
     if not valid or parts.query or parts.fragment or any(c.isspace() for c in raw):
-        raise SettingsError(f"OPENROUTER_BASE_URL must be an http(s)://host URL such as "
-                            f"{DEFAULT_BASE_URL}, got {raw!r}")
+        raise SettingsError(f"{name} must be an http(s)://host URL such as {default}, got {raw!r}")
     return raw.rstrip("/")
 
 
@@ -143,6 +145,9 @@ def from_env(env=None):
     return {
         "OPENROUTER_API_KEY": env.get("OPENROUTER_API_KEY", "").strip(),
         "OPENROUTER_BASE_URL": _base_url(env),
+        # Each person signs in with their own OpenRouter account (OAuth PKCE) and chats on its key.
+        "SIGN_IN_WITH_OPENROUTER": _bool(env, "SIGN_IN_WITH_OPENROUTER", False),
+        "OPENROUTER_AUTH_URL": _base_url(env, "OPENROUTER_AUTH_URL", DEFAULT_AUTH_URL),
         "OPENROUTER_MODEL": model,
         "ALLOWED_MODELS": allowed,
         "MAX_OUTPUT_TOKENS": _int(env, "MAX_OUTPUT_TOKENS", 9000),

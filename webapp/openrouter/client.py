@@ -12,17 +12,20 @@ from .errors import UpstreamError, error_detail, error_for_status, parse_retry_a
 from .parsing import Reply, _Summary, _summary_texts, reply_from_response, sse_data
 
 MODELS_READ_TIMEOUT = 10.0  # seconds for GET /models: a page waits on it, so never the turn's long read
+SIGNIN_READ_TIMEOUT = 30.0  # seconds for POST /auth/keys: the person waits on the callback page
+KEY_READ_TIMEOUT = 3.0  # seconds for GET /key (a signed-in person's credit): a page waits on it
 REASONING_EFFORTS = ("minimal", "low", "medium", "high")
 
 
-def _failure(response):
-    """The `UpstreamError` of a non-200 answer: its status, OpenRouter's own words, its Retry-After."""
+def _failure(response, own_key=False):
+    """The `UpstreamError` of a non-200 answer: its status, OpenRouter's own words, its Retry-After.
+    `own_key`: the request carried a person's own key (a 401 or 402 is then theirs)."""
     try:
         detail = error_detail(response.json())
     except ValueError:
         detail = ""
     return error_for_status(response.status_code, detail,
-                            parse_retry_after(response.headers.get("Retry-After")))
+                            parse_retry_after(response.headers.get("Retry-After")), own_key)
 
 
 def _body(response):
@@ -42,6 +45,8 @@ class Client:
         register_secret(api_key)  # every UpstreamError now scrubs it, whichever path built it
         self.url = f"{base_url}/responses"
         self.models_url = f"{base_url}/models"
+        self.auth_keys_url = f"{base_url}/auth/keys"  # PKCE: a sign-in's code for a person's key
+        self.key_url = f"{base_url}/key"  # the key a request carries: its limit and usage
         self.model = model
         self.max_output_tokens = max_output_tokens
         self.timeout = (connect_timeout, read_timeout)
@@ -58,8 +63,9 @@ class Client:
         self.http.verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
         self.http.trust_env = False
         # Concurrent `post` calls on one Session are fine; mutating it is not, so headers are set once here.
-        self.http.headers.update({"Authorization": f"Bearer {api_key}",
-                                  "Content-Type": "application/json"})
+        self.http.headers["Content-Type"] = "application/json"
+        if api_key:  # none: people sign in with their own (SIGN_IN_WITH_OPENROUTER), sent per request
+            self.http.headers["Authorization"] = f"Bearer {api_key}"
         if app_url:
             self.http.headers["HTTP-Referer"] = app_url
         if app_title:
@@ -135,17 +141,78 @@ class Client:
         return [model for model in data
                 if isinstance(model, dict) and isinstance(model.get("id"), str) and model["id"]]
 
+    def _call(self, method, url, read_timeout, **kwargs):
+        """One short request that is not a turn (sign-in, a key's credit): its response, or an
+        `UpstreamError` when OpenRouter cannot be reached. Like `models`, it claims a state of its
+        own, so a Stop meant for a turn that used the same pooled connection cannot cut it."""
+        state = StreamState()
+        _current.state = state
+        try:
+            return self.http.request(method, url, timeout=(self.timeout[0], read_timeout), **kwargs)
+        except requests.RequestException as exc:
+            raise UpstreamError("timeout" if isinstance(exc, requests.Timeout) else "connection",
+                                detail=str(exc)) from None
+        finally:
+            _current.state = None
+            state.detach()
+
+    def exchange_code(self, code, verifier):
+        """The key OpenRouter issues for a sign-in (OAuth PKCE): `POST {base}/auth/keys` with the
+        `code` the callback brought and the `verifier` whose S256 challenge started the sign-in.
+        Returns the key (registered for scrubbing at once). A code or verifier OpenRouter refuses
+        (wrong, used, expired: 400/401/403/404) raises `UpstreamError("signin_refused")`; any other
+        failure the usual `UpstreamError`. The operator's key is not sent: this request needs none."""
+        response = self._call("POST", self.auth_keys_url, SIGNIN_READ_TIMEOUT,
+                              data=json.dumps({"code": code, "code_verifier": verifier,
+                                               "code_challenge_method": "S256"}),
+                              headers={"Authorization": None})
+        try:
+            if response.status_code in (400, 401, 403, 404):
+                raise UpstreamError("signin_refused", response.status_code)
+            if response.status_code != 200:
+                raise _failure(response)
+            body = _body(response)
+        finally:
+            response.close()
+        key = body.get("key") if isinstance(body, dict) else None
+        if not isinstance(key, str) or not key.strip() or any(c.isspace() for c in key):
+            raise UpstreamError("bad_response")
+        register_secret(key)
+        return key
+
+    def key_info(self, api_key):
+        """What OpenRouter says of `api_key` (`GET {base}/key`): its `data` dict (`limit`,
+        `limit_remaining`, `usage`…). Any failure raises `UpstreamError`; the read timeout is short,
+        since a page waits on it (callers cache it)."""
+        response = self._call("GET", self.key_url, KEY_READ_TIMEOUT,
+                              headers={"Authorization": f"Bearer {api_key}", "Content-Type": None})
+        try:
+            if response.status_code != 200:
+                raise _failure(response, own_key=True)
+            body = _body(response)
+        finally:
+            response.close()
+        data = body.get("data") if isinstance(body, dict) else None
+        if not isinstance(data, dict):
+            raise UpstreamError("bad_response")
+        return data
+
     def _post(self, items, stream, state, options):
-        if not self.api_key:
+        # `api_key`: a person's own key (signed in with OpenRouter) for this request only; without
+        # one, the operator's. A failure on a person's key is theirs: never retried on the operator's.
+        own_key = options.pop("api_key", None)
+        if not (own_key or self.api_key):
             raise UpstreamError("no_key")
         if state.cancelled:
             raise UpstreamError("stopped")
         data = json.dumps(self.body(items, stream, **options))  # a bad option fails before connecting
+        headers = {"Accept-Encoding": "identity"} if stream else {}
+        if own_key:
+            headers["Authorization"] = f"Bearer {own_key}"
         _current.state = state
         try:
             response = self.http.post(self.url, data=data,
-                                      timeout=self.timeout, stream=stream,
-                                      headers={"Accept-Encoding": "identity"} if stream else None)
+                                      timeout=self.timeout, stream=stream, headers=headers or None)
         except requests.RequestException as exc:
             if state.cancelled:
                 raise UpstreamError("stopped") from None
@@ -155,7 +222,7 @@ class Client:
             _current.state = None
         if response.status_code != 200:
             try:
-                raise _failure(response)
+                raise _failure(response, own_key=bool(own_key))
             finally:
                 response.close()
         return response
@@ -163,7 +230,8 @@ class Client:
     def respond(self, items, state=None, **options):
         """Send the history, wait for the whole answer, return a `Reply` (`state.cancel()` stops it).
         `options`: `body`'s keywords (model, instructions, max_output_tokens, temperature,
-        reasoning_effort)."""
+        reasoning_effort, web_search), and `api_key`: a person's own key for this request (else the
+        operator's)."""
         state = state or StreamState()
         try:
             body = _body(self._post(items, False, state, options))

@@ -15,6 +15,12 @@ MESSAGES = {
     "bad_request": "OpenRouter rejected the request (400): {detail}",
     "auth": "OpenRouter did not accept the API key (401). The operator must check OPENROUTER_API_KEY.",
     "credits": "The OpenRouter account is out of credits (402). Add credits, then retry.",
+    # A person's own key (signed in with OpenRouter): never answered with the operator's instead.
+    "own_auth": "OpenRouter did not accept your key (401): it may have been revoked or have expired. "
+    "Sign out, then sign in with OpenRouter again.",
+    "own_credits": "Your OpenRouter account is out of credit (402). Add credit on OpenRouter, then retry.",
+    "signin_refused": "OpenRouter did not accept this sign-in (its code is wrong, already used or "
+    "expired), so nothing was stored. Sign in with OpenRouter again.",
     "moderation": "The message was flagged by moderation (403): {detail}",
     "timeout": "The model took too long to answer. Try again.",
     "rate_limited": "OpenRouter is rate limiting requests (429). Try again {when}.",
@@ -46,7 +52,7 @@ _secrets_lock = threading.Lock()
 def register_secret(secret):
     """Make `scrub` (so every `UpstreamError`) remove `secret` from the text it passes on."""
     global _secrets
-    if isinstance(secret, str) and len(secret) >= MIN_SECRET:
+    if isinstance(secret, str) and len(secret) >= MIN_SECRET and secret not in _secrets:
         with _secrets_lock:
             _secrets = _secrets | {secret}
 
@@ -107,9 +113,11 @@ class UpstreamError(Exception):
         super().__init__(self.message)
 
 
-def error_for_status(status, detail="", retry_after=None):
-    """Map an HTTP error status from OpenRouter to an `UpstreamError`."""
-    kinds = {400: "bad_request", 401: "auth", 402: "credits", 403: "moderation", 408: "timeout",
+def error_for_status(status, detail="", retry_after=None, own_key=False):
+    """Map an HTTP error status from OpenRouter to an `UpstreamError`. `own_key`: the request was
+    made with a person's own key (signed in with OpenRouter), so a 401 or 402 is theirs to fix."""
+    kinds = {400: "bad_request", 401: "own_auth" if own_key else "auth",
+             402: "own_credits" if own_key else "credits", 403: "moderation", 408: "timeout",
              429: "rate_limited"}
     if status in kinds:
         return UpstreamError(kinds[status], status, detail, retry_after)

@@ -20,6 +20,19 @@ def offers():
     return current_app.extensions["offers"]
 
 
+def keys():
+    """People's own OpenRouter keys, encrypted in the store (signin.KeyBox)."""
+    return current_app.extensions["signin_keys"]
+
+
+def own_key(me=None):
+    """This browser's own OpenRouter key when it signed in with OpenRouter, else None."""
+    if not current_app.config["SIGN_IN_WITH_OPENROUTER"]:
+        return None
+    bid = (me or browser()).id()
+    return keys().get(bid) if bid else None
+
+
 def browser():
     """This browser, as its session says (a new session id when its record is first made)."""
     return Browser(store(), session, lambda: sessions.rotate(current_app, session))
@@ -36,9 +49,10 @@ def current(cid):
 
 def send(cid, me=None):
     """The send in this request's form, to conversation `cid` (raises sending.BadInput)."""
-    return sending.Send(request.form, cid, browser=me or browser(), store=store(), offers=offers(),
+    me = me or browser()
+    return sending.Send(request.form, cid, browser=me, store=store(), offers=offers(),
                         config=current_app.config, session_mark=session_mark,
-                        files=request.files.getlist("files"))
+                        files=request.files.getlist("files"), api_key=own_key(me))
 
 
 def render_chat(cid, conv, *, status=200, entries=None, **shown):
@@ -47,6 +61,8 @@ def render_chat(cid, conv, *, status=200, entries=None, **shown):
                         offers=offers(), config=current_app.config,
                         article=get_template_attribute("_message.html", "article"),
                         session_mark=session_mark(), **shown)
+    if current_app.config["SIGN_IN_WITH_OPENROUTER"]:
+        context["missing_key"] = False  # no operator key: the header offers Sign in with OpenRouter
     return render_template("chat.html", **context), status
 
 

@@ -67,6 +67,10 @@ def sign_in(client, fake):
     done = client.get(client.signin_callback)
     assert done.status_code == 303 and done.headers["Location"] == "/", text(done)
     (key,) = set(fake.user_keys) - before
+    # The verifier never went to the browser: only its challenge did.
+    verifier = fake.exchanges[-1]["body"]["code_verifier"]
+    assert signin.challenge(verifier) == query["code_challenge"][0]
+    assert verifier not in location + text(start) + str(start.headers) + str(client.get_cookie("session").value)
     return key
 
 
@@ -360,6 +364,7 @@ def test_a_401_on_a_persons_key_says_sign_in_again_and_never_falls_back(both_app
     html = text(client.get(failed.headers["Location"]))
     assert "sign in with OpenRouter again" in alert(html) and textarea(html) == "revoked meanwhile"
     assert keys_used(fake) == [key]  # one request, on the person's key: never the operator's
+    assert "Sign out" in html and 'data-role="credits"' not in html  # GET /key refused it too
 
 
 def test_a_402_on_a_persons_key_says_they_are_out_of_credit(both_app, fake):
@@ -380,6 +385,22 @@ def test_an_upstream_error_quoting_a_persons_key_is_scrubbed(both_app, fake):
     failed = send(client, "quote me")
     html = text(client.get(failed.headers["Location"]))
     assert key not in html and "[redacted]" in alert(html)
+
+
+def test_a_store_failing_on_keys_is_the_storage_page_not_a_crash(own_app, fake, monkeypatch):
+    from webapp.store import StoreError
+
+    client = own_app().test_client()
+    sign_in(client, fake)
+
+    def down(self, bid, now=None):
+        raise StoreError("down")
+
+    monkeypatch.setattr(signin.KeyBox, "get", down)
+    assert client.get("/").status_code == 200  # the page, without the header's sign-in controls
+    refused = send(client, "while the store is down")
+    assert refused.status_code == 503 and "Storage unavailable" in text(refused)
+    assert "while the store is down" in text(refused) and fake.requests == []
 
 
 def test_sign_in_off_means_no_routes_and_no_control(make_app, fake):

@@ -108,6 +108,18 @@ def sign_out(box, browser):
         box.delete(bid)
 
 
+def header(config, logged_in, own_key, credits):
+    """What the page header offers while sign-in is on: None (nothing: sign-in is off, or the access
+    password comes first), else `{"signed_in", "needed", "credits"}`: `needed` when there is no
+    operator key to chat on, `credits` the key's remaining credit as text (or None). `logged_in()`
+    and `own_key()` are asked only when needed; `credits` is a `Credits`."""
+    if not config["SIGN_IN_WITH_OPENROUTER"] or (config["ACCESS_PASSWORD"] and not logged_in()):
+        return None
+    key = own_key()
+    return {"signed_in": key is not None, "needed": not config["OPENROUTER_API_KEY"],
+            "credits": credits.text(key) if key else None}
+
+
 def derive_key(secret):
     """The Fernet key for people's keys at rest: HKDF-SHA256 of SECRET_KEY (never SECRET_KEY itself,
     which also signs CSRF tokens)."""

@@ -52,16 +52,12 @@ def header():
     """`signin_header()` for base.html: what the header offers (asked only when sign-in is on)."""
 
     def signin_header():
-        config = current_app.config
-        if not config["SIGN_IN_WITH_OPENROUTER"] or getattr(session, "store_down", False):
+        if getattr(session, "store_down", False):
             return None
-        if config["ACCESS_PASSWORD"] and not access.logged_in():
-            return None  # the login page first: the gate stays as it is
         try:
-            key = wiring.own_key()
+            return signin.header(current_app.config, access.logged_in, wiring.own_key,
+                                 current_app.extensions["signin_credits"])
         except StoreError:
             return None  # the store is down: the page says so, the header offers nothing
-        return {"signed_in": key is not None, "needed": not config["OPENROUTER_API_KEY"],
-                "credits": current_app.extensions["signin_credits"].text(key) if key else None}
 
     return {"signin_header": signin_header}

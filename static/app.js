@@ -840,4 +840,16 @@
     });
   }
   checkSession();
+  // A shared conversation's link: copied with one press (without the script, the field is selectable).
+  const copyLink = document.querySelector('[data-action="copy-link"]');
+  if (copyLink && navigator.clipboard) {
+    copyLink.hidden = false;
+    copyLink.addEventListener("click", async function () {
+      try {
+        await navigator.clipboard.writeText(document.getElementById("share-link").value);
+        copyLink.textContent = "Copied";
+      } catch (e) { document.getElementById("share-link").select(); }
+      setTimeout(function () { copyLink.textContent = "Copy link"; }, 1500);
+    });
+  }
 })();

@@ -20,7 +20,9 @@ CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' 
        "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
 UNSAFE = {"POST", "PUT", "PATCH", "DELETE"}
 # Reachable without the access password: the login page itself, the files it needs, health checks.
-OPEN_ENDPOINTS = {"access.login", "static", "ops.healthz", "ops.readyz", "chat.favicon"}
+# A shared link is for whoever holds it (its token is the key): not behind ACCESS_PASSWORD.
+OPEN_ENDPOINTS = {"access.login", "static", "ops.healthz", "ops.readyz", "chat.favicon", "share.view",
+                  "share.file"}
 
 csrf = CSRFProtect()
 

@@ -45,14 +45,15 @@ _EARLIER_LOCK = threading.Lock()
 EARLIER_KEPT = 256  # conversations per process
 
 
-def with_html(shown, metas, prices, cid=None):
+def with_html(shown, metas, prices, cid=None, share=None):
     """The messages `shown` (conversation.messages) of conversation `cid`, each with its HTML, and a
-    reply's usage (a message's attachments link to `/c/<cid>/files/<sha>`)."""
+    reply's usage (a message's attachments link to `/c/<cid>/files/<sha>`; in a shared snapshot,
+    `share` its token, to `/s/<token>/files/<sha>`, and no usage: what it cost is the owner's)."""
     for m, meta in zip(shown, metas):
-        m["cid"] = cid
+        m["cid"], m["share"] = cid, share
         if m["role"] == "assistant":
             m["html"] = render.stored(meta, m["text"])
-            m["usage"] = usage.turn_usage(meta, prices.get(meta.get("model")))
+            m["usage"] = None if share else usage.turn_usage(meta, prices.get(meta.get("model")))
             m["reasoning"] = meta.get("reasoning")
         else:
             m["html"] = render.plain(m["text"])
@@ -111,7 +112,7 @@ def chat(cid, conv, *, entries, offers, config, article, session_mark, draft="",
     # Attachments of a message that comes back to the box (a failed turn's, an edited one's).
     keep_files = (failed or {}).get("files") or (attachments.refs(conv["items"][-2]) if editing else [])
     return dict(
-        keep_files=keep_files, accept_files=attachments.ACCEPT_ATTRIBUTE,
+        keep_files=keep_files, accept_files=attachments.ACCEPT_ATTRIBUTE, shared=conv.get("share"),
         cid=cid, entries=entries, earlier=earlier(cid, conv, first, dropped, prices, article), first=first,
         messages=shown, pending=conv.get("pending"), draft=draft, error=error, hint=hint, notice=notice,
         failed=bool(failed) and not failed.get("stopped") and not failed.get("notice"),

@@ -248,6 +248,7 @@ class Store:
 
     prefix, pending_prefix = "conv:", "turn:"
     file_prefix = "file:"  # an attachment's bytes: file:<conversation id>:<sha256>
+    share_prefix = "share:"  # a read-only snapshot of a conversation: share:<token>
     index_prefix = "browser:"  # a browser's list of its conversations
     stop_key = "signal:stop"  # changes whenever a Stop is flagged for another worker to act on
     # Decoded histories kept per process, at most this many encoded bytes in all (see `history`).
@@ -334,6 +335,15 @@ class Store:
         """An attachment's bytes, or None when they are no longer stored."""
         return self.backend.get_blob(self._file_key(cid, sha))
 
+    def put_share(self, token, snapshot):
+        self.backend.set(self.share_prefix + token, snapshot, self.ttl)
+
+    def get_share(self, token):
+        return self.backend.get(self.share_prefix + token)
+
+    def delete_share(self, token):
+        self.backend.delete(self.share_prefix + token)
+
     def _file_key(self, cid, sha):
         return f"{self.file_prefix}{cid}:{sha}"
 
@@ -350,6 +360,8 @@ class Store:
         record = {k: v for k, v in conv.items() if k != "pending"}
         record["saved"] = time.time()  # its lifetime restarts now (see `update`)
         self._keep_files(cid, record, record["saved"])
+        if record.get("share"):  # a shared snapshot lives as long as its conversation
+            self.backend.expire(self.share_prefix + record["share"], self.ttl)
         blob = self.backend.encode(record)
         self.backend.set_blob(self.prefix + cid, blob, self.ttl)
         self._remember(cid, blob, record)
@@ -366,8 +378,11 @@ class Store:
 
     def delete(self, cid):
         with self.backend.lock(self.prefix + cid, self.lock_timeout):
-            for sha in {ref["sha"] for ref in attachments.all_refs(self.load(cid))}:
+            conv = self.load(cid)
+            for sha in {ref["sha"] for ref in attachments.all_refs(conv)}:
                 self.backend.delete(self._file_key(cid, sha))
+            if conv.get("share"):
+                self.delete_share(conv["share"])
             self.backend.delete(self.prefix + cid)
             self.backend.delete(self.pending_prefix + cid)
         with self._decoded_lock:

@@ -5,6 +5,6 @@ offers, sending, page, turns) through `wiring` (what a request needs from the ap
 Request guards (origin, CSRF, limits, access) are in `webapp.guards` and `webapp.limits`, registered
 once by `create_app`."""
 
-from . import chat, conversations, files, search, signin, streaming, transfer
+from . import chat, conversations, files, search, share, signin, streaming, transfer
 
-blueprints = (chat.bp, streaming.bp, conversations.bp, transfer.bp, files.bp, search.bp, signin.bp)
+blueprints = (chat.bp, streaming.bp, conversations.bp, transfer.bp, files.bp, search.bp, share.bp, signin.bp)

@@ -80,7 +80,7 @@ def build(client, turns):
     path = "/c/new"
     for i in range(turns):
         page, path = nojs(client, path, {"message": f"building turn {i}: how do I write a loop in Python?"})
-    return path, REGENERATE.search(page).group(1)
+    return path, REGENERATE.findall(page)[-1]
 
 
 def stats_table(profile, sort, limit=25, per=1):
@@ -108,14 +108,14 @@ def cprofile_turns(fake, workdir, history=50, turns=20):
     path, last = build(client, history)
     for _ in range(3):  # warm
         page, _ = nojs(client, path, {"message": "", "regenerate": last})
-        last = REGENERATE.search(page).group(1)
+        last = REGENERATE.findall(page)[-1]
     profile = cProfile.Profile()
     started = time.perf_counter()
     for _ in range(turns):
         profile.enable()
         page, _ = nojs(client, path, {"message": "", "regenerate": last})
         profile.disable()
-        last = REGENERATE.search(page).group(1)
+        last = REGENERATE.findall(page)[-1]
     wall = (time.perf_counter() - started) / turns
     # The page view alone, for comparison.
     page_profile = cProfile.Profile()
@@ -201,7 +201,7 @@ def parts(fake, workdir, sizes=(1, 50, 200), samples=20):
         path, last = build(client, size)
         for _ in range(3):
             page, _ = nojs(client, path, {"message": "", "regenerate": last})
-            last = REGENERATE.search(page).group(1)
+            last = REGENERATE.findall(page)[-1]
         totals, counts = collections.Counter(), collections.Counter()
         # the client module's own `json` name, so only its dumps are timed
         openrouter_module.json = types.SimpleNamespace(**{k: getattr(json_module, k) for k in dir(json_module)
@@ -210,7 +210,7 @@ def parts(fake, workdir, sizes=(1, 50, 200), samples=20):
         try:
             for _ in range(samples):
                 page, _ = nojs(client, path, {"message": "", "regenerate": last})
-                last = REGENERATE.search(page).group(1)
+                last = REGENERATE.findall(page)[-1]
         finally:
             for owner, name, original in restore:
                 setattr(owner, name, original)
@@ -297,7 +297,7 @@ def store_traffic(fake, workdir, history=50):
 
     def regenerate():
         page, _ = nojs(client, path, {"message": "", "regenerate": state["last"]})
-        state["last"] = REGENERATE.search(page).group(1)
+        state["last"] = REGENERATE.findall(page)[-1]
 
     def view():
         client.get(path)
@@ -310,7 +310,7 @@ def store_traffic(fake, workdir, history=50):
         deadline = time.monotonic() + 10
         while turns.LIVE and time.monotonic() < deadline:
             time.sleep(0.01)
-        state["last"] = REGENERATE.search(client.get(path).get_data(as_text=True)).group(1)
+        state["last"] = REGENERATE.findall(client.get(path).get_data(as_text=True))[-1]
 
     results = {}
     for name, action in (("JS-off turn (POST→303→GET)", regenerate), ("page view (GET)", view),

@@ -134,7 +134,7 @@ def overhead(fake, servers, sizes=(1, 50, 200), samples=40, gets=40):
                 _, page, path = nojs(browser, server.url, path, {"message": f"building turn {i}"})
                 if first_body is None:
                     first_body = fake.requests[-1]["body"]
-            state[cls] = [browser, path, REGENERATE.search(page).group(1)]
+            state[cls] = [browser, path, REGENERATE.findall(page)[-1]]
             kept[cls, size] = (browser, path)
         app_t = {cls: [] for cls in servers}
         diffs = {cls: [] for cls in servers}
@@ -144,7 +144,7 @@ def overhead(fake, servers, sizes=(1, 50, 200), samples=40, gets=40):
             for cls in (names if i % 2 == 0 else names[::-1]):
                 browser, path, last = state[cls]
                 elapsed, page, _ = nojs(browser, servers[cls].url, path, {"message": "", "regenerate": last})
-                state[cls][2] = REGENERATE.search(page).group(1)
+                state[cls][2] = REGENERATE.findall(page)[-1]
                 body = json.dumps(fake.requests[-1]["body"])
                 started = time.perf_counter()
                 response = direct.post(fake.base_url + "/responses", data=body, headers=headers)

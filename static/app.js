@@ -262,7 +262,8 @@
   }
   // A send with files: XMLHttpRequest, for its upload progress; its streamed answer is handed on as
   // a Response, so the reply is read like any other.
-  function upload(url, body, headers, signal) {
+  function upload(url, body, headers, view) {
+    const signal = view.controller.signal;
     return new Promise(function (resolve, reject) {
       const xhr = new XMLHttpRequest();
       const encoder = new TextEncoder();
@@ -275,7 +276,10 @@
       xhr.open("POST", url);
       Object.keys(headers).forEach(function (k) { xhr.setRequestHeader(k, headers[k]); });
       xhr.upload.addEventListener("progress", function (e) { if (e.lengthComputable) showProgress(e.loaded, e.total); });
-      xhr.upload.addEventListener("load", function () { if (uploadBar) uploadBar.hidden = true; });
+      xhr.upload.addEventListener("load", function () {
+        view.uploading = false; // sent whole: from now on the turn may begin
+        if (uploadBar) uploadBar.hidden = true;
+      });
       xhr.addEventListener("readystatechange", function () {
         if (xhr.readyState === 2) {
           resolve(new Response(answer, { status: xhr.status,
@@ -409,8 +413,15 @@
 
   async function stopTurn() {
     if (!current) return;
+    if (!current.turn && !current.waiter && !current.uploading) {
+      // Sent, and its turn is starting (the server begins it before answering): stop it as soon as
+      // the stream names it, rather than tell the person it was not sent while it is being answered.
+      current.stopWanted = true;
+      return;
+    }
     if (!current.turn) {
-      // Still waiting behind another reply: nothing was sent, so give up the wait and the place.
+      // Still waiting behind another reply (or still uploading): nothing was sent, so give up the
+      // wait and the place.
       const view = current;
       view.abandoned = true;
       if (view.waiter) {  // tell the server too: it may hold the wait on another worker
@@ -466,11 +477,13 @@
         view.text.textContent = "";
       } else if (kind === "started") {
         view.turn = data.turn || view.turn;
+        if (view.stopWanted) stopTurn(); // Stop was pressed before the turn had its name
         if (data.session) { form.dataset.session = data.session; rememberSession(data.session); }
         if (data.conversation && form.dataset.conversation === "new") adopt(data.conversation, data.url, data.title);
       } else if (kind === "queued") {
         view.thinking.textContent = data.message;
         view.waiter = data.waiter;
+        if (view.stopWanted) stopTurn(); // queued after all: nothing was sent, so it is given up
       } else if (kind === "delta") {
         keepPlace(function () { showDelta(view, data); });
       } else if (kind === "reasoning") {
@@ -499,7 +512,6 @@
     box.value = text;
     keepDraft(text); // unsent: a draft again
     grow();
-    refreshTools(view.previousReply);
     box.focus();
   }
 
@@ -544,15 +556,16 @@
     announcer.textContent = "Reply finished: " + articles[articles.length - 1].innerText.slice(0, 500);
   }
 
-  // Regenerate and Edit belong to the last turn only, and name the reply they replace.
-  function refreshTools(lastReply) {
-    log.querySelectorAll('[data-action="regenerate"], [data-action="edit"]').forEach(function (b) { b.remove(); });
-    const [prev, last] = lastArticles();
-    if (!last || !prev || !lastReply) return;
-    toolsOf(last).appendChild(el("button", { type: "submit", form: "composer", name: "regenerate",
-      value: lastReply, class: "secondary small", formnovalidate: "", "data-action": "regenerate" }, "Regenerate"));
-    toolsOf(prev).appendChild(el("button", { type: "button", class: "secondary small", "data-action": "edit",
-      "data-reply": lastReply }, "Edit"));
+  // The articles from the message an edit or a regenerate of reply `replyId` replaces, to the end:
+  // that branch goes (kept on the server as a version) and the new one streams in its place.
+  function articlesFrom(replyId) {
+    const articles = Array.from(log.querySelectorAll("article.msg"));
+    const tool = Array.from(log.querySelectorAll('[data-action="regenerate"], [data-action="edit"]'))
+      .find(function (b) { return (b.value || b.dataset.reply) === replyId; });
+    const article = tool && tool.closest("article");
+    let start = article ? articles.indexOf(article) : -1;
+    if (article && article.classList.contains("assistant")) start -= 1;
+    return start >= 0 ? articles.slice(start) : lastArticles();
   }
 
   async function resume(view) {
@@ -596,7 +609,8 @@
     let response;
     try {
       const headers = Object.assign({ Accept: "text/event-stream" }, csrfHeaders);
-      response = files.length ? await upload(conversationUrl("/turns"), data, headers, view.controller.signal)
+      view.uploading = files.length > 0;
+      response = files.length ? await upload(conversationUrl("/turns"), data, headers, view)
         : await fetch(conversationUrl("/turns"), { method: "POST", body: new URLSearchParams(data),
           signal: view.controller.signal, headers });
     } catch (e) {
@@ -617,12 +631,10 @@
       return;
     }
     // Accepted: show the turn at once. Regenerate and Edit replace the last turn.
-    const users = log.querySelectorAll('[data-role="user"]');
-    const shownText = regenerate ? messageText(users[users.length - 1]) : text;
-    view.previousReply = editField.value || (regenerate ? data.get("regenerate") : null) ||
-      (log.querySelector('[data-action="regenerate"]') || {}).value;
+    let shownText = text;
     if (replaced) {
-      view.removed = lastArticles();
+      view.removed = articlesFrom(String(data.get("regenerate") || data.get("edit")));
+      if (regenerate) shownText = messageText(view.removed[0].querySelector('[data-role="user"]'));
       view.removed.forEach(function (article) { article.remove(); });
     }
     log.querySelector(".empty").hidden = true;
@@ -636,7 +648,6 @@
     if (fileInput && !regenerate) { fileInput.value = ""; showChips(); } // sent: not attached again
     const kept = form.querySelector("fieldset.kept");
     if (kept && !regenerate) kept.remove();
-    log.querySelectorAll('[data-action="regenerate"], [data-action="edit"]').forEach(function (b) { b.remove(); });
     view.user = user;
     view.replaced = replaced;
     log.append(user, view.article);
@@ -681,9 +692,8 @@
     const button = event.target.closest('button[data-action="edit"]');
     if (!button) return;
     event.preventDefault();
-    const users = log.querySelectorAll('[data-role="user"]');
-    const regenerate = log.querySelector('[data-action="regenerate"]');
-    startEdit(button.dataset.reply || (regenerate && regenerate.value), messageText(users[users.length - 1]));
+    // The message this Edit belongs to, whichever it is: sending makes a new version of it.
+    startEdit(button.dataset.reply, messageText(button.closest("article").querySelector('[data-role="user"]')));
   });
 
   // --- settings: only the options the chosen model supports are offered --------------------------

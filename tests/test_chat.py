@@ -209,9 +209,10 @@ def test_the_session_cookie_holds_only_an_id(client):
 
 
 def last_reply(html):
-    """The reply an Edit or Regenerate on this page names as the one it replaces."""
-    match = re.search(r'name="regenerate" value="([^"]+)"', html) or re.search(r'name="edit" value="([^"]+)"', html)
-    return match.group(1)
+    """The reply an Edit or Regenerate of the last turn on this page names as the one it replaces
+    (every reply has its Regenerate: the last one's)."""
+    found = re.findall(r'name="regenerate" value="([^"]+)"', html) or re.findall(r'name="edit" value="([^"]+)"', html)
+    return found[-1]
 
 
 def test_regenerate_and_edit_work_without_javascript(client, fake):
@@ -231,19 +232,36 @@ def test_regenerate_and_edit_work_without_javascript(client, fake):
 
 
 def test_an_edit_from_a_page_that_went_stale_replaces_nothing_and_keeps_the_text(client, fake):
-    """The Edit trap: an edit names the reply it replaces; if another tab sent meanwhile, it is refused."""
+    """The Edit trap: an edit names the reply it replaces; if that reply is no longer in the branch on
+    screen (another tab switched to another version meanwhile), it is refused and the text kept."""
     send(client, "first")
-    editing = client.post("/edit", follow_redirects=True).get_data(as_text=True)
-    send(client, "sent from another tab")
-    refused = client.post("/", data={"message": "first, edited", "edit": last_reply(editing)})
+    client.post("/", data={"message": "first, v2", "edit": last_reply(page(client))})  # two versions
+    editing = client.post("/edit", follow_redirects=True).get_data(as_text=True)  # edits v2's reply
+    client.post(f"/c/{conversation_id(client)}/versions", data={"at": "0", "to": "0"})  # another tab: v1
+    refused = client.post("/", data={"message": "v2, edited", "edit": last_reply(editing)})
     assert refused.status_code == 409
     html = refused.get_data(as_text=True)
-    assert textarea(html) == "first, edited" and "changed" in alert(html)
-    assert [t for _, t in messages(page(client))] == [
-        "first", "Reply 1: first", "sent from another tab", "Reply 2: sent from another tab"]
+    assert textarea(html) == "v2, edited" and "changed" in alert(html)
+    assert [t for _, t in messages(page(client))] == ["first", "Reply 1: first"]
     assert len(fake.requests) == 2  # nothing went upstream for the refused edit
     stale_regenerate = client.post("/", data={"message": "", "regenerate": last_reply(editing)})
     assert stale_regenerate.status_code == 409 and len(fake.requests) == 2
+
+
+def test_an_edit_of_an_earlier_message_keeps_what_came_after_as_the_previous_version(client, fake):
+    send(client, "first")
+    editing = client.post("/edit", follow_redirects=True).get_data(as_text=True)
+    send(client, "sent from another tab")  # the edited message is not the last one any more
+    client.post("/", data={"message": "first, edited", "edit": last_reply(editing)})
+    assert [t for _, t in messages(page(client))] == ["first, edited", "Reply 1: first, edited"]
+    assert len(fake.requests[-1]["body"]["input"]) == 1  # only the branch on screen goes upstream
+    client.post(f"/c/{conversation_id(client)}/versions", data={"at": "0", "to": "0"})
+    assert [t for _, t in messages(page(client))] == [
+        "first", "Reply 1: first", "sent from another tab", "Reply 2: sent from another tab"]
+
+
+def conversation_id(client):
+    return re.search(r'data-conversation="([\w-]+)"', page(client)).group(1)
 
 
 def test_cancel_leaves_edit_mode_without_javascript(client, fake):

@@ -174,8 +174,11 @@ def refs(item):
 
 
 def all_refs(conv):
-    """Every attachment a conversation refers to: its items, its failed turn and the turn under way."""
-    found = [ref for item in conv.get("items") or () for ref in refs(item)]
+    """Every attachment a conversation refers to: its items (in every branch), its failed turn and
+    the turn under way."""
+    from .conversation import all_items  # (conversation imports this module)
+
+    found = [ref for item in all_items(conv) for ref in refs(item)]
     for record in (conv.get("failed"), conv.get("pending")):
         found += (record or {}).get("files") or []
     return found

@@ -11,6 +11,7 @@ Plain functions on a plain dict (JSON-able, so any store can hold it); no Flask,
 interleave); `failed` keeps the user's text of a turn that could not be answered, so it is never lost.
 """
 
+import copy
 import time
 from dataclasses import dataclass, fields
 
@@ -84,9 +85,106 @@ def input_items(conv, text):
 
 def sent_history(conv, replace=False):
     """The stored items that go upstream: all but the oldest `dropped` ones (turns the user chose to
-    stop sending when the context filled up), and without the last turn when it is being replaced."""
-    items = conv["items"][:-2] if replace else conv["items"]
+    stop sending when the context filled up), and only those before the message being replaced when
+    a turn takes another's place (`replace`: see `replaced_at`)."""
+    at = replaced_at(conv, replace)
+    items = conv["items"][:at] if at is not None else conv["items"]
     return items[min(conv.get("dropped", 0), len(items)):]
+
+
+def reply_index(conv, reply_id):
+    """Where reply `reply_id` is in the branch on screen (after the user message it answers), or None."""
+    items = conv["items"]
+    for index in range(len(items) - 1, 0, -1):
+        if items[index].get("id") == reply_id and items[index]["role"] == "assistant" \
+                and items[index - 1]["role"] == "user":
+            return index
+    return None
+
+
+def replaced_at(conv, replace):
+    """The index of the user message a turn takes the place of (an edit or a regenerate), or None.
+    `replace` names the reply after that message (its id); True, as stored before branches, means
+    the last turn."""
+    if replace is True:
+        return len(conv["items"]) - 2 if len(conv["items"]) >= 2 else None
+    if isinstance(replace, str) and replace:
+        index = reply_index(conv, replace)
+        return None if index is None else index - 1
+    return None
+
+
+# --- branches -----------------------------------------------------------------------------------------
+# The branch on screen is `items` (what goes upstream, exactly). The others are kept beside it, in
+# `forks`: {"<index>": {"versions": [...], "current": k}} for each user message that was edited (or
+# whose reply was regenerated): every version of the conversation from that message on, each
+# {"items", "meta", "forks"} (the forks further down that version), the one on screen as None (its
+# content is `items[index:]`). Switching swaps a version's tail in; nothing is ever lost.
+
+def _tail(conv, at):
+    forks = conv.get("forks") or {}
+    return {"items": conv["items"][at:], "meta": conv["meta"][at:],
+            "forks": {k: v for k, v in forks.items() if int(k) > at}}
+
+
+def _cut(conv, at):
+    conv["forks"] = {k: v for k, v in (conv.get("forks") or {}).items() if int(k) <= at}
+    del conv["items"][at:], conv["meta"][at:]
+    conv["dropped"] = min(conv.get("dropped", 0), at)
+
+
+def fork(conv, at):
+    """Keep the branch from message `at` on as a version of its own, and cut it from the one on
+    screen (a new version of that message follows)."""
+    forks = copy.deepcopy(conv.get("forks") or {})  # never change the stored copy in place
+    conv["forks"] = forks
+    tail = _tail(conv, at)
+    found = forks.get(str(at))
+    if found is None:
+        found = forks[str(at)] = {"versions": [tail], "current": 0}
+    else:
+        found["versions"][found["current"]] = tail
+    found["versions"].append(None)
+    found["current"] = len(found["versions"]) - 1
+    _cut(conv, at)
+
+
+def switch(conv, at, to):
+    """Show version `to` of the branch from message `at` on. False when there is no such version."""
+    forks = copy.deepcopy(conv.get("forks") or {})
+    found = forks.get(str(at))
+    if found is None or not isinstance(to, int) or not 0 <= to < len(found["versions"]):
+        return False
+    if to == found["current"]:
+        return True
+    conv["forks"] = forks
+    found["versions"][found["current"]] = _tail(conv, at)
+    chosen, found["versions"][to] = found["versions"][to], None
+    found["current"] = to
+    _cut(conv, at)
+    conv["items"].extend(chosen["items"])
+    conv["meta"].extend(chosen["meta"])
+    conv["forks"].update(chosen["forks"])
+    conv["rev"] = conv.get("rev", 0) + 1
+    return True
+
+
+def versions(conv, at):
+    """(the version on screen, how many) of the branch from message `at` on, or None."""
+    found = (conv.get("forks") or {}).get(str(at))
+    return (found["current"], len(found["versions"])) if found else None
+
+
+def all_items(conv):
+    """Every item of every branch (for what they refer to: attachments)."""
+    found = list(conv.get("items") or ())
+    pending = [fork for fork in (conv.get("forks") or {}).values()]
+    while pending:
+        for version in pending.pop()["versions"]:
+            if version:
+                found += version["items"]
+                pending += list(version["forks"].values())
+    return found
 
 
 def add_turn(conv, text, item_id, status, reply_text, note=None, files=None, annotations=None,
@@ -185,10 +283,15 @@ def messages(conv, start=0):
     """What the page shows, in order (from message `start` on): role, text, the note under a reply,
     and who wrote it when."""
     shown = []
-    for item, meta in zip(conv["items"][start:], conv["meta"][start:]):
+    items = conv["items"]
+    for index, (item, meta) in enumerate(zip(items[start:], conv["meta"][start:]), start):
         note = meta.get("note")
         shown.append({"role": item["role"], "text": item_text(item), "id": item.get("id"),
                       "files": attachments.refs(item), "sources": sources(item),
                       "status": item.get("status"), "note": note_text(note),
-                      "stopped": note == "stopped", "model": meta.get("model"), "at": meta.get("at")})
+                      "stopped": note == "stopped", "model": meta.get("model"), "at": meta.get("at"),
+                      # The reply an Edit of this message (or a Regenerate of this reply) replaces.
+                      "reply": item.get("id") if item["role"] == "assistant" else
+                      (items[index + 1].get("id") if index + 1 < len(items) else None),
+                      "index": index, "versions": versions(conv, index) if item["role"] == "user" else None})
     return shown

@@ -60,20 +60,37 @@ def with_html(shown, metas, prices, cid=None, share=None):
     return shown
 
 
-def earlier(cid, conv, upto, dropped, prices, article):
+def _branch_mark(conv, upto):
+    """What the first `upto` messages' HTML depends on besides their count: which branch is on
+    screen (its replies' ids) and each version control's place."""
+    ids = tuple(item.get("id") for item in conv["items"][:upto] if item["role"] == "assistant")
+    forks = tuple(sorted((int(k), f["current"], len(f["versions"]))
+                         for k, f in (conv.get("forks") or {}).items() if int(k) < upto))
+    return hash((ids, forks))
+
+
+def tools_of(m):
+    """Every message can be edited (a user's) or regenerated (a reply) into a new version."""
+    if not m.get("reply"):
+        return None
+    return "regenerate" if m["role"] == "assistant" else "edit"
+
+
+def earlier(cid, conv, upto, dropped, prices, article, edit_url=None):
     """The rendered messages `[0, upto)` of conversation `cid`, from this process's cache, rendering
-    only those added since it was made (`article(message, number, dropped)` renders one)."""
-    key = (render.VERSION, dropped)
+    only those added since it was made (`article(message, number, dropped, …)` renders one)."""
+    key = (render.VERSION, dropped, _branch_mark(conv, upto))
     with _EARLIER_LOCK:
         count, made_with, html = _EARLIER.get(cid, (0, key, ""))
         if cid in _EARLIER:
             _EARLIER.move_to_end(cid)
-    if made_with != key or count > upto or cid is None:
+    if made_with[:2] != key[:2] or count > upto or cid is None or made_with[2] != _branch_mark(conv, count):
         count, html = 0, ""
     if count < upto:
         shown = with_html(conversation.messages(conv, count)[:upto - count], conv["meta"][count:upto], prices,
                           cid)
-        html += "".join(str(article(m, count + i + 1, dropped)) for i, m in enumerate(shown))
+        html += "".join(str(article(m, count + i + 1, dropped, False, tools_of(m), m["reply"], edit_url))
+                        for i, m in enumerate(shown))
         if cid is not None:
             with _EARLIER_LOCK:
                 _EARLIER[cid] = (upto, key, html)
@@ -84,7 +101,7 @@ def earlier(cid, conv, upto, dropped, prices, article):
 
 
 def chat(cid, conv, *, entries, offers, config, article, session_mark, draft="", error=None, hint=None,
-         notice=None, editing=False):
+         notice=None, editing=False, edit_url=None):
     """What chat.html shows for conversation `cid` (None: a new, empty one)."""
     failed = conv.get("failed")
     if failed and not draft:
@@ -96,25 +113,31 @@ def chat(cid, conv, *, entries, offers, config, article, session_mark, draft="",
         else:
             error = error or failed["error"]
         editing = editing or failed.get("replace", False)
-    count = len(conv["items"])
+    pending = conv.get("pending")
+    # While an edit or a regenerate is answered, the branch it replaces is not shown below it.
+    replacing = conversation.replaced_at(conv, pending.get("replace")) if pending else None
+    count = len(conv["items"]) if replacing is None else replacing
     first = max(0, count - 2)  # the last turn is rendered for this view: it has the Edit/Regenerate tools
     models_list = offers.models()
     on_offer = offers.offer(models_list)
     prices = on_offer.prices
     dropped = min(conv.get("dropped", 0), count)
-    shown = with_html(conversation.messages(conv, first), conv["meta"][first:], prices, cid)
-    editing = editing and count >= 2 and not conv.get("pending")
+    shown = with_html(conversation.messages(conv, first)[:count - first], conv["meta"][first:count], prices, cid)
+    # Editing: which reply the edit replaces (True or "1": the last one), and the message it answers.
+    edit_reply = conversation.last_reply_id(conv) if editing in (True, "1") else editing or None
+    edit_at = None if pending else conversation.replaced_at(conv, edit_reply)
+    editing = edit_at is not None
     if editing and not draft:
-        draft = shown[-2]["text"]
+        draft = conversation.item_text(conv["items"][edit_at])
     chosen = offers.model_of(conv)
     model = on_offer.by_id.get(chosen)
     entry = next((e for e in entries if e["id"] == cid), None)
     # Attachments of a message that comes back to the box (a failed turn's, an edited one's).
-    keep_files = (failed or {}).get("files") or (attachments.refs(conv["items"][-2]) if editing else [])
+    keep_files = (failed or {}).get("files") or (attachments.refs(conv["items"][edit_at]) if editing else [])
     return dict(
         keep_files=keep_files, accept_files=attachments.ACCEPT_ATTRIBUTE, shared=conv.get("share"),
-        cid=cid, entries=entries, earlier=earlier(cid, conv, first, dropped, prices, article), first=first,
-        messages=shown, pending=conv.get("pending"), draft=draft, error=error, hint=hint, notice=notice,
+        cid=cid, entries=entries, earlier=earlier(cid, conv, first, dropped, prices, article, edit_url),
+        first=first, messages=shown, pending=pending, edit_reply=edit_reply if editing else None, draft=draft, error=error, hint=hint, notice=notice,
         failed=bool(failed) and not failed.get("stopped") and not failed.get("notice"),
         context_full=bool(failed and failed.get("context")),
         editing=editing, last_reply=conversation.last_reply_id(conv),
@@ -137,9 +160,8 @@ def last_turn(cid, conv, prices, article, edit_url):
     first = max(0, count - 2)
     shown = with_html(conversation.messages(conv, first), conv["meta"][first:], prices, cid)
     last_reply, dropped = conversation.last_reply_id(conv), min(conv.get("dropped", 0), count)
-    return "".join(str(article(m, first + i + 1, dropped, i == len(shown) - 1,
-                               "regenerate" if m["role"] == "assistant" else "edit", last_reply, edit_url))
-                   for i, m in enumerate(shown))
+    return "".join(str(article(m, first + i + 1, dropped, i == len(shown) - 1, tools_of(m), m["reply"],
+                               edit_url)) for i, m in enumerate(shown))
 
 
 def finished(outcome_kind, data, conv, offers, config, article=None, edit_url=None, cid=None):

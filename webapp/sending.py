@@ -47,8 +47,9 @@ def queue_limit(config):
 
 def read_message(form, conv, config, has_files=False, api_key=None):
     """The message from the form, checked: returns (text, replace). `replace` is the id of the reply
-    an edit or a regenerate takes the place of (the form names it, so a stale page cannot replace a
-    turn it never showed); `text` is None for a regenerate (the last message is sent again).
+    an edit or a regenerate takes the place of, anywhere in the branch on screen (the form names it,
+    so a stale page cannot replace a turn it never showed); `text` is None for a regenerate (the
+    message it answers is sent again).
     `conv()` gives the conversation, read only for an edit or a regenerate. With files attached, the
     text may be empty. `api_key`: this person's own key (signed in with OpenRouter), if any; without
     it and without the operator's, the send is refused (asked to sign in, when sign-in is on)."""
@@ -56,11 +57,11 @@ def read_message(form, conv, config, has_files=False, api_key=None):
     regenerate = form.get("regenerate", "")
     replace = regenerate or form.get("edit", "")
     if replace:
-        last = conversation.last_reply_id(conv())
-        if regenerate and not last:
+        found = conv()
+        if regenerate and not conversation.last_reply_id(found):
             raise BadInput(400, "There is no reply to regenerate yet.")
-        if replace != last:
-            raise BadInput(409, STALE)
+        if conversation.reply_index(found, replace) is None:
+            raise BadInput(409, STALE)  # not in the branch on screen (another tab changed it)
     if regenerate:
         text = None
     elif not text.strip() and not has_files:
@@ -205,7 +206,8 @@ class Send:
             self.uploads, self.kept = read_files(form, files, cid, self.conversation, config)
             if self.replace and "keep_listed" not in form:
                 # An edit keeps the replaced message's attachments unless its form lists them.
-                self.kept = attachments.refs(self.conversation()["items"][-2]) + self.kept
+                edited = self.conversation()["items"][conversation.replaced_at(self.conversation(), self.replace)]
+                self.kept = attachments.refs(edited) + self.kept
         else:
             self.uploads, self.kept = [], []
         self._check_images(offers)

@@ -60,14 +60,16 @@ def begin(store, cid, text, wait=0.0, replace=None, waiter=None, settings=None,
     claim the conversation's single waiting place for it (or `QueueFull` if another send holds it),
     wait for the reply before it for up to `wait` seconds, then raise `Busy` still holding the
     place, so the caller can try again; `release` gives it up. Meanwhile it waits on the reply
-    before it (`wait_for_end`), so it starts as soon as that one ends. `replace` is the id of the last
-    reply, for a turn that takes the last turn's place (edit, regenerate); if that is no longer the
-    last reply, raise `Stale` and change nothing. `text=None` resends the last message (regenerate),
-with its attachments; `files` are the new message's (attachment references, bytes already stored).
+    before it (`wait_for_end`), so it starts as soon as that one ends. `replace` is the id of a reply
+    in the branch on screen, for a turn that takes the place of the message it answers (an edit, a
+    regenerate: the old branch is kept as a version when the new reply settles); if it is not there
+    any more, raise `Stale` and change nothing. `text=None` resends that message (regenerate), with
+    its attachments; `files` are the new message's (attachment references, bytes already stored).
 
     `settings` (the model and options the form sets) are merged into the conversation's when they
-    change it. `plan(conv, history, item)` (the new user item) returns the request options for this turn, or None when it
-    would not fit the model's context: then the text is kept as a failed turn and `TooLong` raised."""
+    change it. `plan(conv, history, item)` (the new user item) returns the request options for this
+    turn, or None when it would not fit the model's context: then the text is kept as a failed turn
+    and `TooLong` raised."""
     deadline = time.monotonic() + wait
     while True:
         too_long = False
@@ -76,20 +78,21 @@ with its attachments; `files` are the new message's (attachment references, byte
             recover_stale(conv, now)
             pending = conv["pending"]
             if not pending:
-                if replace and replace != conversation.last_reply_id(conv):
-                    raise Stale()
+                at = conversation.replaced_at(conv, replace) if replace else None
+                if replace and at is None:
+                    raise Stale()  # that reply is not in the branch on screen (any more)
                 if text is None:
-                    text = conversation.item_text(conv["items"][-2])
-                    files = attachments.refs(conv["items"][-2])
+                    text = conversation.item_text(conv["items"][at])
+                    files = attachments.refs(conv["items"][at])
                 merged = {**(conv.get("settings") or {}), **(settings or {})}
                 if merged != (conv.get("settings") or {}):
                     conv["settings"] = merged
                     conv["rev"] = conv.get("rev", 0) + 1
-                history = conversation.sent_history(conv, replace=bool(replace))
+                history = conversation.sent_history(conv, replace or False)
                 item = conversation.user_item(text, files)
                 request = plan(conv, history, item) if plan else {}
                 if request is None:
-                    conversation.fail_turn(conv, text, conversation.CONTEXT_FULL, bool(replace),
+                    conversation.fail_turn(conv, text, conversation.CONTEXT_FULL, replace or False,
                                            context=True, files=files)
                     too_long = True
                 else:
@@ -99,7 +102,7 @@ with its attachments; `files` are the new message's (attachment references, byte
                     turn = secrets.token_urlsafe(9)
                     conv["pending"] = {"turn": turn, "text": text, "started": now, "beat": now,
                                        "partial": "", "item_id": None, "stop": False,
-                                       "replace": bool(replace), "rev": conv.get("rev", 0),
+                                       "replace": replace or False, "rev": conv.get("rev", 0),
                                        "model": request.get("model")}
                     if files:
                         conv["pending"]["files"] = files

@@ -40,9 +40,11 @@ def add_reply(conv, pending, item_id, status, text, html=None, annotations=None,
     # Rendered once, here, and kept beside the item (never in it: the items go upstream as they are):
     # a page view only assembles stored fragments.
     meta.update(html=str(html if html is not None else render.markdown(text)), rv=render.VERSION)
-    if pending.get("replace"):
-        # Regenerate/edit: the old last turn goes only now, once its replacement exists.
-        del conv["items"][-2:], conv["meta"][-2:]
+    at = conversation.replaced_at(conv, pending.get("replace"))
+    if at is not None:
+        # Regenerate/edit: the branch from that message on becomes a version of its own only now,
+        # once its replacement exists (conversation.fork: nothing is lost, Previous version shows it).
+        conversation.fork(conv, at)
     conversation.add_turn(conv, pending["text"], item_id, status, text, files=pending.get("files"),
                           annotations=annotations, **meta)
     conv["last_turn"] = pending["turn"]  # a page that still shows it writing can pick up the ending

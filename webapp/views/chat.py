@@ -8,7 +8,7 @@ to their own. `POST /` sends to the most recent conversation (for clients withou
 
 from flask import Blueprint, current_app, redirect, request, session, url_for
 
-from .. import attachments, page, sending, sessions, turns
+from .. import attachments, branches, page, sending, sessions, turns
 from ..limits import per_session_and_address
 from . import wiring
 
@@ -63,7 +63,7 @@ def conversation_page(cid, entries=None):
     me = wiring.browser()
     entries = me.listed() if entries is None else entries
     me.owned(cid, entries)
-    return wiring.render_chat(cid, wiring.current(cid), editing=request.args.get("edit") == "1",
+    return wiring.render_chat(cid, wiring.current(cid), editing=request.args.get("edit") or False,
                               entries=entries)
 
 
@@ -105,11 +105,31 @@ def send(cid=None):
 @bp.post("/edit")
 @bp.post("/c/<cid>/edit")
 def edit(cid=None):
-    """JS-off Edit: show the last message in the box; sending it replaces the last turn."""
+    """JS-off Edit: show a message in the box (the one before the reply the button names; else the
+    last); sending it makes a new version of it, the old one kept (Previous version)."""
     me = wiring.browser()
     cid = cid or me.latest()
     me.owned(cid)
-    return redirect(url_for("chat.conversation_page", cid=cid, edit="1", _anchor="message"), code=303)
+    reply = request.form.get("reply", "")[:200] or "1"
+    return redirect(url_for("chat.conversation_page", cid=cid, edit=reply, _anchor="message"), code=303)
+
+
+@bp.post("/c/<cid>/versions")
+def switch_version(cid):
+    """Previous / Next version of a message: the whole conversation follows that branch (remembered:
+    the page, the next send and the export all show it)."""
+    wiring.browser().owned(cid)
+    try:
+        at, to = int(request.form.get("at", "")), int(request.form.get("to", ""))
+    except ValueError:
+        at = to = -1
+    outcome = branches.switch(wiring.store(), cid, at, to)
+    if outcome == "busy":
+        return wiring.render_chat(cid, wiring.current(cid), status=409,
+                                  error="A reply is still being written: switch versions once it has finished.")
+    if outcome == "missing":
+        return wiring.render_chat(cid, wiring.current(cid), status=404, error="There is no such version.")
+    return redirect(url_for("chat.conversation_page", cid=cid, _anchor=f"m{at + 1}"), code=303)
 
 
 @bp.post("/edit/cancel")

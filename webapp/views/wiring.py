@@ -60,7 +60,8 @@ def render_chat(cid, conv, *, status=200, entries=None, **shown):
     context = page.chat(cid, conv, entries=browser().listed() if entries is None else entries,
                         offers=offers(), config=current_app.config,
                         article=get_template_attribute("_message.html", "article"),
-                        session_mark=session_mark(), **shown)
+                        session_mark=session_mark(),
+                        edit_url=url_for("chat.edit", cid=cid) if cid else url_for("chat.edit"), **shown)
     if current_app.config["SIGN_IN_WITH_OPENROUTER"]:
         context["missing_key"] = False  # no operator key: the header offers Sign in with OpenRouter
     return render_template("chat.html", **context), status

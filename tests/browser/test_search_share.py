@@ -5,18 +5,8 @@ the results, the confirmation and the shared page."""
 import pytest
 from playwright.sync_api import expect
 
+from tests.browser.test_branches import send
 from tests.browser.test_conversations import no_axe_violations
-
-BOX = 'textarea[name="message"]'
-
-
-def send(page, text):
-    replies = page.locator(".msg.assistant:not(.writing)")
-    before = replies.count()
-    page.fill(BOX, text)
-    page.get_by_role("button", name="Send").click()
-    expect(replies).to_have_count(before + 1)
-
 
 @pytest.mark.parametrize("js", [True, False])
 def test_search_finds_a_conversation_and_share_makes_a_read_only_link(browser, server, fake, js):

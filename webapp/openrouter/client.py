@@ -116,19 +116,7 @@ class Client:
 
         Any failure (no key is not one: the list is public) raises `UpstreamError`. The read timeout
         is short, since a page waits on this; callers cache it (see `catalogue.Catalogue`)."""
-        # A connection this GET takes from the pool may have carried a finished turn whose Stop
-        # could still come: claim it for a state of our own, so that Stop cannot cut this request.
-        state = StreamState()
-        _current.state = state
-        try:
-            response = self.http.get(self.models_url, timeout=(self.timeout[0], MODELS_READ_TIMEOUT),
-                                     headers={"Content-Type": None})
-        except requests.RequestException as exc:
-            raise UpstreamError("timeout" if isinstance(exc, requests.Timeout) else "connection",
-                                detail=str(exc)) from None
-        finally:
-            _current.state = None
-            state.detach()
+        response = self._call("GET", self.models_url, MODELS_READ_TIMEOUT, headers={"Content-Type": None})
         try:
             if response.status_code != 200:
                 raise _failure(response)
@@ -142,9 +130,10 @@ class Client:
                 if isinstance(model, dict) and isinstance(model.get("id"), str) and model["id"]]
 
     def _call(self, method, url, read_timeout, **kwargs):
-        """One short request that is not a turn (sign-in, a key's credit): its response, or an
-        `UpstreamError` when OpenRouter cannot be reached. Like `models`, it claims a state of its
-        own, so a Stop meant for a turn that used the same pooled connection cannot cut it."""
+        """One short request that is not a turn (the model list, sign-in, a key's credit): its
+        response, or an `UpstreamError` when OpenRouter cannot be reached. A connection it takes from
+        the pool may have carried a finished turn whose Stop could still come: it claims a state of
+        its own, so that Stop cannot cut this request."""
         state = StreamState()
         _current.state = state
         try:

@@ -8,6 +8,7 @@ from playwright.sync_api import expect
 from tests.browser.test_branches import send
 from tests.browser.test_conversations import no_axe_violations
 
+
 @pytest.mark.parametrize("js", [True, False])
 def test_search_finds_a_conversation_and_share_makes_a_read_only_link(browser, server, fake, js):
     context = browser.new_context(viewport={"width": 1280, "height": 800}, java_script_enabled=js)

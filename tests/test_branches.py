@@ -123,3 +123,50 @@ def test_branches_are_pure_data():
     assert [conversation.item_text(i) for i in conv["items"]][2:] == ["q1", "a1", "q2", "a2"]
     assert conversation.switch(conv, 2, 5) is False
     assert len(conversation.all_items(conv)) == 8
+
+
+def test_versions_not_on_screen_are_stowed_so_the_history_holds_only_the_branch_on_screen(client, fake):
+    store = client.application.extensions["chat_store"]
+    cid = three_turns(client)
+    one_branch = len(store.backend.get_blob(store.prefix + cid))
+    for n in range(12):  # twelve versions of the whole conversation
+        first = replies(client.get(f"/c/{cid}").get_data(as_text=True))[0]
+        send(client, f"one, version {n} " + "long words " * 50, cid, edit=first)
+        client.post(f"/c/{cid}/versions", data={"at": "0", "to": "0"})  # back to the three turns
+    record = store.backend.decode(store.backend.get_blob(store.prefix + cid))
+    versions = record["forks"]["0"]["versions"]
+    assert len(versions) == 13 and versions[0] is None  # the original on screen
+    assert all(set(v) == {"ref"} for v in versions[1:])  # the rest: references only
+    # Opening or sending reads no more than the branch on screen (and a line per version).
+    assert len(store.backend.get_blob(store.prefix + cid)) < one_branch + 13 * 80
+    send(client, "four", cid)
+    assert len(fake.requests[-1]["body"]["input"]) == 7
+    client.post(f"/c/{cid}/versions", data={"at": "0", "to": "5"})
+    assert texts(client, cid)[0].startswith("one, version 4 ")
+    record = store.backend.decode(store.backend.get_blob(store.prefix + cid))
+    refs = [v["ref"] for v in record["forks"]["0"]["versions"] if v]
+    assert refs and all(store.get_branch(cid, ref) for ref in refs)
+    client.post(f"/c/{cid}/delete")
+    assert [store.get_branch(cid, ref) for ref in refs] == [None] * len(refs)
+
+
+def test_stowed_versions_outlive_their_conversation_and_purge_reclaims_them_after(tmp_path):
+    import time
+
+    from cachelib.file import FileSystemCache
+
+    from webapp.purge import purge
+    from webapp.store import FileBackend, Store
+
+    store = Store(FileBackend(FileSystemCache(str(tmp_path), threshold=0), str(tmp_path / "locks")), ttl=100)
+    with store.update("c1") as conv:
+        conversation.add_turn(conv, "q", "msg_1", "completed", "a")
+    with store.update("c1") as conv:
+        conversation.fork(conv, 0)
+        conversation.add_turn(conv, "q2", "msg_2", "completed", "a2")
+    ref = store.history("c1")["forks"]["0"]["versions"][0]["ref"]
+    assert store.get_branch("c1", ref)["items"][0]["content"][0]["text"] == "q"
+    purge(store, now=time.time() + 150)
+    assert store.history("c1") is None and store.get_branch("c1", ref) is not None
+    purge(store, now=time.time() + 250)
+    assert store.get_branch("c1", ref) is None

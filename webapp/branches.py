@@ -10,4 +10,10 @@ def switch(store, cid, at, to):
     with store.update(cid) as conv:
         if conv.get("pending"):
             return "busy"
-        return "ok" if conversation.switch(conv, at, to) else "missing"
+        versions = (conv.get("forks") or {}).get(str(at), {}).get("versions") or []
+        chosen = versions[to] if isinstance(to, int) and 0 <= to < len(versions) else None
+        if not conversation.switch(conv, at, to, lambda ref: store.get_branch(cid, ref)):
+            return "missing"
+    if isinstance(chosen, dict) and "ref" in chosen:
+        store.delete_branch(cid, chosen["ref"])  # on screen now (stowed anew when switched away)
+    return "ok"

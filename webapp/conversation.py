@@ -149,17 +149,23 @@ def fork(conv, at):
     _cut(conv, at)
 
 
-def switch(conv, at, to):
-    """Show version `to` of the branch from message `at` on. False when there is no such version."""
+def switch(conv, at, to, load=lambda ref: None):
+    """Show version `to` of the branch from message `at` on. False when there is no such version.
+    A version stowed elsewhere (`{"ref"}`: see Store) is read with `load(ref)`."""
     forks = copy.deepcopy(conv.get("forks") or {})
     found = forks.get(str(at))
     if found is None or not isinstance(to, int) or not 0 <= to < len(found["versions"]):
         return False
     if to == found["current"]:
         return True
+    chosen = found["versions"][to]
+    if isinstance(chosen, dict) and "ref" in chosen:
+        chosen = load(chosen["ref"])
+        if not isinstance(chosen, dict):
+            return False  # its stowed copy is gone
     conv["forks"] = forks
     found["versions"][found["current"]] = _tail(conv, at)
-    chosen, found["versions"][to] = found["versions"][to], None
+    found["versions"][to] = None
     found["current"] = to
     _cut(conv, at)
     conv["items"].extend(chosen["items"])
@@ -176,12 +182,13 @@ def versions(conv, at):
 
 
 def all_items(conv):
-    """Every item of every branch (for what they refer to: attachments)."""
+    """Every item of every branch held here (for what they refer to: attachments; versions stowed
+    elsewhere, `{"ref"}`, are the store's to walk)."""
     found = list(conv.get("items") or ())
     pending = [fork for fork in (conv.get("forks") or {}).values()]
     while pending:
         for version in pending.pop()["versions"]:
-            if version:
+            if version and "items" in version:
                 found += version["items"]
                 pending += list(version["forks"].values())
     return found

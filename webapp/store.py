@@ -249,6 +249,7 @@ class Store:
     prefix, pending_prefix = "conv:", "turn:"
     file_prefix = "file:"  # an attachment's bytes: file:<conversation id>:<sha256>
     share_prefix = "share:"  # a read-only snapshot of a conversation: share:<token>
+    branch_prefix = "branch:"  # a version of a conversation not on screen: branch:<cid>:<ref>
     index_prefix = "browser:"  # a browser's list of its conversations
     stop_key = "signal:stop"  # changes whenever a Stop is flagged for another worker to act on
     # Decoded histories kept per process, at most this many encoded bytes in all (see `history`).
@@ -348,17 +349,65 @@ class Store:
         return f"{self.file_prefix}{cid}:{sha}"
 
     def _keep_files(self, cid, record, now):
-        # Every half lifetime, the attachments' lifetimes are renewed with the history's: a
-        # conversation's files never expire before it does.
+        # Every half lifetime, the attachments' and stowed versions' lifetimes are renewed with the
+        # history's: nothing a conversation refers to expires before it does.
+        if now - record.get("files_kept", 0) <= self.ttl / 2:
+            return
+        stowed = self._stowed(cid, record)
         shas = {ref["sha"] for ref in attachments.all_refs(record)}
-        if shas and now - record.get("files_kept", 0) > self.ttl / 2:
-            for sha in shas:
-                self.backend.expire(self._file_key(cid, sha), 2 * self.ttl)
+        shas |= {ref["sha"] for _, version in stowed for ref in attachments.all_refs(version or {})}
+        for sha in shas:
+            self.backend.expire(self._file_key(cid, sha), 2 * self.ttl)
+        for ref, _ in stowed:
+            self.backend.expire(self._branch_key(cid, ref), 2 * self.ttl)
+        if shas or stowed:
             record["files_kept"] = now
+
+    # --- versions not on screen (conversation.fork / switch) ----------------------------------------
+    # A history holds the branch on screen; every other version is stowed under a key of its own and
+    # named by {"ref"} in `forks`, so opening or sending in a conversation with many versions reads and
+    # decodes no more than its branch on screen. Switching loads the chosen one (branches.switch).
+
+    def _branch_key(self, cid, ref):
+        return f"{self.branch_prefix}{cid}:{ref}"
+
+    def get_branch(self, cid, ref):
+        return self.backend.get(self._branch_key(cid, ref))
+
+    def delete_branch(self, cid, ref):
+        self.backend.delete(self._branch_key(cid, ref))
+
+    def _stow_forks(self, cid, forks):
+        return {at: {**fork, "versions": [self._stow(cid, v) for v in fork["versions"]]}
+                for at, fork in forks.items()}
+
+    def _stow(self, cid, version):
+        if not isinstance(version, dict) or "ref" in version:
+            return version  # the one on screen (None), or stowed already
+        ref = secrets.token_hex(8)
+        self.backend.set(self._branch_key(cid, ref),
+                         {**version, "forks": self._stow_forks(cid, version.get("forks") or {})}, 2 * self.ttl)
+        return {"ref": ref}
+
+    def _stowed(self, cid, record):
+        """(ref, version) of every stowed version `record` reaches (through versions' own forks too)."""
+        found, forks = [], [record.get("forks") or {}]
+        while forks:
+            for fork in forks.pop().values():
+                for version in fork["versions"]:
+                    if isinstance(version, dict) and "ref" in version:
+                        stowed = self.get_branch(cid, version["ref"])
+                        found.append((version["ref"], stowed))
+                        version = stowed
+                    if isinstance(version, dict):
+                        forks.append(version.get("forks") or {})
+        return found
 
     def _save_history(self, cid, conv):
         record = {k: v for k, v in conv.items() if k != "pending"}
         record["saved"] = time.time()  # its lifetime restarts now (see `update`)
+        if record.get("forks"):
+            record["forks"] = self._stow_forks(cid, record["forks"])
         self._keep_files(cid, record, record["saved"])
         if record.get("share"):  # a shared snapshot lives as long as its conversation
             self.backend.expire(self.share_prefix + record["share"], self.ttl)
@@ -379,8 +428,13 @@ class Store:
     def delete(self, cid):
         with self.backend.lock(self.prefix + cid, self.lock_timeout):
             conv = self.load(cid)
-            for sha in {ref["sha"] for ref in attachments.all_refs(conv)}:
+            stowed = self._stowed(cid, conv)
+            shas = {ref["sha"] for ref in attachments.all_refs(conv)}
+            shas |= {ref["sha"] for _, version in stowed for ref in attachments.all_refs(version or {})}
+            for sha in shas:
                 self.backend.delete(self._file_key(cid, sha))
+            for ref, _ in stowed:
+                self.delete_branch(cid, ref)
             if conv.get("share"):
                 self.delete_share(conv["share"])
             self.backend.delete(self.prefix + cid)

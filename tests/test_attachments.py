@@ -13,7 +13,7 @@ import time
 import pytest
 
 from tests.conftest import alert, messages, textarea
-from tests.fake_openrouter import TINY_MODEL, MODELS, error, reply
+from tests.fake_openrouter import TINY_MODEL, MODELS, error
 from webapp import attachments
 
 # A real 1×1 PNG, and the smallest real PDF head (its bytes are what is checked, not its name).

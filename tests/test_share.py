@@ -6,7 +6,6 @@ import io
 import re
 import time
 
-from tests.fake_openrouter import reply
 
 PNG_B64 = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
 

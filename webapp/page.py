@@ -155,11 +155,11 @@ def chat(cid, conv, *, entries, offers, config, article, session_mark, draft="",
 
 def last_turn(cid, conv, prices, article, edit_url):
     """The last turn's two messages (the user's and the reply) as the page renders them, with the
-    tools only the last turn has (Edit, Regenerate)."""
+    tools every message has (Edit, Regenerate) and its versions."""
     count = len(conv["items"])
     first = max(0, count - 2)
     shown = with_html(conversation.messages(conv, first), conv["meta"][first:], prices, cid)
-    last_reply, dropped = conversation.last_reply_id(conv), min(conv.get("dropped", 0), count)
+    dropped = min(conv.get("dropped", 0), count)
     return "".join(str(article(m, first + i + 1, dropped, i == len(shown) - 1, tools_of(m), m["reply"],
                                edit_url)) for i, m in enumerate(shown))
 

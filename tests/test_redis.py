@@ -194,3 +194,31 @@ def test_a_session_value_in_redis_is_never_unpickled(fake, tmp_path, redis_url):
     assert not marker.exists()
     assert client.post("/", data={"message": "still works"}).status_code == 303
     assert client.get_cookie("session").value != "planted-id"
+
+
+def test_attachments_shares_and_versions_live_in_redis_too(fake, tmp_path, redis_url):
+    import base64
+    import hashlib
+    import io
+    import re
+
+    png = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg==")
+    client = make(fake, tmp_path, redis_url).test_client()
+    response = client.post("/c/new", data={"message": "look", "files": (io.BytesIO(png), "dot.png")},
+                           content_type="multipart/form-data")
+    cid = re.search(r"/c/([\w-]+)", response.headers["Location"]).group(1)
+    sha = hashlib.sha256(png).hexdigest()
+    assert client.get(f"/c/{cid}/files/{sha}").data == png
+    reply_id = re.findall(r'name="regenerate" value="([^"]+)"', client.get(f"/c/{cid}").get_data(as_text=True))[-1]
+    client.post(f"/c/{cid}", data={"message": "look again", "edit": reply_id})  # keeps the file, a new version
+    assert fake.requests[-1]["body"]["input"][0]["content"][1]["type"] == "input_image"
+    client.post(f"/c/{cid}/versions", data={"at": "0", "to": "0"})
+    assert messages(client.get(f"/c/{cid}").get_data(as_text=True))[0] == ("user", "look")
+    keys = {k.decode() for k in redis.Redis.from_url(redis_url).keys("*")}
+    assert f"file:{cid}:{sha}" in keys and any(k.startswith(f"branch:{cid}:") for k in keys)
+    client.post(f"/c/{cid}/share")
+    link = re.search(r'value="http://localhost(/s/[\w-]+)"', client.get(f"/c/{cid}").get_data(as_text=True)).group(1)
+    assert "look" in make(fake, tmp_path, redis_url).test_client().get(link).get_data(as_text=True)
+    client.post(f"/c/{cid}/delete")
+    keys = {k.decode() for k in redis.Redis.from_url(redis_url).keys("*")}
+    assert not [k for k in keys if cid in k or k.startswith("share:")]

@@ -441,3 +441,22 @@ def test_many_unclosed_brackets_and_dollars_stay_text():
         html = str(render.markdown(text))
         assert "<math" not in html
         assert "<math" not in str(render.plain(text))
+
+
+def test_the_message_of_a_reply_being_written_shows_its_formulas_too(client, fake):
+    import threading
+
+    from tests.fake_openrouter import reply as upstream_reply
+
+    gate = threading.Event()
+    fake.queue(upstream_reply("slow", gate=gate, chunks=["sl", "ow"]))
+    # A streamed send whose reply is held: the page meanwhile shows the message as pending.
+    response = client.post("/c/new/turns", data={"message": "what is $x^2$?"},
+                           headers={"Accept": "text/event-stream"}, buffered=False)
+    try:
+        html = client.get("/").get_data(as_text=True)
+        pending_message = html.split("data-pending-turn")[0].split('aria-label="You"')[-1]
+        assert "<math" in pending_message and "$x^2$" not in pending_message.split("<annotation")[0]
+    finally:
+        gate.set()
+        response.close()

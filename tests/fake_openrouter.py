@@ -618,13 +618,17 @@ class _Handler(BaseHTTPRequestHandler):
         entry["accepted"] = True
         self.fake._record(entry)
         behaviour = self.fake._next()
+        self.terminal_written = False
         try:
             self._serve(behaviour, body)
         except _Abort:
             self.close_connection = True
         except GONE:
             self.close_connection = True
-            if body.get("stream") is True and not isinstance(behaviour, (Error, Raw)):
+            # A client that hangs up once it has the terminal event (before [DONE] and the body's
+            # end arrive) has read the reply whole: only an earlier hang-up is a disconnect.
+            if body.get("stream") is True and not isinstance(behaviour, (Error, Raw)) \
+                    and not self.terminal_written:
                 with self.fake._lock:
                     self.fake.disconnects += 1
 
@@ -822,6 +826,7 @@ class _SSE:
 
     def finish(self, kind, response):
         self.event(kind, response=response)
+        self.h.terminal_written = True
         self.write(b"data: [DONE]\n\n")
         self.end()
 

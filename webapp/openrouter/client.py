@@ -36,6 +36,20 @@ def _body(response):
         raise UpstreamError("bad_response") from None
 
 
+def _answer(response, own_key=False, refused=None):
+    """The JSON body of a short request's 200 answer, the response closed either way: another status
+    is its `UpstreamError` (`refused`: a set of statuses that mean the request itself was refused,
+    raised as kind "signin_refused")."""
+    try:
+        if refused and response.status_code in refused:
+            raise UpstreamError("signin_refused", response.status_code)
+        if response.status_code != 200:
+            raise _failure(response, own_key)
+        return _body(response)
+    finally:
+        response.close()
+
+
 class Client:
     """One per process: a pooled `requests.Session`, the key and the request defaults."""
 
@@ -116,13 +130,7 @@ class Client:
 
         Any failure (no key is not one: the list is public) raises `UpstreamError`. The read timeout
         is short, since a page waits on this; callers cache it (see `catalogue.Catalogue`)."""
-        response = self._call("GET", self.models_url, MODELS_READ_TIMEOUT, headers={"Content-Type": None})
-        try:
-            if response.status_code != 200:
-                raise _failure(response)
-            body = _body(response)
-        finally:
-            response.close()
+        body = _answer(self._call("GET", self.models_url, MODELS_READ_TIMEOUT, headers={"Content-Type": None}))
         data = body.get("data") if isinstance(body, dict) else None
         if not isinstance(data, list):
             raise UpstreamError("bad_response")
@@ -155,14 +163,7 @@ class Client:
                               data=json.dumps({"code": code, "code_verifier": verifier,
                                                "code_challenge_method": "S256"}),
                               headers={"Authorization": None})
-        try:
-            if response.status_code in (400, 401, 403, 404):
-                raise UpstreamError("signin_refused", response.status_code)
-            if response.status_code != 200:
-                raise _failure(response)
-            body = _body(response)
-        finally:
-            response.close()
+        body = _answer(response, refused={400, 401, 403, 404})
         key = body.get("key") if isinstance(body, dict) else None
         if not isinstance(key, str) or not key.strip() or any(c.isspace() for c in key):
             raise UpstreamError("bad_response")
@@ -175,12 +176,7 @@ class Client:
         since a page waits on it (callers cache it)."""
         response = self._call("GET", self.key_url, KEY_READ_TIMEOUT,
                               headers={"Authorization": f"Bearer {api_key}", "Content-Type": None})
-        try:
-            if response.status_code != 200:
-                raise _failure(response, own_key=True)
-            body = _body(response)
-        finally:
-            response.close()
+        body = _answer(response, own_key=True)
         data = body.get("data") if isinstance(body, dict) else None
         if not isinstance(data, dict):
             raise UpstreamError("bad_response")

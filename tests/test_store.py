@@ -9,11 +9,46 @@ import pytest
 from cachelib.file import FileSystemCache
 
 from webapp import conversation, turns
-from webapp.store import FileBackend, Store
+from webapp.store import FileBackend, FileCache, Store, StoreError
 
 
 def file_store(path, ttl=3600):
-    return Store(FileBackend(FileSystemCache(str(path), threshold=0), str(path / "locks")), ttl)
+    # The app's own cache (its leaner writes): the concurrency tests below run on what it runs on.
+    return Store(FileBackend(FileCache(str(path), threshold=0), str(path / "locks")), ttl)
+
+
+def test_the_lean_file_cache_writes_what_cachelib_reads(tmp_path, monkeypatch):
+    lean, plain = FileCache(str(tmp_path), threshold=0), FileSystemCache(str(tmp_path), threshold=0)
+    value = {"items": [{"text": "é" * 10}], "n": 3}
+    assert lean.set("conv:a", value, timeout=100)
+    assert plain.get("conv:a") == value and lean.get("conv:a") == value
+    assert lean.set("conv:a", {"n": 4}, timeout=100)  # over an existing file
+    assert plain.get("conv:a") == {"n": 4}
+    assert lean.set("forever", 1, timeout=0) and plain.get("forever") == 1
+    # Its expiry is cachelib's: read back as missing once it has passed.
+    assert lean.set("short", "x", timeout=10)
+    now = time.time()
+    monkeypatch.setattr("cachelib.file.time", lambda: now + 11)
+    assert plain.get("short") is None and plain.get("forever") == 1
+    # Only the entries are left: no temporary file.
+    assert sorted(os.listdir(tmp_path)) == sorted(os.path.basename(plain._get_filename(k))
+                                                  for k in ("conv:a", "forever", "short"))
+
+
+def test_a_failed_lean_write_is_a_store_error_and_leaves_the_old_value(tmp_path, monkeypatch):
+    cache = FileCache(str(tmp_path), threshold=0)
+    backend = FileBackend(cache, str(tmp_path / "locks"))
+    backend.set("k", "old", 100)
+
+    def disk_full(fd, data):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("webapp.store.os.write", disk_full)
+    with pytest.raises(StoreError):
+        backend.set("k", "new", 100)
+    monkeypatch.undo()
+    assert backend.get("k") == "old"
+    assert sorted(os.listdir(tmp_path)) == sorted([os.path.basename(cache._get_filename("k")), "locks"])
 
 
 def _append_many(path, who, n):

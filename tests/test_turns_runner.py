@@ -80,3 +80,49 @@ def test_progress_saves_are_spaced_out_when_many_replies_stream_at_once(tmp_path
         running.state.text += "word "
         running.save_progress(start + step * 0.1, runner.flush_interval(300))
     assert len(saves) == 1  # at 3 s, not every 0.5 s
+
+
+def test_the_request_that_begins_a_turn_reads_it_and_a_thread_reads_on_once_it_leaves(tmp_path, fake):
+    """`start(here=True)`: the reply is read by whoever iterates `reader.events()` (each delta is
+    published and given back in that thread, no hand-off); `hand_over()` (the response closing, the
+    tab gone) has a thread of its own read the rest, so the whole reply is still stored."""
+    import threading
+
+    from tests.fake_openrouter import reply
+    from webapp.openrouter import Client
+
+    store = file_store(tmp_path)
+    client = Client(fake.api_key, fake.base_url, "openai/o4-mini", 100)
+    gate = threading.Event()
+    fake.queue(reply("one two three four", chunks=["one ", "two ", "three ", "four"], gate=gate))
+    turn, items, _, _ = turns.begin(store, "c", "hello")
+    running = turns.start(store, client, "c", turn, items, here=True)
+    readers = []
+    original = running.publish
+    running.publish = lambda *args, **kwargs: readers.append(threading.current_thread()) or original(*args, **kwargs)
+    events = running.reader.events()
+    first = next(event for event in events if event[1] == "delta")
+    assert first[2] == "one " and set(readers) == {threading.current_thread()}
+    assert store.load("c")["pending"]["turn"] == turn  # nothing stored yet: the rest is held back
+    here = len(readers)
+    running.reader.hand_over()  # this "request" is over before the reply is
+    gate.set()
+    assert running.wait(5)
+    assert readers[here:] and threading.current_thread() not in readers[here:]
+    assert conversation.messages(store.load("c"))[-1]["text"] == "one two three four"
+    assert turn not in turns.LIVE
+
+
+def test_a_turn_begun_here_whose_request_never_read_it_is_read_by_a_thread(tmp_path, fake):
+    """The client left before the stream's first byte: the response only closes, and the turn is
+    still read and stored (no pending turn that nobody writes)."""
+    from webapp.openrouter import Client
+
+    store = file_store(tmp_path)
+    client = Client(fake.api_key, fake.base_url, "openai/o4-mini", 100)
+    turn, items, _, _ = turns.begin(store, "c", "hello")
+    running = turns.start(store, client, "c", turn, items, here=True)
+    running.reader.hand_over()
+    assert running.wait(5)
+    assert conversation.messages(store.load("c"))[-1]["text"] == "Reply 1: hello"
+    assert store.load("c")["pending"] is None

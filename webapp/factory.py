@@ -5,7 +5,6 @@ import hashlib
 import logging
 import os
 
-from cachelib.file import FileSystemCache
 from dotenv import load_dotenv
 from flask import Flask, render_template, request
 from gunicorn.glogging import Logger as GunicornLogger
@@ -17,7 +16,7 @@ from . import access, guards, limits, ops, secret_key, sessions, settings, signi
 from .catalogue import Catalogue
 from .offers import Offers
 from .openrouter import Client
-from .store import FileBackend, RedisBackend, Store, StoreError, redis_client
+from .store import FileBackend, FileCache, RedisBackend, Store, StoreError, redis_client
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 log = logging.getLogger(__name__)
@@ -96,7 +95,7 @@ def create_app(overrides=None, env=None):
         path = settings.session_dir(app.config, app.instance_path)
         os.makedirs(path, exist_ok=True)
         # threshold=0: cachelib must never prune other people's conversations to make room.
-        cache = FileSystemCache(path, threshold=0, default_timeout=ttl)
+        cache = FileCache(path, threshold=0, default_timeout=ttl)
         backend = FileBackend(cache, os.path.join(path, "locks"))
         app.session_interface = sessions.interface(app, cache=cache)
     app.extensions["chat_store"] = Store(backend, ttl)

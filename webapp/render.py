@@ -457,10 +457,14 @@ def _html(text):
                      lambda chunk: _clean(f'<p class="plain">{escape(chunk)}</p>\n'))
 
 
+# Built once: nh3.clean() would build the same sanitiser (its allowlists) on every call, half its cost.
+_CLEANER = nh3.Cleaner(
+    tags=TAGS, attributes=ATTRIBUTES, url_schemes={"http", "https", "mailto"},
+    link_rel="noopener noreferrer nofollow", clean_content_tags={"script", "style"})
+
+
 def _clean(html):
-    return nh3.clean(
-        html, tags=TAGS, attributes=ATTRIBUTES, url_schemes={"http", "https", "mailto"},
-        link_rel="noopener noreferrer nofollow", clean_content_tags={"script", "style"})
+    return _CLEANER.clean(html)
 
 
 def markdown(text):

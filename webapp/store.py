@@ -10,21 +10,73 @@ Only this module knows the backends; errors come out as `StoreError`.
 """
 
 import fcntl
+import itertools
 import json
+import logging
 import os
 import pickle
 import secrets
+import struct
 import tempfile
 import threading
 import time
 from collections import OrderedDict
 from contextlib import contextmanager
 
+from cachelib.file import FileSystemCache
+
 from . import attachments, conversation
+
+
+log = logging.getLogger(__name__)
 
 
 class StoreError(Exception):
     """The conversation store could not be read or written."""
+
+
+class FileCache(FileSystemCache):
+    """cachelib's FileSystemCache (for conversations and Flask-Session alike) with a leaner `set`:
+    the same file format (a 4-byte expiry, then the pickle), so `get`, Flask-Session and `flask purge`
+    read it as before, written to a temporary file beside it and renamed over it. cachelib's own
+    `set` also draws a random name, reopens the file, stats it and chmods it: about 80 µs of CPU
+    more a write, and a first send makes four."""
+
+    def set(self, key, value, timeout=None, mgmt_element=False):
+        if self._threshold or mgmt_element:  # counting files: cachelib's bookkeeping
+            return super().set(key, value, timeout, mgmt_element)
+        filename = self._get_filename(key)
+        # Unique per process and write; the suffix marks it temporary (cachelib and purge skip it).
+        tmp = f"{filename}.{_WRITER}{next(_WRITES)}{self._fs_transaction_suffix}"
+        try:
+            data = struct.pack("I", self._normalize_timeout(timeout)) + pickle.dumps(
+                value, pickle.HIGHEST_PROTOCOL)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, self._mode)
+            try:
+                os.write(fd, data)
+            finally:
+                os.close(fd)
+            os.replace(tmp, filename)
+        except OSError:
+            log.warning("could not write the cache file %s", filename, exc_info=True)
+            try:
+                os.remove(tmp)
+            except OSError:
+                pass
+            return False
+        return True
+
+
+_WRITER = f"{os.getpid()}-{secrets.token_hex(3)}-"  # (a forked worker draws its own below)
+_WRITES = itertools.count()
+
+
+def _new_writer():
+    global _WRITER
+    _WRITER = f"{os.getpid()}-{secrets.token_hex(3)}-"
+
+
+os.register_at_fork(after_in_child=_new_writer)
 
 
 class FileBackend:

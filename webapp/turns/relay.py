@@ -67,6 +67,12 @@ class LocalRelay:
                 return None, ""
             return after, "".join(data for _, kind, data in self.events[:seen] if kind == DELTA)
 
+    def since(self, seen):
+        """(the events after the first `seen`, how many there are now): for the one who publishes
+        them and streams them too (`runner.Reader`), so never waits."""
+        with self._cond:
+            return self.events[seen:], len(self.events)
+
     def listen(self, after=None, tick=15.0):
         """Yield (id, kind, data) for every event after id `after` (None or unknown: from the first),
         until the final one; (None, TICK, None) after `tick` quiet seconds (a number, or a function

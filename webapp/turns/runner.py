@@ -19,6 +19,7 @@ log = logging.getLogger(__name__)
 TICK = 0.1  # seconds between the progress saver's rounds (it also looks for Stops from other workers)
 FLUSH_EVERY = 0.5  # seconds between saves of a streaming reply's progress (while few stream at once)
 SAVES_PER_SECOND = 100  # at most this many progress saves a second per process, unless heartbeats need more
+VISITS_PER_SAVE = 5  # rounds that look at each turn per save interval (so a save is at most a fifth late)
 HEARTBEAT = 5.0  # seconds between "still alive" saves of a running turn while nothing new arrived
 STOP_WAIT = 0.35  # seconds a Stop waits for the turn's own thread before settling it itself
 
@@ -39,6 +40,8 @@ class Turn:
         self.state = StreamState()
         self.saved = (time.monotonic(), "")  # (when, text) of the last progress save or heartbeat
         self.relay = relays.for_turn(store, turn)
+        self.outcome = None  # (kind, data) of its final event, once settled
+        self.reader = None  # a `Reader`, when the request that began it reads the reply
 
     @property
     def finished(self):
@@ -97,10 +100,12 @@ def _whole(client, items, state, request):
     yield DONE, reply
 
 
-def execute(store, client, running, items, stream=True, request=None):
-    """Read the reply of the begun turn `running` and settle it. Publishes ("delta", text),
-    ("alive", None) … and a final ("done", {...}) or ("error", {...}) on its relay. `request`: the
-    turn's request options."""
+def reading(store, client, running, items, stream=True, request=None):
+    """Read the reply of the begun turn `running` and settle it, one upstream event at a time: each
+    is published on its relay ("delta", text), ("alive", None) …, then yielded (so whoever drives
+    this reads the reply: a thread of its own, or the request that began it, `Reader`); at the end
+    the final ("done", {...}) or ("error", {...}) is published and kept as `running.outcome`.
+    `request`: the turn's request options."""
     cid, turn, state = running.cid, running.turn, running.state
     request = request or {}
     events = _events(store, client, running, items, stream, request)
@@ -118,6 +123,7 @@ def execute(store, client, running, items, stream=True, request=None):
                                   "note": conversation.note_text(settle.note_for(reply))})
                 break
             running.publish(kind, value)
+            yield kind, value
             if running.stop_requested:
                 break
     except UpstreamError as error:
@@ -136,8 +142,15 @@ def execute(store, client, running, items, stream=True, request=None):
             outcome = settle.unless_store_fails(settle.stopped, store, cid, turn, state)
         # Always end the followers' streams, whatever happened above.
         running.publish(*outcome, final=True)
+        running.outcome = outcome
         log_turn(running, outcome, reply if outcome[0] == DONE and not outcome[1].get("stopped") else None)
-    return outcome
+
+
+def execute(store, client, running, items, stream=True, request=None):
+    """`reading` to its end, in this thread; returns the outcome."""
+    for _ in reading(store, client, running, items, stream, request):
+        pass
+    return running.outcome
 
 
 def log_turn(running, outcome, reply):
@@ -195,7 +208,7 @@ def _save_progress_forever():
     """One thread per process saves the progress and heartbeat of every turn running here, and looks
     for Stops from other workers. Saving from a timer, not from the reading loop, means a reply that
     pauses mid-sentence still has its last words saved, and a silent model still has a heartbeat."""
-    signal = None
+    signal, next_visit = None, 0.0
     while True:
         time.sleep(TICK)
         now = time.monotonic()
@@ -215,6 +228,11 @@ def _save_progress_forever():
         except Exception:
             log.warning("could not check for stopped turns", exc_info=True)
         every = flush_interval(len(running))
+        if now < next_visit:
+            continue
+        # Each turn is looked at a few times per save interval, not every round: with hundreds of
+        # turns running, visiting them all ten times a second would cost more than the saves.
+        next_visit = now + every / VISITS_PER_SAVE
         for one in running:
             one.expire_if_late(now)
             try:
@@ -242,9 +260,10 @@ def register(store, cid, turn, streaming=True, model=None, owner=None, limit=Non
     return running
 
 
-def _run(store, client, running, items, stream, request):
+def _listed(running, steps):
+    """`steps` (a turn's `reading`), after which the turn leaves this process's list of turns."""
     try:
-        return execute(store, client, running, items, stream, request)
+        yield from steps
     finally:
         with admission.LOCK:
             if admission.LIVE.pop(running.turn, None) is not None:
@@ -253,22 +272,76 @@ def _run(store, client, running, items, stream, request):
                     del admission.RUNNING[running.owner]
 
 
+def _drain(steps):
+    for _ in steps:
+        pass
+
+
 def run(store, client, cid, turn, items, owner=None, limit=None, request=None, slot=None):
     """Run a begun turn in this thread with a whole (non-streamed) reply: the JS-off form post."""
     model = (request or {}).get("model") or client.model
     running = register(store, cid, turn, False, model, owner, limit, slot)
-    return _run(store, client, running, items, False, request)
+    _drain(_listed(running, reading(store, client, running, items, False, request)))
+    return running.outcome
 
 
-def start(store, client, cid, turn, items, owner=None, limit=None, request=None, slot=None):
-    """Run a begun turn, streamed, in a background thread that outlives the request; return its `Turn`
-    (its `relay` is what followers listen to)."""
-    model = (request or {}).get("model") or client.model
-    running = register(store, cid, turn, True, model, owner, limit, slot)
+class Reader:
+    """Who reads a streamed turn's reply. The request that began the turn, while its browser stays:
+    `events()` reads the upstream in that request's own thread and gives each event to its stream
+    as it is read (no hand-off from another thread for every word). Once that request ends first
+    (the tab closed, the stream cut, or its client gone before the stream began), `hand_over()`
+    (called when the response closes) has a thread of its own read the rest, so closing the tab
+    never loses a reply. Everyone else follows the turn on its relay."""
+
+    def __init__(self, running, steps):
+        self.running, self._steps = running, steps
+        self._lock = threading.Lock()
+        self._taken = False  # the request's stream reads (or has read) here
+        self._handed = False
+        self._exhausted = False
+
+    def events(self):
+        """(id, kind, data) of the turn's events, each as soon as the upstream sends it, to the end."""
+        with self._lock:
+            if self._taken or self._handed:  # (not expected: one stream reads) follow it instead
+                yield from self.running.relay.listen()
+                return
+            self._taken = True
+        relay, seen = self.running.relay, 0
+        for _ in self._steps:
+            new, seen = relay.since(seen)
+            yield from new
+        self._exhausted = True
+        new, seen = relay.since(seen)
+        yield from new
+
+    def hand_over(self):
+        """The request is over: read whatever is left of the reply in a thread of its own."""
+        with self._lock:
+            if self._handed or self._exhausted:
+                return
+            self._handed = True
+        _background(self.running, self._steps)
+
+
+def _background(running, steps):
     # Not a daemon, said outright (a thread started from a gevent greenlet would inherit daemon=True):
     # on a graceful shutdown the interpreter waits for replies still being written.
-    threading.Thread(target=_run, args=(store, client, running, items, True, request),
-                     name=f"turn-{turn}", daemon=False).start()
+    threading.Thread(target=_drain, args=(steps,), name=f"turn-{running.turn}", daemon=False).start()
+
+
+def start(store, client, cid, turn, items, owner=None, limit=None, request=None, slot=None, here=False):
+    """Run a begun turn, streamed, and return its `Turn` (its `relay` is what followers listen to).
+    In a background thread that outlives the request; or, `here`, read by the request that began
+    it while it stays (`Turn.reader`: the caller streams `reader.events()` and must call
+    `reader.hand_over()` when its response closes, however it ends)."""
+    model = (request or {}).get("model") or client.model
+    running = register(store, cid, turn, True, model, owner, limit, slot)
+    steps = _listed(running, reading(store, client, running, items, True, request))
+    if here:
+        running.reader = Reader(running, steps)
+    else:
+        _background(running, steps)
     return running
 
 

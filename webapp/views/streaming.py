@@ -60,7 +60,7 @@ class _Snapshots:
         return self.interval if self.dirty else KEEPALIVE
 
     def due(self, now):
-        if not self.dirty:
+        if not self.dirty or now - self.last < HTML_EVERY:  # (the spacing is never shorter)
             return None
         if not self.rendered and not self.at_once:
             # Spaced by the process's latest render, asked again each time: when a burst of replies
@@ -130,13 +130,21 @@ def _stream_response(events, cid, snapshots):
     return response
 
 
-def _start(send, begun):
-    """Run a begun turn in the background (its reader outlives the request) and return it."""
-    return turns.start(wiring.store(), wiring.client(), send.cid, begun.turn, begun.items,
-                       request=begun.request, **send.options)
+def _start(send, begun, started):
+    """Run a begun turn, read by this request while its client stays (then by a thread of its own:
+    the response's close hands it over), and return it; `started` lists it for that close."""
+    running = turns.start(wiring.store(), wiring.client(), send.cid, begun.turn, begun.items,
+                          request=begun.request, here=True, **send.options)
+    started.append(running)
+    return running
 
 
-def _start_when_free(send, begun, running, snapshots, ahead=None):
+def _hand_over(started):
+    for running in started:
+        running.reader.hand_over()
+
+
+def _start_when_free(send, begun, running, snapshots, started, ahead=None):
     """(id, kind, data) events of a new turn (`running`: already started, when `begun` is); while
     another reply in this conversation is written, say it is queued (this send holds the
     conversation's one waiting place until it starts, gives up or its client leaves: then no turn
@@ -167,12 +175,12 @@ def _start_when_free(send, begun, running, snapshots, ahead=None):
     finally:
         if begun is None:
             send.release()
-    running = running or _start(send, begun)
+    running = running or _start(send, begun, started)
     cid = send.cid
     yield None, STARTED, {"turn": begun.turn, "conversation": cid,
                           "title": conversation.short_title(begun.text),
                           "url": url_for("chat.conversation_page", cid=cid), "session": send.session_mark}
-    yield from running.relay.listen(tick=snapshots.wait)
+    yield from running.reader.events()
 
 
 @bp.post("/turns")
@@ -196,12 +204,16 @@ def stream(cid=None):
         begun, ahead = None, busy.turn  # this send holds the waiting place: "queued" until it starts
     else:
         ahead = None
-    # Started before the response is returned: a client gone before the stream's first byte must not
-    # leave a pending turn that nobody writes.
-    running = _start(send, begun) if begun else None
+    # Started before the response is returned, and handed to a thread of its own when the response
+    # closes however it ends: a client gone before the stream's first byte (or mid-reply) must not
+    # leave a pending turn that nobody reads.
+    started = []
+    running = _start(send, begun, started) if begun else None
     snapshots = _Snapshots()
-    return _stream_response(_start_when_free(send, begun, running, snapshots, ahead), send.cid,
-                            snapshots)
+    response = _stream_response(_start_when_free(send, begun, running, snapshots, started, ahead),
+                                send.cid, snapshots)
+    response.call_on_close(lambda: _hand_over(started))
+    return response
 
 
 @bp.get("/turns/<turn>")

@@ -222,3 +222,51 @@ def test_attachments_shares_and_versions_live_in_redis_too(fake, tmp_path, redis
     client.post(f"/c/{cid}/delete")
     keys = {k.decode() for k in redis.Redis.from_url(redis_url).keys("*")}
     assert not [k for k in keys if cid in k or k.startswith("share:")]
+
+
+def test_with_redis_a_turn_lives_while_its_liveness_key_does_whatever_the_hosts_clocks_say(redis_url):
+    """Liveness on Redis is a key its runner renews with a TTL: a turn begun on a host whose clock is
+    a minute behind (its beat looks old) is not settled as dead while its key lives; a turn whose
+    runner died (its key expired) is settled as interrupted at once, even if its host's clock is
+    ahead (its beat looks fresh)."""
+    from webapp import turns
+
+    client = redis_client(redis_url, 16)
+    store = Store(RedisBackend(client), 3600)
+    cid = "alive-" + str(time.time())
+    turn, _, _, _ = turns.begin(store, cid, "question")
+    assert 0 < client.ttl("alive:" + turn) <= turns.settle.STALE
+    with store.update_pending(cid) as pending:
+        pending["beat"] -= 120  # a host whose clock is two minutes behind Redis's readers
+    assert turns.current(store, cid)["pending"]["turn"] == turn  # still running: its key lives
+    with store.update_pending(cid) as pending:
+        pending.update(beat=time.time() + 120, item_id="msg_p", partial="half a")  # a clock ahead
+    client.delete("alive:" + turn)  # its runner stopped renewing: the key expired
+    conv = turns.current(store, cid)
+    assert conv["pending"] is None
+    assert conversation.messages(conv)[-1]["text"] == "half a"
+    assert conversation.messages(conv)[-1]["note"] == turns.settle.INTERRUPTED
+
+
+def test_with_redis_a_running_turns_progress_saves_renew_its_liveness_key(redis_url, fake):
+    from webapp import turns
+    from webapp.openrouter import Client
+    from webapp.turns import runner
+    from tests.fake_openrouter import reply
+
+    client = redis_client(redis_url, 16)
+    store = Store(RedisBackend(client), 3600)
+    cid = "renewed-" + str(time.time())
+    gate = threading.Event()
+    fake.queue(reply("one two", chunks=["one ", "two"], gate=gate))
+    turn, items, _, _ = turns.begin(store, cid, "question")
+    client.expire("alive:" + turn, 2)  # about to lapse
+    running = turns.start(store, Client(fake.api_key, fake.base_url, "openai/o4-mini", 100), cid, turn, items)
+    deadline = time.monotonic() + 5
+    while client.ttl("alive:" + turn) <= 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert client.ttl("alive:" + turn) > 2  # renewed by a progress save
+    assert runner.flush(running) == "running"
+    gate.set()
+    assert running.wait(5)
+    assert conversation.messages(store.load(cid))[-1]["text"] == "one two"

@@ -298,7 +298,7 @@ class Store:
     turn settles, and the turn under way (`turn:<id>`), small and written as often as progress is
     saved. So a streaming reply's progress costs the same with 2 turns of history as with 200."""
 
-    prefix, pending_prefix = "conv:", "turn:"
+    prefix, pending_prefix, alive_prefix = "conv:", "turn:", "alive:"
     file_prefix = "file:"  # an attachment's bytes: file:<conversation id>:<sha256>
     share_prefix = "share:"  # a read-only snapshot of a conversation: share:<token>
     branch_prefix = "branch:"  # a version of a conversation not on screen: branch:<cid>:<ref>
@@ -370,6 +370,26 @@ class Store:
     def load_pending(self, cid):
         """Only the turn under way (small), without the history."""
         return self.backend.get(self.pending_prefix + cid)
+
+    # A running turn's liveness, with Redis: a key its runner renews with every progress save or
+    # heartbeat, expiring `ttl` seconds after the last (settle.STALE). Its absence is the turn's
+    # death, judged by Redis's clock alone (the `beat` in the marker is its host's clock, which
+    # another host may not share). The file store has one host: its markers' beats do.
+
+    @property
+    def keeps_liveness(self):
+        return isinstance(self.backend, RedisBackend)
+
+    def keep_alive(self, turn, ttl):
+        """Renew `turn`'s liveness key (with Redis; nothing with files)."""
+        if self.keeps_liveness:
+            self.backend.set_blob(self.alive_prefix + turn, b"1", int(ttl))
+
+    def alive(self, turn):
+        """With Redis, whether `turn`'s runner renewed its key within its lifetime; None with files."""
+        if not self.keeps_liveness:
+            return None
+        return self.backend.get_blob(self.alive_prefix + turn) is not None
 
     def signal_stop(self):
         self.backend.set(self.stop_key, secrets.token_hex(8), self.ttl)

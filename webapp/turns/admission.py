@@ -11,7 +11,7 @@ from typing import NamedTuple
 
 from .. import attachments, conversation
 from . import relay
-from .settle import recover_stale
+from .settle import STALE, recover_stale
 
 
 class Busy(Exception):
@@ -75,7 +75,7 @@ def begin(store, cid, text, wait=0.0, replace=None, waiter=None, settings=None,
         too_long = False
         with store.update(cid) as conv:
             now = time.time()
-            recover_stale(conv, now)
+            recover_stale(store, conv, now)
             pending = conv["pending"]
             if not pending:
                 at = conversation.replaced_at(conv, replace) if replace else None
@@ -106,6 +106,9 @@ def begin(store, cid, text, wait=0.0, replace=None, waiter=None, settings=None,
                                        "model": request.get("model")}
                     if files:
                         conv["pending"]["files"] = files
+                    if store.keeps_liveness:  # Redis: alive while its key is renewed
+                        store.keep_alive(turn, STALE)
+                        conv["pending"]["alive_key"] = True
                     return Begun(turn, [*history, item], text, request)
             elif waiter is None:
                 raise Busy(pending["turn"])

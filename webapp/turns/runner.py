@@ -194,6 +194,8 @@ def flush(running):
                 pending.update(partial=text, item_id=running.state.item_id, event_id=event_id)
             pending["beat"] = time.time()
             result = "stop" if pending.get("stop") else "running"
+    if result == "running" and pending.get("alive_key"):
+        running.store.keep_alive(running.turn, settle.STALE)  # Redis: alive for STALE more seconds
     return result
 
 

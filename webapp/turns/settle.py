@@ -50,15 +50,20 @@ def add_reply(conv, pending, item_id, status, text, html=None, annotations=None,
     conv["last_turn"] = pending["turn"]  # a page that still shows it writing can pick up the ending
 
 
-def is_stale(pending, now):
-    # Every running turn's worker saves a heartbeat every HEARTBEAT seconds, even while the model is
-    # silent, so a worker's death shows after STALE seconds, not after the read timeout.
+def is_stale(store, pending, now):
+    """Whether a running turn lost its worker. Every running turn's worker renews its liveness every
+    HEARTBEAT seconds, even while the model is silent, so a worker's death shows after STALE
+    seconds, not after the read timeout: with Redis, its liveness key has expired (Redis's clock,
+    whatever the hosts' say); with files, its marker's beat is that old (one host, one clock)."""
+    alive = store.alive(pending["turn"]) if pending.get("alive_key") else None
+    if alive is not None:
+        return not alive
     return now - pending["beat"] > STALE
 
 
-def recover_stale(conv, now):
+def recover_stale(store, conv, now):
     pending = conv.get("pending")
-    if pending and is_stale(pending, now):
+    if pending and is_stale(store, pending, now):
         if conv.get("rev", 0) != pending.get("rev"):
             conv["pending"] = None  # its reply was stored; only clearing the marker was lost
             return
@@ -68,9 +73,9 @@ def recover_stale(conv, now):
 def current(store, cid):
     """The conversation to show; a dead pending turn is settled first so the page never hangs."""
     conv = store.load(cid)
-    if conv.get("pending") and is_stale(conv["pending"], time.time()):
+    if conv.get("pending") and is_stale(store, conv["pending"], time.time()):
         with store.update(cid) as conv:
-            recover_stale(conv, time.time())
+            recover_stale(store, conv, time.time())
     return conv
 
 

@@ -275,7 +275,7 @@ def _still_running(store, cid, turn):
     """The turn's pending marker, or None once it has ended (a turn whose worker died is settled
     here, its text kept)."""
     pending = store.load_pending(cid)
-    if pending and pending["turn"] == turn and turns.is_stale(pending, time.time()):
+    if pending and pending["turn"] == turn and turns.is_stale(store, pending, time.time()):
         turns.current(store, cid)
         pending = store.load_pending(cid)
     return pending if pending and pending["turn"] == turn else None

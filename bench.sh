@@ -4,6 +4,8 @@
 #   ./bench.sh            the full run (about 5 minutes on 2 cores): docs/bench/
 #   ./bench.sh --quick    a smoke run (1-2 minutes): build/bench/ (git-ignored), docs/ left alone
 #   ./bench.sh --profile  cProfile of a turn, store traffic, py-spy during a burst: docs/bench/profiles.md
+#   ./bench.sh --hosts    two hosts on one Redis: a reply followed from the other host, and Stop
+#                         pressed there (about a minute): docs/bench/hosts.md
 #   ./bench.sh --peer     Gradio's ChatInterface on the same fake upstream, side by side (its own venv
 #                         in build/peer-venv): docs/bench/peer.md
 set -euo pipefail
@@ -16,6 +18,7 @@ fi
 .venv/bin/pip install -q --disable-pip-version-check -r requirements-dev.txt -r bench/requirements.txt
 case "${1:-}" in
   --profile) shift; exec .venv/bin/python -m bench.profile "$@" ;;
+  --hosts) shift; exec .venv/bin/python -m bench.hosts "$@" ;;
   --peer)
     shift
     [ -x build/peer-venv/bin/python ] || "$PY" -m venv build/peer-venv

@@ -31,8 +31,7 @@ class Browser:
         self.store, self.session, self.rotate = store, session, rotate
 
     def id(self, create=False):
-        """This browser's id in the store. Made at its first send, when the session id is issued anew:
-        an id planted in the browser beforehand (fixation, cookie tossing) never holds its messages."""
+        """This browser's id in the store, or None before its first send (`claim()` makes it)."""
         session = self.session
         bid = session.get("browser")
         if bid is None and session.get("cid"):
@@ -47,6 +46,12 @@ class Browser:
             session["day"] = sessions.today()  # as the day's keep-alive would on the next page
             self.rotate()
         return bid
+
+    def claim(self):
+        """This browser's id, made now if it has none: at its first send, and then its session id is
+        issued anew (rotated), so an id planted in the browser beforehand (fixation, cookie tossing)
+        never holds its messages."""
+        return self.id(create=True)
 
     def listed(self):
         """This browser's conversations, newest activity first."""
@@ -77,7 +82,7 @@ class Browser:
 
     def touch(self, cid, title=None):
         """Move `cid` to the top of this browser's list (it is being written in), adding it if new."""
-        bid = self.id(create=True)
+        bid = self.claim()
         with self.store.update_conversations(bid) as entries:
             entry = next((e for e in entries if e["id"] == cid), None)
             if entries and entries[0] is entry:

@@ -265,7 +265,7 @@ class Send:
     def begin(self, wait):
         if self.cid:
             turns.refuse_if_queue_full(self.store, self.cid, self.waiter)
-        self.browser.id(create=True)
+        self.browser.claim()
         self.session_mark = self._session_mark()
         owner, config = self.browser.owner(), self.config
         # This send's place among the running turns, reserved now (refused with turns.Full).

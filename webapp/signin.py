@@ -94,7 +94,7 @@ def finish(session, code, client, box, browser):
         raise UpstreamError("signin_refused")
     key = client.exchange_code(code, verifier)
     had_id = browser.id()
-    bid = browser.id(create=True)  # a new browser record gets a new session id at once
+    bid = browser.claim()  # a new browser record gets a new session id at once
     box.put(bid, key)
     if had_id:
         browser.rotate()

@@ -261,7 +261,7 @@ def test_a_planted_anonymous_session_id_is_replaced_at_the_first_send(browser, c
     "session id from the browser's own once it holds conversations; issuing a new id at every send "
     "would break two tabs sending at once. Serve over HTTPS with SESSION_COOKIE_SECURE=true. "
     "Session fixation with an established session: the session id is issued anew at a send only when "
-    "the session has no 'browser' id yet (webapp/ownership.py Browser.id(create=True) calls "
+    "the session has no 'browser' id yet (webapp/ownership.py Browser.claim() calls "
     "sessions.rotate only when bid is None). An id planted with Path=/ from another port of the same "
     "host that already holds the attacker's conversations is therefore kept at the victim's first "
     "send: GET / shows the victim the attacker's latest conversation, what the victim sends lands in "

@@ -6,7 +6,7 @@ import re
 
 from flask import Blueprint, Response, current_app, redirect, render_template, request, url_for
 
-from .. import conversation, exchange, render
+from .. import conversation, render, transfer
 from ..limits import per_session_and_address
 from ..ownership import new_id
 from ..settings import upload_limit
@@ -40,7 +40,7 @@ def export_markdown(cid):
     conv = wiring.current(cid)
     title = title_of(entry, conv)
     prices = _prices()
-    return _download(exchange.to_markdown(conv, title, prices), "text/markdown; charset=utf-8",
+    return _download(transfer.to_markdown(conv, title, prices), "text/markdown; charset=utf-8",
                      _filename(title, "md"))
 
 
@@ -51,7 +51,7 @@ def export_json(cid):
     title = title_of(entry, conv)
     prices = _prices()
     store = wiring.store()
-    body = json.dumps(exchange.to_json(conv, title, prices, read=lambda sha: store.get_file(cid, sha)),
+    body = json.dumps(transfer.to_json(conv, title, prices, read=lambda sha: store.get_file(cid, sha)),
                       ensure_ascii=False, indent=1)
     return _download(body, "application/json", _filename(title, "json"))
 
@@ -67,9 +67,9 @@ def import_conversation():
     config = current_app.config
     try:
         limit = upload_limit(config)
-        conv = exchange.from_bytes(upload.read(limit + 1), limit, max_chars=config["MAX_MESSAGE_CHARS"],
+        conv = transfer.from_bytes(upload.read(limit + 1), limit, max_chars=config["MAX_MESSAGE_CHARS"],
                                    max_file_bytes=config["MAX_ATTACHMENT_BYTES"])
-    except exchange.ImportProblem as problem:
+    except transfer.ImportProblem as problem:
         return render_template("import.html", error=f"That file cannot be imported: {problem}"), 400
     offers = wiring.offers()
     if conv["settings"].get("model") not in offers.offered(offers.models()):
@@ -78,7 +78,7 @@ def import_conversation():
         if item["role"] == "assistant":  # rendered once, now, like every reply that settles here
             meta.update(html=str(render.markdown(conversation.item_text(item))), rv=render.VERSION)
     me = wiring.browser()
-    me.id(create=True)
+    me.claim()
     cid = new_id()
     title = conv.pop("title", None)
     # Cut to leave room for the mark: the list keeps conversation.TITLE_CHARS of it (Browser.touch).

@@ -5,8 +5,8 @@ import re
 
 import pytest
 
-from webapp import conversation, exchange
-from webapp.exchange import ImportProblem
+from webapp import conversation, transfer
+from webapp.transfer import ImportProblem
 
 NOW = 1_790_000_000.0  # 2026-09-21T14:13:20Z
 
@@ -32,7 +32,7 @@ def sample():
 
 
 def exported(**changes):
-    data = exchange.to_json(sample(), "Paris <trip>", now=NOW)
+    data = transfer.to_json(sample(), "Paris <trip>", now=NOW)
     data = json.loads(json.dumps(data))
     data.update(changes)
     return data
@@ -41,7 +41,7 @@ def exported(**changes):
 # ---------------------------------------------------------------- Markdown
 
 def test_markdown_has_title_messages_meta_and_notes():
-    text = exchange.to_markdown(sample(), "Paris <trip>", now=NOW)
+    text = transfer.to_markdown(sample(), "Paris <trip>", now=NOW)
     assert text.startswith("# Paris \\<trip\\>\n")
     assert "*Exported 2026-09-21 14:13 UTC \u00b7 model openai/o4-mini \u00b7 135 in \u00b7 90 out" in text
     assert "## Instructions\n\nAnswer in *French*.\n" in text
@@ -59,7 +59,7 @@ def test_markdown_has_title_messages_meta_and_notes():
 def test_markdown_includes_dropped_turns_and_marks_where_they_end():
     conv = sample()
     conv["dropped"] = 2
-    text = exchange.to_markdown(conv, "t", now=NOW)
+    text = transfer.to_markdown(conv, "t", now=NOW)
     assert "What is the capital of France?" in text
     marker = text.index("no longer sent to the model")
     assert text.index("**Paris**") < marker < text.index("And Spain?")
@@ -69,15 +69,15 @@ def test_markdown_title_fallbacks_and_minimal_conversation():
     conv = conversation.new()
     conversation.add_turn(conv, "hello\nthere", "msg_1", "completed", "hi")
     conv["meta"] = [{}, {}]
-    text = exchange.to_markdown(conv, None, now=NOW)
+    text = transfer.to_markdown(conv, None, now=NOW)
     assert text.startswith("# hello there\n")
     assert "## Instructions" not in text
     assert "## You\n\nhello\nthere\n\n## Assistant\n\nhi\n" in text
-    assert exchange.to_markdown(conversation.new(), None, now=NOW).startswith("# Conversation\n")
+    assert transfer.to_markdown(conversation.new(), None, now=NOW).startswith("# Conversation\n")
 
 
 def test_markdown_estimates_with_prices():
-    text = exchange.to_markdown(sample(), "t", {"openai/o4-mini": (1e-6, 1e-6)}, now=NOW)
+    text = transfer.to_markdown(sample(), "t", {"openai/o4-mini": (1e-6, 1e-6)}, now=NOW)
     assert "*120 in \u00b7 5 out \u00b7 \u2248 $0.00013 (estimate)*" in text
 
 
@@ -85,7 +85,7 @@ def test_markdown_estimates_with_prices():
 
 def test_json_export_shape():
     conv = sample()
-    data = exchange.to_json(conv, "Paris <trip>", now=NOW)
+    data = transfer.to_json(conv, "Paris <trip>", now=NOW)
     assert data["format"] == "chat-conversation" and data["version"] == 1
     assert data["title"] == "Paris <trip>"
     assert data["model"] == "openai/o4-mini" and data["instructions"] == "Answer in *French*."
@@ -106,7 +106,7 @@ def test_json_export_shape():
 def test_json_export_of_a_conversation_without_settings():
     conv = conversation.new()
     conversation.add_turn(conv, "q", "msg_1", "completed", "a")
-    data = exchange.to_json(conv, None)
+    data = transfer.to_json(conv, None)
     assert data["title"] is None and data["model"] is None
     assert data["settings"] == {"max_output_tokens": None, "temperature": None, "effort": None}
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", data["exported_at"])
@@ -116,7 +116,7 @@ def test_json_export_of_a_conversation_without_settings():
 
 def test_round_trip_gives_back_items_settings_and_title():
     conv = sample()
-    back = exchange.from_json(json.loads(json.dumps(exchange.to_json(conv, "Paris <trip>"))))
+    back = transfer.from_json(json.loads(json.dumps(transfer.to_json(conv, "Paris <trip>"))))
     assert back["items"] == conv["items"]
     assert back["settings"] == conv["settings"]
     assert back["title"] == "Paris <trip>"
@@ -131,8 +131,8 @@ def test_round_trip_gives_back_items_settings_and_title():
 
 
 def test_round_trip_through_bytes_and_the_conversation_continues():
-    raw = json.dumps(exchange.to_json(sample(), "t")).encode()
-    back = exchange.from_bytes(raw, max_bytes=len(raw))
+    raw = json.dumps(transfer.to_json(sample(), "t")).encode()
+    back = transfer.from_bytes(raw, max_bytes=len(raw))
     assert conversation.last_reply_id(back) == "msg_b"
     items = conversation.input_items(back, "And Italy?")
     assert [i["role"] for i in items] == ["user", "assistant"] * 2 + ["user"]
@@ -142,7 +142,7 @@ def test_round_trip_through_bytes_and_the_conversation_continues():
 
 def test_import_shares_nothing_with_the_file():
     data = exported()
-    back = exchange.from_json(data)
+    back = transfer.from_json(data)
     data["items"][0]["content"][0]["text"] = "changed"
     data["meta"][1]["usage"]["input_tokens"] = 999
     assert back["items"][0]["content"][0]["text"].startswith("What is")
@@ -150,26 +150,26 @@ def test_import_shares_nothing_with_the_file():
 
 
 def test_html_and_script_are_just_text():
-    back = exchange.from_json(exported())
+    back = transfer.from_json(exported())
     assert "<script>alert(1)</script>" in back["items"][0]["content"][0]["text"]
 
 
 def test_minimal_hand_written_file():
-    back = exchange.from_json({"items": [
+    back = transfer.from_json({"items": [
         {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "hi"}]},
         {"type": "message", "role": "assistant", "id": "x", "status": "completed",
          "content": [{"type": "output_text", "text": "", "annotations": []}]}]})
     assert back["title"] is None and back["meta"] == [{}, {}]
-    assert back["settings"] == dict.fromkeys(exchange.SETTINGS_KEYS)
+    assert back["settings"] == dict.fromkeys(transfer.SETTINGS_KEYS)
 
 
 def test_top_level_model_and_instructions_win_over_settings():
-    back = exchange.from_json(exported(model="a/b", instructions="top",
+    back = transfer.from_json(exported(model="a/b", instructions="top",
                                        settings={"model": "c/d", "instructions": "inner",
                                                  "effort": "high"}))
     assert back["settings"]["model"] == "a/b" and back["settings"]["instructions"] == "top"
     assert back["settings"]["effort"] == "high"
-    back = exchange.from_json(exported(model=None, instructions=None, settings={"model": "c/d"}))
+    back = transfer.from_json(exported(model=None, instructions=None, settings={"model": "c/d"}))
     assert back["settings"]["model"] == "c/d" and back["settings"]["instructions"] is None
 
 
@@ -178,16 +178,16 @@ def test_invalid_meta_falls_back_to_defaults():
                                                 "usage": {"input_tokens": -1, "cost": "free"},
                                                 "note": 5}] * 4,
                  [{"at": 1e300, "usage": {"output_tokens_details": {"reasoning_tokens": True}}}] * 4):
-        back = exchange.from_json(exported(meta=meta))
+        back = transfer.from_json(exported(meta=meta))
         assert back["meta"] == [{}, {}, {}, {}]
-    back = exchange.from_json(exported(meta=[{}]))  # shorter than the items
+    back = transfer.from_json(exported(meta=[{}]))  # shorter than the items
     assert len(back["meta"]) == 4
 
 
 def test_title_is_trimmed_and_blank_is_none():
-    assert exchange.from_json(exported(title="  Trip  "))["title"] == "Trip"
-    assert exchange.from_json(exported(title="   "))["title"] is None
-    assert exchange.from_json(exported(title="\U0001f468\u200d\U0001f469 family"))["title"]
+    assert transfer.from_json(exported(title="  Trip  "))["title"] == "Trip"
+    assert transfer.from_json(exported(title="   "))["title"] is None
+    assert transfer.from_json(exported(title="\U0001f468\u200d\U0001f469 family"))["title"]
 
 
 
@@ -195,20 +195,20 @@ BIDI = "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f\u061c
 
 
 def test_bidi_controls_are_stripped_from_an_imported_title():
-    assert exchange.from_json(exported(title="\u202eabc.exe\u202c \u2066txt\u2069"))["title"] == "abc.exe txt"
-    assert exchange.from_json(exported(title=f"a{BIDI}b"))["title"] == "ab"
-    assert exchange.from_json(exported(title=BIDI))["title"] is None
-    assert exchange.from_json(exported(title=f" {BIDI} "))["title"] is None
+    assert transfer.from_json(exported(title="\u202eabc.exe\u202c \u2066txt\u2069"))["title"] == "abc.exe txt"
+    assert transfer.from_json(exported(title=f"a{BIDI}b"))["title"] == "ab"
+    assert transfer.from_json(exported(title=BIDI))["title"] is None
+    assert transfer.from_json(exported(title=f" {BIDI} "))["title"] is None
 
 
 def test_absurd_usage_numbers_in_an_import_are_left_out():
     meta = [{}, {"usage": {"input_tokens": 10**20, "output_tokens": 7, "total_tokens": 1e300,
                            "output_tokens_details": {"reasoning_tokens": 10**13}, "cost": 1e26}},
             {}, {"usage": {"input_tokens": 10**12, "cost": 1e9}}]
-    back = exchange.from_json(json.loads(json.dumps(exported(meta=meta))))
+    back = transfer.from_json(json.loads(json.dumps(exported(meta=meta))))
     assert back["meta"][1]["usage"] == {"output_tokens": 7}
     assert back["meta"][3]["usage"] == {"input_tokens": 10**12, "cost": 1e9}  # the bounds are kept
-    back = exchange.from_json(exported(meta=[{}, {"usage": {"cost": 10**400}}]))
+    back = transfer.from_json(exported(meta=[{}, {"usage": {"cost": 10**400}}]))
     assert "usage" not in back["meta"][1]
 
 
@@ -216,9 +216,9 @@ def test_export_of_absurd_stored_usage_never_raises():
     conv = sample()
     conv["meta"][1]["usage"] = {"input_tokens": 10**400, "output_tokens": 1e308, "cost": 1e26}
     conv["meta"][3]["usage"] = {"cost": float("1e308")}
-    text = exchange.to_markdown(conv, "t", {"openai/o4-mini": (1e300, 1e300)}, now=NOW)
+    text = transfer.to_markdown(conv, "t", {"openai/o4-mini": (1e300, 1e300)}, now=NOW)
     assert "cost unknown" in text and "e+" not in text
-    data = exchange.to_json(conv, "t", now=NOW)
+    data = transfer.to_json(conv, "t", now=NOW)
     assert data["meta"][1]["usage"] is None and data["usage"]["text"] == "0 in \u00b7 0 out \u00b7 cost unknown"
 
 
@@ -338,7 +338,7 @@ def test_hostile_files_are_refused_with_a_reason(name, change, data):
     if data is None:
         data = edit(change)
     with pytest.raises(ImportProblem) as problem:
-        exchange.from_json(data)
+        transfer.from_json(data)
     message = str(problem.value)
     assert message and message[0].isupper() and message.endswith(".")
     assert len(message) < 300
@@ -346,44 +346,44 @@ def test_hostile_files_are_refused_with_a_reason(name, change, data):
 
 def test_problem_names_the_message():
     with pytest.raises(ImportProblem, match="Message 2 .*field.*'metadata'"):
-        exchange.from_json(edit(lambda d: item(d, 1).update(metadata={})))
+        transfer.from_json(edit(lambda d: item(d, 1).update(metadata={})))
     with pytest.raises(ImportProblem, match="Message 1, part 1 is too long"):
-        exchange.from_json(edit(lambda d: item(d, 0)["content"][0].update(text="x" * 200_000)))
+        transfer.from_json(edit(lambda d: item(d, 0)["content"][0].update(text="x" * 200_000)))
 
 
 def test_limits_are_parameters():
     data = exported()
     with pytest.raises(ImportProblem, match="too many messages"):
-        exchange.from_json(data, max_items=2)
+        transfer.from_json(data, max_items=2)
     with pytest.raises(ImportProblem, match="too long"):
-        exchange.from_json(data, max_chars=10)
+        transfer.from_json(data, max_chars=10)
     with pytest.raises(ImportProblem, match="conversation is too long"):
-        exchange.from_json(data, max_total_chars=60)
-    assert exchange.from_json(data, max_items=4)["items"] == data["items"]
+        transfer.from_json(data, max_total_chars=60)
+    assert transfer.from_json(data, max_items=4)["items"] == data["items"]
 
 
 def test_total_size_limit():
     data = edit(lambda d: d.update(items=d["items"] * 30))
-    assert len(exchange.from_json(data)["items"]) == 120
+    assert len(transfer.from_json(data)["items"]) == 120
     with pytest.raises(ImportProblem, match="conversation is too long"):
-        exchange.from_json(data, max_total_chars=1000)
+        transfer.from_json(data, max_total_chars=1000)
 
 
 def test_unknown_top_level_fields_are_ignored_and_nulls_are_defaults():
-    back = exchange.from_json(exported(extra={"deep": [[[]]]}, settings=None, title=None,
+    back = transfer.from_json(exported(extra={"deep": [[[]]]}, settings=None, title=None,
                                        exported_at=5, usage="junk"))
     assert back["settings"]["model"] == "openai/o4-mini"
     assert back["settings"]["effort"] is None and back["title"] is None
 
 
 def test_settings_accept_nulls_and_boundaries():
-    back = exchange.from_json(exported(settings={"temperature": 0, "max_output_tokens": 1,
+    back = transfer.from_json(exported(settings={"temperature": 0, "max_output_tokens": 1,
                                                  "effort": None}))
     assert back["settings"]["temperature"] == 0 and back["settings"]["max_output_tokens"] == 1
-    back = exchange.from_json(exported(settings={"temperature": 2}))
+    back = transfer.from_json(exported(settings={"temperature": 2}))
     assert back["settings"]["temperature"] == 2
-    for effort in exchange.EFFORTS:
-        assert exchange.from_json(exported(settings={"effort": effort}))["settings"]["effort"] == effort
+    for effort in transfer.EFFORTS:
+        assert transfer.from_json(exported(settings={"effort": effort}))["settings"]["effort"] == effort
 
 
 # ---------------------------------------------------------------- bytes
@@ -402,29 +402,29 @@ def test_settings_accept_nulls_and_boundaries():
 ])
 def test_bad_bytes_are_refused(raw, reason):
     with pytest.raises(ImportProblem, match=reason):
-        exchange.from_bytes(raw, max_bytes=10**6)
+        transfer.from_bytes(raw, max_bytes=10**6)
 
 
 def test_too_large_is_refused_before_parsing():
     with pytest.raises(ImportProblem, match="too large"):
-        exchange.from_bytes(b"{" * 2000, max_bytes=1000)
+        transfer.from_bytes(b"{" * 2000, max_bytes=1000)
 
 
 def test_not_bytes_is_refused():
     with pytest.raises(ImportProblem):
-        exchange.parse_bytes("{}", 100)
+        transfer.parse_bytes("{}", 100)
 
 
 def test_bom_and_bytearray_are_fine():
     raw = json.dumps(exported()).encode()
-    assert exchange.from_bytes(b"\xef\xbb\xbf" + raw, 10**6)["title"] == "Paris <trip>"
-    assert exchange.from_bytes(bytearray(raw), 10**6)["items"] == exported()["items"]
+    assert transfer.from_bytes(b"\xef\xbb\xbf" + raw, 10**6)["title"] == "Paris <trip>"
+    assert transfer.from_bytes(bytearray(raw), 10**6)["items"] == exported()["items"]
 
 
 def test_from_bytes_passes_limits():
     raw = json.dumps(exported()).encode()
     with pytest.raises(ImportProblem, match="too many messages"):
-        exchange.from_bytes(raw, 10**6, max_items=2)
+        transfer.from_bytes(raw, 10**6, max_items=2)
 
 
 # ---------------------------------------------------------------- fuzzing (seeded, no extra dependency)
@@ -486,8 +486,8 @@ def check_imported(conv):
     for n, found in enumerate(items):
         role = "user" if n % 2 == 0 else "assistant"
         assert found["role"] == role and found["type"] == "message"
-        assert set(found) == exchange.ITEM_KEYS[role]
-    assert set(conv["settings"]) == set(exchange.SETTINGS_KEYS)
+        assert set(found) == transfer.ITEM_KEYS[role]
+    assert set(conv["settings"]) == set(transfer.SETTINGS_KEYS)
 
 
 def test_fuzz_random_json_never_raises_anything_but_import_problem():
@@ -497,7 +497,7 @@ def test_fuzz_random_json_never_raises_anything_but_import_problem():
         if rng.random() < 0.5:
             data = {"items": data} if rng.random() < 0.5 else {"items": [data, data]}
         try:
-            check_imported(exchange.from_json(data))
+            check_imported(transfer.from_json(data))
         except ImportProblem:
             pass
 
@@ -511,7 +511,7 @@ def test_fuzz_mutated_exports_never_raise_anything_but_import_problem():
         for _ in range(rng.randrange(1, 4)):
             data = mutate(rng, data)
         try:
-            check_imported(exchange.from_json(data))
+            check_imported(transfer.from_json(data))
             accepted += 1
         except ImportProblem:
             pass
@@ -527,6 +527,6 @@ def test_fuzz_random_bytes_never_raise_anything_but_import_problem():
             spot = rng.randrange(len(raw))
             raw[spot] = rng.randrange(256)
         try:
-            check_imported(exchange.from_bytes(bytes(raw), 10**6))
+            check_imported(transfer.from_bytes(bytes(raw), 10**6))
         except ImportProblem:
             pass

@@ -297,10 +297,11 @@ class Send:
             raise
 
     def _try(self, wait, first=False):
-        if not first and turns.waiter_cancelled(self.store, self.waiter):
-            raise Cancelled()  # stopped while it waited (its waiter id is not given out before)
-        if not any(e["id"] == self.cid for e in self.browser.listed()):
-            raise Deleted()  # deleted meanwhile (another tab): never bring it back unlisted
+        if not first:  # it waited for the reply before it: was it stopped or deleted meanwhile?
+            if turns.waiter_cancelled(self.store, self.waiter):
+                raise Cancelled()  # stopped while it waited (its waiter id is not given out before)
+            if not any(e["id"] == self.cid for e in self.browser.listed()):
+                raise Deleted()  # deleted meanwhile (another tab): never bring it back unlisted
         return turns.begin(self.store, self.cid, self.text, wait, self.replace, self.waiter,
                            self.settings, self.plan, self.kept or None)
 

@@ -126,3 +126,54 @@ def test_a_turn_begun_here_whose_request_never_read_it_is_read_by_a_thread(tmp_p
     assert running.wait(5)
     assert conversation.messages(store.load("c"))[-1]["text"] == "Reply 1: hello"
     assert store.load("c")["pending"] is None
+
+
+def test_the_request_reading_a_turn_still_sends_keep_alives_and_renderings_while_the_model_pauses(
+        client, fake, monkeypatch):
+    """The reply is read by the request that streams it, so while the model is silent (without even
+    keep-alive comments of its own) that request is waiting on the upstream: it stops waiting to send
+    a keep-alive when one is due, and a rendering of the words so far, then reads on, nothing lost."""
+    import threading
+
+    from tests.fake_openrouter import reply
+    from tests.sse import sse_events
+    from webapp.views import streaming
+
+    monkeypatch.setattr(streaming, "KEEPALIVE", 0.2)
+    gate = threading.Event()
+    threading.Timer(1.2, gate.set).start()
+    fake.queue(reply("**bold** start, then the rest", chunks=["**bold** start", ", then the rest"],
+                     gate=gate, delay=0.7, reasoning=False))
+    body = client.post("/c/new/turns", data={"message": "slow"}).get_data(as_text=True)
+    before_words = body.split("event: delta")[0]
+    assert before_words.count(": keep-alive") >= 2  # the silent 0.7 s before the first word
+    found = sse_events(body)
+    kinds = [kind for kind, _ in found]
+    # The held-back rest comes after a rendering of the first words (sent during the pause).
+    first_html = kinds.index("html")
+    assert first_html < max(i for i, kind in enumerate(kinds) if kind == "delta")
+    assert "<strong>bold</strong>" in found[first_html][1]
+    assert "".join(data for kind, data in found if kind == "delta") == "**bold** start, then the rest"
+    assert found[-1][0] == "done"
+
+
+def test_a_streamed_reply_read_with_pauses_for_other_work_loses_nothing(fake):
+    """`Client.stream(idle=…)`: while nothing arrives for that long, ("idle", None) comes and the
+    reading goes on; every delta still comes, in order, whole."""
+    import threading
+
+    from tests.fake_openrouter import reply
+    from webapp.openrouter import Client, StreamState
+
+    client = Client(fake.api_key, fake.base_url, "openai/o4-mini", 100)
+    words = [f"w{i} " for i in range(30)]
+    gate = threading.Event()
+    threading.Timer(0.5, gate.set).start()
+    fake.queue(reply("".join(words), chunks=words, gate=gate))
+    got = list(client.stream([{"type": "message", "role": "user",
+                                "content": [{"type": "input_text", "text": "x"}]}],
+                              StreamState(), idle=lambda: 0.05))
+    kinds = [kind for kind, _ in got]
+    assert kinds.count("idle") >= 3  # about ten 0.05 s waits in the half second held
+    assert [value for kind, value in got if kind == "delta"] == words
+    assert kinds[-1] == "done" and got[-1][1].text == "".join(words)

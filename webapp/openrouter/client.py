@@ -9,7 +9,7 @@ import urllib3
 
 from .connection import StreamState, _current, _HTTPPool, _HTTPSPool
 from .errors import UpstreamError, error_detail, error_for_status, parse_retry_after, register_secret
-from .parsing import Reply, _Summary, _summary_texts, reply_from_response, sse_data
+from .parsing import IDLE, Reply, _Summary, _summary_texts, reply_from_response, sse_data
 
 MODELS_READ_TIMEOUT = 10.0  # seconds for GET /models: a page waits on it, so never the turn's long read
 SIGNIN_READ_TIMEOUT = 30.0  # seconds for POST /auth/keys: the person waits on the callback page
@@ -224,12 +224,14 @@ class Client:
             state.detach()
         return reply_from_response(body)
 
-    def stream(self, items, state, **options):
+    def stream(self, items, state, idle=None, **options):
         """Send the history with `stream: true` and yield `(kind, value)` events as they arrive:
         ("alive", None) for keep-alives and other progress, ("delta", text), ("reasoning", text) for
         the reasoning summary as it streams (never part of the reply's text; its pieces add up to the
         start of `Reply.reasoning`, blank lines between parts included), and last ("done", Reply).
-        `options`: as for `respond`.
+        `options`: as for `respond`. `idle()`, when given, says how many seconds the caller would wait
+        for the next event (None: as long as it takes); after that long without one, ("idle", None)
+        is yielded and the reading goes on.
 
         `state` collects the item id and text so far, so a caller that sees an `UpstreamError` (or
         stops early: closing this generator closes the upstream connection) still has them."""
@@ -244,7 +246,12 @@ class Client:
                 # Some failures arrive as a plain JSON body even when a stream was asked for.
                 yield "done", reply_from_response(response.json())
                 return
-            for data in sse_data(response.raw):
+            quiet = None if idle is None else (
+                lambda: (wait := idle()) is not None and state.quiet(response.raw, wait))
+            for data in sse_data(response.raw, quiet):
+                if data is IDLE:
+                    yield "idle", None
+                    continue
                 if data is None:
                     yield "alive", None
                     continue

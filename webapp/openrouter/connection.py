@@ -1,7 +1,9 @@
 """Cancellable connections: each request's socket is handed to its turn's `StreamState` the moment it
 exists, so Stop can cut a request in any phase (connecting, waiting for headers, thinking, streaming)."""
 
+import select
 import socket
+import ssl
 import threading
 from dataclasses import dataclass, field
 
@@ -26,6 +28,31 @@ class StreamState:
                 raise ConnectionAbortedError("the turn was stopped")
             self._conn = conn
             conn.chat_owner = self
+
+    def quiet(self, raw, timeout):
+        """Whether nothing more of this reply arrives within `timeout` seconds: nothing is waiting
+        on the way (in http.client's buffer, in TLS) and the socket stays unreadable. Lets whoever
+        reads the reply do something else while the model pauses (a rendering, a keep-alive) and
+        then read on, nothing lost: this only looks, it never takes bytes off the stream. In any
+        doubt, False: the caller just reads (and waits there)."""
+        try:
+            sock = self._conn.sock
+            if isinstance(sock, ssl.SSLSocket) and sock.pending():
+                return False
+            reader = raw._fp.fp  # http.client's buffered reader over the socket
+            saved = sock.gettimeout()
+            sock.settimeout(0)  # so a peek with nothing buffered asks the socket once, without waiting
+            try:
+                # (The line break that ends the chunk just read stays buffered: not more of the reply.)
+                if reader.peek(3).strip(b"\r\n"):
+                    return False
+            except (BlockingIOError, ssl.SSLWantReadError):
+                pass  # nothing has arrived
+            finally:
+                sock.settimeout(saved)
+            return not select.select([sock], [], [], timeout)[0]
+        except Exception:
+            return False
 
     def detach(self):
         with self._lock:

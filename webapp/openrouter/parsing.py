@@ -23,13 +23,21 @@ class Reply:
     annotations: list = field(default_factory=list)
 
 
-def sse_data(raw):
+IDLE = "idle"  # what `sse_data` yields when the stream stayed quiet as long as its caller asked
+
+
+def sse_data(raw, quiet=None):
     """Yield each SSE event's `data` (a str) from a urllib3 response, or None for a comment line.
+    `quiet()`, when given, is asked before each read: True (nothing arrived for as long as the
+    caller wanted to wait) yields IDLE, and the reading goes on after it.
 
     `read1` returns whatever bytes have arrived, so no event waits for a buffer to fill (requests'
     `iter_lines` reads 512-byte blocks and holds small events back when the body is not chunked)."""
     buf, data = b"", []
     while True:
+        if quiet is not None and quiet():
+            yield IDLE
+            continue
         chunk = raw.read1(65536)
         if not chunk:
             return

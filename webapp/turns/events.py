@@ -12,6 +12,7 @@ RESUMED = "resumed"  # a follower's stream begins: {"after": the id it goes on a
 HTML = "html"  # the server's sanitised rendering of the reply so far (the stream adds it)
 DONE = "done"  # the reply ended (stored, stopped or cut): final
 ERROR = "error"  # the turn failed: final
+IDLE = "idle"  # the upstream stayed quiet as long as the turn's reader asked (never published)
 TICK = "tick"  # a follower's wait ran out with nothing new (a rendering or a keep-alive may be due)
 
 FINAL = (DONE, ERROR)

@@ -11,7 +11,7 @@ import time
 from .. import attachments, conversation, render
 from ..openrouter import StreamState, UpstreamError
 from . import admission, settle
-from .events import DONE, ERROR
+from .events import DONE, ERROR, IDLE, TICK as QUIET
 from . import relay as relays
 
 log = logging.getLogger(__name__)
@@ -83,7 +83,7 @@ class Turn:
             self.stop()
 
 
-def _events(store, client, running, items, stream, request):
+def _events(store, client, running, items, stream, request, idle=None):
     """The turn's upstream events; its attachments' bytes are read from the store here, in the
     turn's own thread (never in a page view)."""
     try:
@@ -91,7 +91,8 @@ def _events(store, client, running, items, stream, request):
     except attachments.Missing as missing:
         raise UpstreamError("missing_file", detail=str(missing)) from None
     state = running.state
-    yield from client.stream(items, state, **request) if stream else _whole(client, items, state, request)
+    yield from (client.stream(items, state, idle=idle, **request) if stream
+                else _whole(client, items, state, request))
 
 
 def _whole(client, items, state, request):
@@ -100,15 +101,16 @@ def _whole(client, items, state, request):
     yield DONE, reply
 
 
-def reading(store, client, running, items, stream=True, request=None):
+def reading(store, client, running, items, stream=True, request=None, idle=None):
     """Read the reply of the begun turn `running` and settle it, one upstream event at a time: each
     is published on its relay ("delta", text), ("alive", None) …, then yielded (so whoever drives
     this reads the reply: a thread of its own, or the request that began it, `Reader`); at the end
     the final ("done", {...}) or ("error", {...}) is published and kept as `running.outcome`.
-    `request`: the turn's request options."""
+    `request`: the turn's request options. `idle()`: how long its reader would wait for the next
+    upstream event before doing something else (("idle", None) is then yielded, never published)."""
     cid, turn, state = running.cid, running.turn, running.state
     request = request or {}
-    events = _events(store, client, running, items, stream, request)
+    events = _events(store, client, running, items, stream, request, idle)
     outcome = reply = None
     try:
         for kind, value in events:
@@ -122,7 +124,8 @@ def reading(store, client, running, items, stream=True, request=None):
                 outcome = (DONE, {"text": reply.text, "stored": ok,
                                   "note": conversation.note_text(settle.note_for(reply))})
                 break
-            running.publish(kind, value)
+            if kind != IDLE:
+                running.publish(kind, value)
             yield kind, value
             if running.stop_requested:
                 break
@@ -295,24 +298,33 @@ class Reader:
     (called when the response closes) has a thread of its own read the rest, so closing the tab
     never loses a reply. Everyone else follows the turn on its relay."""
 
-    def __init__(self, running, steps):
-        self.running, self._steps = running, steps
+    def __init__(self, running, wait=None):
+        self.running, self.steps, self._wait = running, None, wait
         self._lock = threading.Lock()
         self._taken = False  # the request's stream reads (or has read) here
         self._handed = False
         self._exhausted = False
 
+    def idle(self):
+        """How long the request reading here would wait for the upstream's next event before it
+        does something else (a rendering due, a keep-alive): `wait()`, while it reads."""
+        return None if self._handed or self._wait is None else self._wait()
+
     def events(self):
-        """(id, kind, data) of the turn's events, each as soon as the upstream sends it, to the end."""
+        """(id, kind, data) of the turn's events, each as soon as the upstream sends it, to the end;
+        (None, "tick", None) whenever the upstream stayed quiet for `idle()` seconds."""
         with self._lock:
             if self._taken or self._handed:  # (not expected: one stream reads) follow it instead
                 yield from self.running.relay.listen()
                 return
             self._taken = True
         relay, seen = self.running.relay, 0
-        for _ in self._steps:
+        for kind, _ in self.steps:
             new, seen = relay.since(seen)
-            yield from new
+            if new:
+                yield from new
+            elif kind == IDLE:
+                yield None, QUIET, None
         self._exhausted = True
         new, seen = relay.since(seen)
         yield from new
@@ -323,7 +335,7 @@ class Reader:
             if self._handed or self._exhausted:
                 return
             self._handed = True
-        _background(self.running, self._steps)
+        _background(self.running, self.steps)
 
 
 def _background(running, steps):
@@ -332,18 +344,21 @@ def _background(running, steps):
     threading.Thread(target=_drain, args=(steps,), name=f"turn-{running.turn}", daemon=False).start()
 
 
-def start(store, client, cid, turn, items, owner=None, limit=None, request=None, slot=None, here=False):
+def start(store, client, cid, turn, items, owner=None, limit=None, request=None, slot=None, here=False,
+          wait=None):
     """Run a begun turn, streamed, and return its `Turn` (its `relay` is what followers listen to).
     In a background thread that outlives the request; or, `here`, read by the request that began
     it while it stays (`Turn.reader`: the caller streams `reader.events()` and must call
-    `reader.hand_over()` when its response closes, however it ends)."""
+    `reader.hand_over()` when its response closes, however it ends). `wait()`: how long that
+    request would wait for the upstream before it has something else to do (a TICK comes then)."""
     model = (request or {}).get("model") or client.model
     running = register(store, cid, turn, True, model, owner, limit, slot)
-    steps = _listed(running, reading(store, client, running, items, True, request))
     if here:
-        running.reader = Reader(running, steps)
+        running.reader = Reader(running, wait)
+        running.reader.steps = _listed(running, reading(store, client, running, items, True, request,
+                                                        idle=running.reader.idle))
     else:
-        _background(running, steps)
+        _background(running, _listed(running, reading(store, client, running, items, True, request)))
     return running
 
 

@@ -130,11 +130,12 @@ def _stream_response(events, cid, snapshots):
     return response
 
 
-def _start(send, begun, started):
+def _start(send, begun, started, snapshots):
     """Run a begun turn, read by this request while its client stays (then by a thread of its own:
-    the response's close hands it over), and return it; `started` lists it for that close."""
+    the response's close hands it over), and return it; `started` lists it for that close. While
+    the model pauses, the reading stops to send a rendering when one is due, or a keep-alive."""
     running = turns.start(wiring.store(), wiring.client(), send.cid, begun.turn, begun.items,
-                          request=begun.request, here=True, **send.options)
+                          request=begun.request, here=True, wait=snapshots.wait, **send.options)
     started.append(running)
     return running
 
@@ -175,7 +176,7 @@ def _start_when_free(send, begun, running, snapshots, started, ahead=None):
     finally:
         if begun is None:
             send.release()
-    running = running or _start(send, begun, started)
+    running = running or _start(send, begun, started, snapshots)
     cid = send.cid
     yield None, STARTED, {"turn": begun.turn, "conversation": cid,
                           "title": conversation.short_title(begun.text),
@@ -207,9 +208,8 @@ def stream(cid=None):
     # Started before the response is returned, and handed to a thread of its own when the response
     # closes however it ends: a client gone before the stream's first byte (or mid-reply) must not
     # leave a pending turn that nobody reads.
-    started = []
-    running = _start(send, begun, started) if begun else None
-    snapshots = _Snapshots()
+    started, snapshots = [], _Snapshots()
+    running = _start(send, begun, started, snapshots) if begun else None
     response = _stream_response(_start_when_free(send, begun, running, snapshots, started, ahead),
                                 send.cid, snapshots)
     response.call_on_close(lambda: _hand_over(started))

@@ -9,35 +9,32 @@
   const box = document.getElementById("message");
   const log = document.querySelector('[data-role="log"]');
   const scroller = document.getElementById("scroller");
-  const needed = [form, box, log, scroller, document.getElementById("jump"), document.getElementById("error"),
-    document.getElementById("notice"), document.getElementById("hint"), document.getElementById("announce"),
-    document.getElementById("editing"), log && log.querySelector(".empty"),
-    form && form.querySelector('input[name="csrf_token"]'), form && form.querySelector('input[name="edit"]'),
-    form && form.querySelector('[data-action="send"], [data-action="stop"]'),
-    form && form.querySelector('[data-action="cancel"]'), form && form.querySelector(".enter-hint")];
-  // Without any of these (another page, an old browser) the page works as it does without script.
-  if (needed.some(function (node) { return !node; }) || !window.fetch || !window.ReadableStream) return;
-
+  const jump = document.getElementById("jump");
   const errorBox = document.getElementById("error");
   const notice = document.getElementById("notice");
   const hint = document.getElementById("hint");
   const announcer = document.getElementById("announce");
-  const jump = document.getElementById("jump");
-  const editField = form.querySelector('input[name="edit"]');
-  // Flask-WTF's token, sent as a header as well as in the form body (CSRF protection).
-  const csrfHeaders = { "X-CSRFToken": form.querySelector('input[name="csrf_token"]').value };
-  // Send, or Stop while a reply is written: one button that changes in place.
-  const actionButton = form.querySelector('[data-action="send"], [data-action="stop"]');
-  const cancelButton = form.querySelector('[data-action="cancel"]');
   const editingHint = document.getElementById("editing");
-  const enterHint = form.querySelector(".enter-hint");
+  function inForm(selector) { return form && form.querySelector(selector); }
+  const editField = inForm('input[name="edit"]');
+  const csrfField = inForm('input[name="csrf_token"]');
+  // Send, or Stop while a reply is written: one button that changes in place.
+  const actionButton = inForm('[data-action="send"], [data-action="stop"]');
+  const cancelButton = inForm('[data-action="cancel"]');
+  const enterHint = inForm(".enter-hint");
+  // Without any of these (another page, an old browser) the page works as it does without script.
+  const needed = [form, box, log, scroller, jump, errorBox, notice, hint, announcer, editingHint,
+    log && log.querySelector(".empty"), editField, csrfField, actionButton, cancelButton, enterHint];
+  if (needed.some(function (node) { return !node; }) || !window.fetch || !window.ReadableStream) return;
+  // Flask-WTF's token, sent as a header as well as in the form body (CSRF protection).
+  const csrfHeaders = { "X-CSRFToken": csrfField.value };
   // The conversation this page shows ("new" until its first send), and its URLs.
   function conversationUrl(suffix) {
     return "/c/" + encodeURIComponent(form.dataset.conversation) + suffix;
   }
   // Touch screens have no Shift+Enter: there Enter adds a line and the Send button sends.
   const touch = window.matchMedia("(pointer: coarse)").matches;
-  let current = null; // the view of the reply being written, if any
+  let current = null; // the Pending reply being written, if any (one at a time)
 
   // --- small helpers -----------------------------------------------------------------------------
   function el(tag, attrs, text) {
@@ -85,7 +82,6 @@
     const when = new Date(node.getAttribute("datetime"));
     if (!isNaN(when)) node.textContent = when.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
   }
-  log.querySelectorAll("time[datetime]").forEach(localTime);
 
   function copyButton(getText, label) {
     const button = el("button", { type: "button", class: "secondary small copy", "aria-label": label }, "Copy");
@@ -127,7 +123,12 @@
       pre.appendChild(copyButton(function () { return code.innerText; }, "Copy code block " + (i + 1)));
     });
   }
-  log.querySelectorAll("article.msg:not(.writing)").forEach(addCopyButtons);
+  // The log as the server sent it (at load, and fetched again): local times, copy buttons.
+  function dress() {
+    log.querySelectorAll("time[datetime]").forEach(localTime);
+    log.querySelectorAll("article.msg:not(.writing)").forEach(addCopyButtons);
+  }
+  dress();
 
   // --- the message box ---------------------------------------------------------------------------
   function grow() {
@@ -262,8 +263,7 @@
   }
   // A send with files: XMLHttpRequest, for its upload progress; its streamed answer is handed on as
   // a Response, so the reply is read like any other.
-  function upload(url, body, headers, view) {
-    const signal = view.controller.signal;
+  function upload(url, body, headers, reply) {
     return new Promise(function (resolve, reject) {
       const xhr = new XMLHttpRequest();
       const encoder = new TextEncoder();
@@ -277,7 +277,7 @@
       Object.keys(headers).forEach(function (k) { xhr.setRequestHeader(k, headers[k]); });
       xhr.upload.addEventListener("progress", function (e) { if (e.lengthComputable) showProgress(e.loaded, e.total); });
       xhr.upload.addEventListener("load", function () {
-        view.uploading = false; // sent whole: from now on the turn may begin
+        reply.uploading = false; // sent whole: from now on the turn may begin
         if (uploadBar) uploadBar.hidden = true;
       });
       xhr.addEventListener("readystatechange", function () {
@@ -296,7 +296,7 @@
       }
       xhr.addEventListener("error", failed);
       xhr.addEventListener("abort", failed);
-      signal.addEventListener("abort", function () { xhr.abort(); });
+      reply.controller.signal.addEventListener("abort", function () { xhr.abort(); });
       showProgress(0, 1);
       xhr.send(body);
     });
@@ -305,20 +305,13 @@
   // --- a turn ------------------------------------------------------------------------------------
   // While a reply is written, Send becomes Stop.
   let busyNotice = false;
-  function setWriting(view) {
-    current = view;
-    actionButton.textContent = view ? "Stop" : "Send";
-    actionButton.dataset.action = view ? "stop" : "send";
+  function setWriting(reply) {
+    current = reply;
+    actionButton.textContent = reply ? "Stop" : "Send";
+    actionButton.dataset.action = reply ? "stop" : "send";
     ["formaction", "formnovalidate", "name", "value"].forEach(function (a) { actionButton.removeAttribute(a); });
-    if (!view && busyNotice) showNotice(""); // "still being written" is over
+    if (!reply && busyNotice) showNotice(""); // "still being written" is over
     busyNotice = false;
-  }
-
-  // A reasoning summary: collapsed above the answer, text only, never sent back upstream.
-  function reasoningBox(text) {
-    const box = el("details", { class: "reasoning" });
-    box.append(el("summary", {}, "Reasoning"), el("div", { class: "reasoning-text" }, text));
-    return box;
   }
 
   // The first reply of a new conversation: from now on this page is that conversation's page.
@@ -333,9 +326,8 @@
     list.querySelectorAll("[aria-current]").forEach(function (a) { a.removeAttribute("aria-current"); });
     const none = list.querySelector(".none");
     if (none) none.remove();
-    const link = el("a", { href: url, "aria-current": "page" }, title);
     const item = el("li");
-    item.appendChild(link);
+    item.appendChild(el("a", { href: url, "aria-current": "page" }, title));
     list.prepend(item);
     // The heading and the conversation's own links, as the server renders them for /c/<id>.
     const heading = document.getElementById("conversation-title");
@@ -346,39 +338,10 @@
       const actions = el("div", { class: "conv-actions" });
       actions.append(el("a", { href: path + "/rename" }, "Rename"),
         el("a", { href: path + "/export.md" }, "Export Markdown"),
-        el("a", { href: path + "/export.json" }, "Export JSON"));
-      actions.appendChild(el("a", { href: path + "/delete", role: "button", class: "button secondary small danger" },
-        "Delete"));
+        el("a", { href: path + "/export.json" }, "Export JSON"),
+        el("a", { href: path + "/delete", role: "button", class: "button secondary small danger" }, "Delete"));
       bar.appendChild(actions);
     }
-  }
-
-  function pendingArticle(turn) {
-    const article = el("article", { class: "msg assistant writing", "aria-label": "Assistant", "aria-busy": "true" });
-    const text = el("div", { class: "text md", "data-role": "assistant" });
-    const thinking = el("p", { class: "thinking" }, "Thinking… 0 s");
-    article.append(text, thinking);
-    const started = Date.now();
-    const timer = setInterval(function () {
-      thinking.textContent = "Thinking… " + Math.round((Date.now() - started) / 1000) + " s";
-    }, 1000);
-    return { article, text, thinking, timer, turn: turn || null, tail: null, raw: "", mark: 0 };
-  }
-
-  // The reply so far: the server's last rendering, then the words that came after it as plain text.
-  // `raw` is every word received; `mark` is how much of it the last rendering covered.
-  function showRendered(view, html) {
-    view.text.innerHTML = html; // sanitised on the server (markdown-it-py + nh3)
-    view.text.classList.add("rendered");
-    view.mark = view.raw.length;
-    view.tail = el("span", { class: "tail" });
-    view.text.appendChild(view.tail);
-  }
-  function showDelta(view, delta) {
-    view.thinking.hidden = true;
-    view.raw += delta;
-    if (!view.tail) { view.tail = el("span", { class: "tail" }); view.text.appendChild(view.tail); }
-    view.tail.textContent = plainTail(view.raw, view.mark); // text, never HTML
   }
 
   // The newest words, until the server renders them, as the text a reader will see rather than
@@ -411,37 +374,7 @@
     }).join("\n");
   }
 
-  async function stopTurn() {
-    if (!current) return;
-    if (!current.turn && !current.waiter && !current.uploading) {
-      // Sent, and its turn is starting (the server begins it before answering): stop it as soon as
-      // the stream names it, rather than tell the person it was not sent while it is being answered.
-      current.stopWanted = true;
-      return;
-    }
-    if (!current.turn) {
-      // Still waiting behind another reply (or still uploading): nothing was sent, so give up the
-      // wait and the place.
-      const view = current;
-      view.abandoned = true;
-      if (view.waiter) {  // tell the server too: it may hold the wait on another worker
-        fetch(conversationUrl("/stop"), { method: "POST", headers: Object.assign({ Accept: "application/json" }, csrfHeaders),
-          body: new URLSearchParams({ waiter: view.waiter, csrf_token: csrfHeaders["X-CSRFToken"] }) }).catch(function () {});
-      }
-      view.controller.abort();
-      clearInterval(view.timer);
-      setWriting(null);
-      putBack(view, view.sentText);
-      showNotice("Not sent: your message is back in the box.");
-      return;
-    }
-    const body = new URLSearchParams({ turn: current.turn, csrf_token: csrfHeaders["X-CSRFToken"] });
-    try {
-      await fetch(conversationUrl("/stop"), { method: "POST", body, headers: Object.assign({ Accept: "application/json" }, csrfHeaders) });
-    } catch (e) { /* the stream's end or a reload shows the outcome */ }
-  }
-
-  // Read SSE events from a fetch response body, calling handle(kind, data) for each.
+  // Read SSE events from a fetch response body, calling handle(kind, data, id) for each.
   async function readEvents(response, handle) {
     const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
     let buffer = "";
@@ -464,96 +397,190 @@
     }
   }
 
-  // Apply one stream's events to the pending view. Resolves to true once the reply has ended.
-  async function follow(response, view) {
-    let ended = false;
-    await readEvents(response, function (kind, data, id) {
-      if (id) view.lastId = id; // a reconnect asks for what came after it
+  // Stop a turn ({turn}) or give up a send's waiting place ({waiter}). Fire and forget: the stream's
+  // end (or a reload) shows the outcome.
+  function askStop(fields) {
+    fields.csrf_token = csrfHeaders["X-CSRFToken"];
+    fetch(conversationUrl("/stop"), { method: "POST", body: new URLSearchParams(fields),
+      headers: Object.assign({ Accept: "application/json" }, csrfHeaders) }).catch(function () {});
+  }
+
+  // One reply being written (by a send, or picked up again), `current` until it ends: its article and
+  // its stream's state. `turn` is named by `started`, `waiter` by `queued`; `user` is the message it
+  // answers, `removed` what an edit or regenerate replaces, `sentText` what goes back if unsent.
+  class Pending {
+    constructor(turn, sentText) {
+      this.article = el("article", { class: "msg assistant writing", "aria-label": "Assistant", "aria-busy": "true" });
+      this.text = el("div", { class: "text md", "data-role": "assistant" });
+      this.thinking = el("p", { class: "thinking" }, "Thinking… 0 s");
+      this.article.append(this.text, this.thinking);
+      const started = Date.now();
+      this.timer = setInterval(() => {
+        this.thinking.textContent = "Thinking… " + Math.round((Date.now() - started) / 1000) + " s";
+      }, 1000);
+      this.turn = turn;
+      this.sentText = sentText;
+      this.controller = new AbortController(); // cuts the send off while it waits or uploads
+      this.restart();
+      setWriting(this);
+    }
+    // Written, stopped, failed or given up: no longer the reply being written.
+    end() {
+      clearInterval(this.timer);
+      setWriting(null);
+    }
+
+    // The reply so far: the server's last rendering, then the words that came after it as plain text.
+    // `raw` is every word received; `mark` is how much of it the last rendering covered.
+    restart() {
+      this.tail = null;
+      this.raw = "";
+      this.mark = 0;
+      this.text.textContent = "";
+    }
+    rendered(html) {
+      keepPlace(() => {
+        this.text.innerHTML = html; // sanitised on the server (markdown-it-py + nh3)
+        this.text.classList.add("rendered");
+        this.mark = this.raw.length;
+        this.tail = this.text.appendChild(el("span", { class: "tail" }));
+      });
+    }
+    delta(text) {
+      keepPlace(() => {
+        this.thinking.hidden = true;
+        this.raw += text;
+        if (!this.tail) this.tail = this.text.appendChild(el("span", { class: "tail" }));
+        this.tail.textContent = plainTail(this.raw, this.mark); // text, never HTML
+      });
+    }
+    // A reasoning summary: collapsed above the answer, text only, never sent back upstream.
+    reasoning(text) {
+      if (!this.reasoningText) {
+        this.reasoningText = el("div", { class: "reasoning-text" });
+        const details = el("details", { class: "reasoning" });
+        details.append(el("summary", {}, "Reasoning"), this.reasoningText);
+        this.article.prepend(details);
+      }
+      this.reasoningText.textContent += text;
+    }
+
+    // Apply one event of the stream. True once the reply has ended.
+    handle(kind, data, id) {
+      if (id) this.lastId = id;
       if (kind === "resumed" && !data.after) {
-        // The server starts this reply over: show it from its first word again.
-        view.tail = null;
-        view.raw = "";
-        view.mark = 0;
-        view.text.textContent = "";
+        this.restart(); // the server starts this reply over: show it from its first word again
       } else if (kind === "started") {
-        view.turn = data.turn || view.turn;
-        if (view.stopWanted) stopTurn(); // Stop was pressed before the turn had its name
+        this.turn = data.turn || this.turn;
+        if (this.stopWanted) this.stop(); // Stop was pressed before the turn had its name
         if (data.session) { form.dataset.session = data.session; rememberSession(data.session); }
         if (data.conversation && form.dataset.conversation === "new") adopt(data.conversation, data.url, data.title);
       } else if (kind === "queued") {
-        view.thinking.textContent = data.message;
-        view.waiter = data.waiter;
-        if (view.stopWanted) stopTurn(); // queued after all: nothing was sent, so it is given up
+        this.thinking.textContent = data.message;
+        this.waiter = data.waiter;
+        if (this.stopWanted) this.stop(); // queued after all: nothing was sent, so it is given up
       } else if (kind === "delta") {
-        keepPlace(function () { showDelta(view, data); });
+        this.delta(data);
       } else if (kind === "reasoning") {
-        if (!view.reasoning) {
-          view.reasoning = reasoningBox("");
-          view.article.prepend(view.reasoning);
-        }
-        view.reasoning.querySelector(".reasoning-text").textContent += data;
+        this.reasoning(data);
       } else if (kind === "html") {
-        keepPlace(function () { showRendered(view, data); });
+        this.rendered(data);
       } else if (kind === "done" || kind === "error") {
-        ended = true;
-        finish(view, kind, data);
+        this.finish(kind, data);
+        return true;
       }
-    });
-    return ended;
-  }
+      return false;
+    }
+    // Apply one response's events. Resolves to true once the reply has ended.
+    async follow(response) {
+      let ended = false;
+      await readEvents(response, (kind, data, id) => { if (this.handle(kind, data, id)) ended = true; });
+      return ended;
+    }
+    // After a reload or a dropped connection: follow the reply from the server again.
+    async resume() {
+      for (let attempt = 0; attempt < 30; attempt++) {
+        try {
+          const headers = { Accept: "text/event-stream" };
+          if (this.lastId) headers["Last-Event-ID"] = this.lastId; // only what this page missed
+          const response = await fetch(conversationUrl("/turns/" + encodeURIComponent(this.turn)), { headers });
+          if (!response.ok) break;
+          if (await this.follow(response)) return;
+        } catch (e) { /* network trouble: wait and try again */ }
+        await new Promise(function (r) { setTimeout(r, 2000); });
+      }
+      window.location.reload();
+    }
 
-  function putBack(view, text) {
+    // Stop, whatever the phase: a named turn is stopped by the server; a send still queued or
+    // uploading is given up; one whose turn is starting (the server begins it before answering) is
+    // stopped as soon as the stream names it, rather than reported unsent while it is answered.
+    stop() {
+      if (this.turn) askStop({ turn: this.turn });
+      else if (this.waiter || this.uploading) this.abandon();
+      else this.stopWanted = true;
+    }
+    // Nothing was sent: give up the wait and the place (the server may hold the wait on another
+    // worker), and put the message back.
+    abandon() {
+      this.abandoned = true;
+      if (this.waiter) askStop({ waiter: this.waiter });
+      this.controller.abort();
+      this.end();
+      this.putBack(this.sentText);
+      showNotice("Not sent: your message is back in the box.");
+    }
     // Nothing was stored for this turn: the message goes back in the box, not away with a reload,
     // and the turn an edit or regenerate would have replaced comes back.
-    if (view.user) view.user.remove();
-    view.article.remove();
-    (view.removed || []).forEach(function (article) { log.appendChild(article); });
-    log.querySelector(".empty").hidden = messageCount() > 0;
-    box.value = text;
-    keepDraft(text); // unsent: a draft again
-    grow();
-    box.focus();
-  }
+    putBack(text) {
+      if (this.user) this.user.remove();
+      this.article.remove();
+      (this.removed || []).forEach(function (article) { log.appendChild(article); });
+      log.querySelector(".empty").hidden = messageCount() > 0;
+      box.value = text;
+      keepDraft(text); // unsent: a draft again
+      grow();
+      box.focus();
+    }
 
-  function finish(view, kind, data) {
-    clearInterval(view.timer);
-    setWriting(null);
-    const article = view.article;
-    if (kind === "error" && data.unsent && view.user) {
-      putBack(view, view.sentText);
-      showError(data.message);
-      return;
-    }
-    if (kind === "done" && data.stopped && !data.kept && view.user && !view.replaced) {
-      putBack(view, messageText(view.user.querySelector("[data-role]")));
-      showNotice(data.note + " Your message is back in the box.");
-      return;
-    }
-    // Anything else but a plain finished reply (an error, a turn from another tab, an edit or
-    // regenerate that did not happen) is shown as stored.
-    if (kind === "error" || data.count !== messageCount() || (data.stopped && !data.kept) || !data.articles) {
-      window.location.reload();
-      return;
-    }
-    // The finished turn exactly as the page renders it (the server's own _message.html: its
-    // sanitised reply, note, model, time, usage and the last turn's tools), in place of the two
-    // articles built while it streamed.
-    const fresh = document.createElement("template");
-    fresh.innerHTML = data.articles;
-    const articles = fresh.content.querySelectorAll("article");
-    keepPlace(function () {
-      view.user.replaceWith(fresh.content);
-      article.remove();
-      articles.forEach(function (one) {
-        one.querySelectorAll("time[datetime]").forEach(localTime);
-        addCopyButtons(one);
+    finish(kind, data) {
+      this.end();
+      if (kind === "error" && data.unsent && this.user) {
+        this.putBack(this.sentText);
+        showError(data.message);
+        return;
+      }
+      if (kind === "done" && data.stopped && !data.kept && this.user && !this.removed) {
+        this.putBack(messageText(this.user.querySelector("[data-role]")));
+        showNotice(data.note + " Your message is back in the box.");
+        return;
+      }
+      // Anything else but a plain finished reply (an error, a turn from another tab, an edit or
+      // regenerate that did not happen) is shown as stored.
+      if (kind === "error" || data.count !== messageCount() || (data.stopped && !data.kept) || !data.articles) {
+        window.location.reload();
+        return;
+      }
+      // The finished turn exactly as the page renders it (the server's own _message.html: its
+      // sanitised reply, note, model, time, usage and the last turn's tools), in place of the two
+      // articles built while it streamed.
+      const fresh = document.createElement("template");
+      fresh.innerHTML = data.articles;
+      const articles = fresh.content.querySelectorAll("article");
+      keepPlace(() => {
+        this.user.replaceWith(fresh.content);
+        this.article.remove();
+        articles.forEach(function (one) {
+          one.querySelectorAll("time[datetime]").forEach(localTime);
+          addCopyButtons(one);
+        });
       });
-    });
-    const total = document.querySelector('[data-role="total"]');
-    if (total && data.total) total.textContent = total.title = "Total: " + data.total;
-    if (data.budget) showBudget(data.budget.used, data.budget.limit, data.budget.text);
-    if (data.title && document.title === "Chat") document.title = data.title + " · Chat"; // a new one
-    announcer.textContent = "Reply finished: " + articles[articles.length - 1].innerText.slice(0, 500);
+      const total = document.querySelector('[data-role="total"]');
+      if (total && data.total) total.textContent = total.title = "Total: " + data.total;
+      if (data.budget) showBudget(data.budget.used, data.budget.limit, data.budget.text);
+      if (data.title && document.title === "Chat") document.title = data.title + " · Chat"; // a new one
+      announcer.textContent = "Reply finished: " + articles[articles.length - 1].innerText.slice(0, 500);
+    }
   }
 
   // The articles from the message an edit or a regenerate of reply `replyId` replaces, to the end:
@@ -566,21 +593,6 @@
     let start = article ? articles.indexOf(article) : -1;
     if (article && article.classList.contains("assistant")) start -= 1;
     return start >= 0 ? articles.slice(start) : lastArticles();
-  }
-
-  async function resume(view) {
-    // After a reload or a dropped connection: follow the reply from the server again.
-    for (let attempt = 0; attempt < 30; attempt++) {
-      try {
-        const headers = { Accept: "text/event-stream" };
-        if (view.lastId) headers["Last-Event-ID"] = view.lastId; // only what this page missed
-        const response = await fetch(conversationUrl("/turns/" + encodeURIComponent(view.turn)), { headers });
-        if (!response.ok) break;
-        if (await follow(response, view)) return;
-      } catch (e) { /* network trouble: wait and try again */ }
-      await new Promise(function (r) { setTimeout(r, 2000); });
-    }
-    window.location.reload();
   }
 
   async function send(submitter) {
@@ -598,10 +610,7 @@
       box.focus();
       return;
     }
-    const view = pendingArticle();
-    view.controller = new AbortController();
-    view.sentText = text;
-    setWriting(view);
+    const reply = new Pending(null, text);
     hint.hidden = true;
     box.removeAttribute("aria-invalid");
     showError("");
@@ -609,20 +618,18 @@
     let response;
     try {
       const headers = Object.assign({ Accept: "text/event-stream" }, csrfHeaders);
-      view.uploading = files.length > 0;
-      response = files.length ? await upload(conversationUrl("/turns"), data, headers, view)
+      reply.uploading = files.length > 0;
+      response = files.length ? await upload(conversationUrl("/turns"), data, headers, reply)
         : await fetch(conversationUrl("/turns"), { method: "POST", body: new URLSearchParams(data),
-          signal: view.controller.signal, headers });
+          signal: reply.controller.signal, headers });
     } catch (e) {
-      if (view.abandoned) return;
-      clearInterval(view.timer);
-      setWriting(null);
+      if (reply.abandoned) return;
+      reply.end();
       showError("Could not reach the chat server. Your message is kept in the box; try again.");
       return;
     }
     if (!response.ok) {
-      clearInterval(view.timer);
-      setWriting(null);
+      reply.end();
       let message = "The message could not be sent (" + response.status + ").";
       let body = {};
       try { body = await response.json(); message = body.error || message; } catch (e) { /* not JSON */ }
@@ -633,9 +640,9 @@
     // Accepted: show the turn at once. Regenerate and Edit replace the last turn.
     let shownText = text;
     if (replaced) {
-      view.removed = articlesFrom(String(data.get("regenerate") || data.get("edit")));
-      if (regenerate) shownText = messageText(view.removed[0].querySelector('[data-role="user"]'));
-      view.removed.forEach(function (article) { article.remove(); });
+      reply.removed = articlesFrom(String(data.get("regenerate") || data.get("edit")));
+      if (regenerate) shownText = messageText(reply.removed[0].querySelector('[data-role="user"]'));
+      reply.removed.forEach(function (article) { article.remove(); });
     }
     log.querySelector(".empty").hidden = true;
     const user = el("article", { class: "msg user", "aria-label": "You" });
@@ -648,9 +655,8 @@
     if (fileInput && !regenerate) { fileInput.value = ""; showChips(); } // sent: not attached again
     const kept = form.querySelector("fieldset.kept");
     if (kept && !regenerate) kept.remove();
-    view.user = user;
-    view.replaced = replaced;
-    log.append(user, view.article);
+    reply.user = user;
+    log.append(user, reply.article);
     addCopyButtons(user);
     if (!regenerate) {
       // Sent: the draft is done with. After an edit, the draft from before it comes back.
@@ -665,17 +671,15 @@
     toEnd(false);
     let ended = false;
     try {
-      ended = await follow(response, view);
+      ended = await reply.follow(response);
     } catch (e) { /* connection dropped mid-reply: the server keeps writing it */ }
-    if (view.abandoned) return;
-    if (!ended) {
-      if (view.turn) await resume(view); else window.location.reload();
-    }
+    if (reply.abandoned || ended) return;
+    if (reply.turn) await reply.resume(); else window.location.reload();
   }
 
   form.addEventListener("submit", function (event) {
     const action = event.submitter && event.submitter.dataset.action;
-    if (action === "stop") { event.preventDefault(); stopTurn(); return; }
+    if (action === "stop") { event.preventDefault(); if (current) current.stop(); return; }
     if (action === "cancel") { event.preventDefault(); cancelEdit(); return; }
     // New chat and the JS-off Edit route keep their own behaviour.
     if (event.submitter && event.submitter.getAttribute("formaction")) return;
@@ -781,12 +785,11 @@
   function pickUp() {
     const writing = log.querySelector("[data-pending-turn]");
     if (!writing) return;
-    const view = pendingArticle(writing.dataset.pendingTurn);
-    view.user = writing.previousElementSibling;
-    writing.replaceWith(view.article);
-    view.text.textContent = writing.querySelector("[data-role]").textContent;
-    setWriting(view);
-    resume(view).catch(function () { window.location.reload(); });
+    const reply = new Pending(writing.dataset.pendingTurn);
+    reply.user = writing.previousElementSibling;
+    writing.replaceWith(reply.article);
+    reply.text.textContent = writing.querySelector("[data-role]").textContent;
+    reply.resume().catch(function () { window.location.reload(); });
   }
   pickUp();
 
@@ -813,8 +816,7 @@
         const mine = document.querySelector(selector), theirs = fresh.querySelector(selector);
         if (mine && theirs) mine.innerHTML = theirs.innerHTML;
       });
-    log.querySelectorAll("time[datetime]").forEach(localTime);
-    log.querySelectorAll("article.msg:not(.writing)").forEach(addCopyButtons);
+    dress();
     pickUp();
   }
   document.addEventListener("visibilitychange", function () {

@@ -449,10 +449,12 @@ def page_weight(server, turns=20):
     browser, path = Browser(), "/c/new"
     for i in range(turns):
         _, html, path = nojs(browser, server.url, path, {"message": f"Question {i}: how do I write a loop in Python?"})
-    total = len(html.encode())
+    total = wire = len(html.encode())
     for asset in ("app.css", "code.css", "app.js"):
-        total += len(requests.get(f"{server.url}/static/{asset}").content)
-    return {"html": len(html.encode()), "total": total}
+        response = requests.get(f"{server.url}/static/{asset}")  # Accept-Encoding: gzip, as browsers
+        total += len(response.content)
+        wire += int(response.headers.get("Content-Length", len(response.content)))  # as sent
+    return {"html": len(html.encode()), "total": total, "wire": wire}
 
 
 # --- a catalogue the size of OpenRouter's ---------------------------------------------------------------
@@ -667,8 +669,9 @@ def report(q, started, over, gets, convs, burst_results, quiet, weight, crowd, n
     row("delta forwarding, one stream at a time (median, p99)", "≤ 20 ms median",
         lambda c: (f"{quiet[c]['median_ms']:.1f} ms, {quiet[c]['p99_ms']:.1f} ms (n={quiet[c]['n']})",
                    quiet[c]["median_ms"] <= 20), CLASSES)
-    rows.append(("page weight, 20 turns (HTML+CSS+JS)", "≤ 60 KB",
-                 {CLASSES[0]: (f"{weight['total'] / 1024:.1f} KB (HTML {weight['html'] / 1024:.1f} KB)",
+    rows.append(("page weight, 20 turns (HTML+CSS+JS; and as sent, the CSS and JS gzip-compressed)", "≤ 60 KB",
+                 {CLASSES[0]: (f"{weight['total'] / 1024:.1f} KB (HTML {weight['html'] / 1024:.1f} KB); "
+                               f"{weight['wire'] / 1024:.1f} KB as sent",
                                weight["total"] <= 60 * 1024), CLASSES[1]: ("", None)}))
     few, many = catalogue["few"], catalogue["many"]
     rows.append((f"the same page with a catalogue of OpenRouter's size ({many['models']} models) vs the fake's "

@@ -397,6 +397,35 @@ def test_only_the_current_hash_of_a_static_file_is_cached_for_a_year(app, client
         assert "public" not in str(response.cache_control) or response.status_code != 200, wrong
 
 
+def test_scripts_and_styles_go_gzip_compressed_to_a_browser_that_takes_it(client):
+    """Most of a first visit's bytes are the script and the styles: compressed for a browser that
+    says it takes gzip (the same bytes once decompressed, their own ETag, revalidated with a 304),
+    as they are for any other client, and never for a range."""
+    import gzip
+    import os
+
+    root = os.path.dirname(client.application.static_folder.rstrip("/")) + "/static/"
+    for name in ("app.js", "app.css", "code.css"):
+        url = re.search(rf'"(/static/{re.escape(name)}\?v=[0-9a-f]{{12}})"', page(client)).group(1)
+        with open(root + name, "rb") as f:
+            original = f.read()
+        packed = client.get(url, headers={"Accept-Encoding": "gzip, deflate, br"})
+        assert packed.status_code == 200 and packed.headers["Content-Encoding"] == "gzip"
+        assert "Accept-Encoding" in packed.headers["Vary"]
+        body = packed.get_data()
+        assert int(packed.headers["Content-Length"]) == len(body) < len(original) / 2
+        assert gzip.decompress(body) == original
+        assert packed.cache_control.max_age == 365 * 24 * 3600
+        again = client.get(url, headers={"Accept-Encoding": "gzip", "If-None-Match": packed.headers["ETag"]})
+        assert again.status_code == 304 and not again.get_data()
+        plain = client.get(url)  # no Accept-Encoding
+        assert "Content-Encoding" not in plain.headers and plain.get_data() == original
+        assert plain.headers["ETag"] != packed.headers["ETag"]
+        assert client.get(url, headers={"Accept-Encoding": "gzip;q=0"}).get_data() == original
+        part = client.get(url, headers={"Accept-Encoding": "gzip", "Range": "bytes=0-9"})
+        assert part.status_code == 206 and part.get_data() == original[:10]
+
+
 def test_a_static_file_never_carries_a_session_cookie(client):
     """Static files may sit in shared caches for a year: marking the session's day happens on pages."""
     send(client, "hello")

@@ -53,8 +53,7 @@
     return log.querySelectorAll('[data-role="user"], [data-role="assistant"]').length;
   }
   function lastArticles() {
-    const articles = log.querySelectorAll("article.msg");
-    return [articles[articles.length - 2], articles[articles.length - 1]];
+    return Array.from(log.querySelectorAll("article.msg")).slice(-2);
   }
 
   // --- scrolling -----------------------------------------------------------------------------------
@@ -545,7 +544,8 @@
 
     finish(kind, data) {
       this.end();
-      if (kind === "error" && data.unsent && this.user) {
+      // (A reply picked up after a reload has no text of its own to give back: it reloads.)
+      if (kind === "error" && data.unsent && this.user && this.sentText !== undefined) {
         this.putBack(this.sentText);
         showError(data.message);
         return;

@@ -177,3 +177,26 @@ def test_a_streamed_reply_read_with_pauses_for_other_work_loses_nothing(fake):
     assert kinds.count("idle") >= 3  # about ten 0.05 s waits in the half second held
     assert [value for kind, value in got if kind == "delta"] == words
     assert kinds[-1] == "done" and got[-1][1].text == "".join(words)
+
+
+def test_a_store_failure_on_a_picked_up_reply_never_says_nothing_was_sent(app):
+    """`unsent` tells the page to put its text back in the box: true only when no turn began. A reply
+    picked up after a reload began long before its stream, whatever that stream sees first."""
+    import json
+
+    from webapp.store import StoreError
+    from webapp.views import streaming
+
+    def failing():
+        yield None, "delta", "some words"
+        raise StoreError("disk full")
+
+    def last_error(body):
+        block = [b for b in body if b.startswith("event: error")][-1]
+        return json.loads(block.split("data: ", 1)[1])
+
+    with app.app_context():
+        picked_up = list(streaming._event_stream(failing(), "c", streaming._Snapshots(), begun=True))
+        fresh = list(streaming._event_stream(failing(), "c", streaming._Snapshots()))
+    assert last_error(picked_up)["unsent"] is False
+    assert last_error(fresh)["unsent"] is True  # a send whose turn never started: text goes back

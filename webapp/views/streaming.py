@@ -79,13 +79,13 @@ class _Snapshots:
         return min(HTML_AT_MOST, max(HTML_EVERY, 10 * max(1, self.live()) * cost))
 
 
-def _event_stream(events, cid, snapshots):
+def _event_stream(events, cid, snapshots, begun=False):
     """Relay events as SSE. Deltas are text for textContent, at once; `html` events carry the
     sanitised rendering of the text so far; the final event carries the whole reply's HTML.
     If the store fails on the way, the stream still ends with a message (and, when no turn began,
-    with `unsent`, so the page puts the text back in the box)."""
+    with `unsent`, so the page puts the text back in the box). `begun`: a reply picked up again,
+    whose turn began long before this stream."""
     yield ": stream open\n\n"
-    begun = False
     try:
         for chunk in _relay(events, cid, snapshots):
             begun = begun or chunk.startswith(f"event: {STARTED}")
@@ -122,8 +122,8 @@ def _relay(events, cid, snapshots):
             last_write = now
 
 
-def _stream_response(events, cid, snapshots):
-    response = Response(stream_with_context(_event_stream(events, cid, snapshots)),
+def _stream_response(events, cid, snapshots, begun=False):
+    response = Response(stream_with_context(_event_stream(events, cid, snapshots, begun)),
                         mimetype="text/event-stream")
     response.headers["Cache-Control"] = "no-cache"
     response.headers["X-Accel-Buffering"] = "no"  # nginx: do not buffer this response
@@ -253,7 +253,8 @@ def resume(turn, cid=None):
         events = _follow_elsewhere(store, cid, turn, source, after, snapshots.wait)
     else:
         events = _follow_store(store, cid, turn)
-    response = _stream_response(itertools.chain([(None, RESUMED, {"after": after})], events), cid, snapshots)
+    response = _stream_response(itertools.chain([(None, RESUMED, {"after": after})], events), cid, snapshots,
+                                begun=True)
     response.call_on_close(lambda: turns.LISTENERS.leave(turn, owner))  # however the stream ends
     if source is not None and following is not None:
         response.call_on_close(lambda: following.leave(turn))

@@ -1,7 +1,8 @@
 """Running a begun turn: reading the reply from upstream (streamed or whole), publishing its events on
 the turn's relay, saving its progress and heartbeat, stopping it in any phase, and settling it exactly
-once (settle.py). The JS-off form post runs a turn in its request thread (`run`); the streamed path in
-a thread that outlives the browser connection (`start`), so closing the tab never loses a reply."""
+once (settle.py). The JS-off form post runs a turn in its request thread (`run`); the streamed path
+is read by the request that began it while its browser stays, then by a thread of its own that
+outlives the browser connection (`start`, `Reader`), so closing the tab never loses a reply."""
 
 import hashlib
 import logging
@@ -147,13 +148,6 @@ def reading(store, client, running, items, stream=True, request=None, idle=None)
         running.publish(*outcome, final=True)
         running.outcome = outcome
         log_turn(running, outcome, reply if outcome[0] == DONE and not outcome[1].get("stopped") else None)
-
-
-def execute(store, client, running, items, stream=True, request=None):
-    """`reading` to its end, in this thread; returns the outcome."""
-    for _ in reading(store, client, running, items, stream, request):
-        pass
-    return running.outcome
 
 
 def log_turn(running, outcome, reply):

@@ -35,6 +35,22 @@ def server(served):
     return served
 
 
+@pytest.fixture(params=[True, False], ids=["js", "no-js"])
+def js(request):
+    return request.param
+
+
+@pytest.fixture
+def tab(browser, server, js):
+    """A page in a fresh browser (its own cookies), script on or off, on the empty chat."""
+    context = browser.new_context(viewport={"width": 1280, "height": 800}, java_script_enabled=js)
+    page = context.new_page()
+    page.set_default_timeout(15000)
+    page.goto(server.url + "/")
+    yield page
+    context.close()
+
+
 @pytest.fixture
 def context(browser):
     ctx = browser.new_context(viewport={"width": 1000, "height": 800})

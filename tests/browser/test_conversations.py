@@ -34,22 +34,6 @@ def fake_server():
         yield server
 
 
-@pytest.fixture(params=[True, False], ids=["js", "no-js"])
-def js(request):
-    return request.param
-
-
-@pytest.fixture
-def tab(browser, server, js):
-    """A page in a fresh browser (its own cookies), script on or off, on the empty chat."""
-    context = browser.new_context(viewport={"width": 1280, "height": 800}, java_script_enabled=js)
-    page = context.new_page()
-    page.set_default_timeout(15000)
-    page.goto(server.url + "/")
-    yield page
-    context.close()
-
-
 def send(page, text, reply=None):
     """Type and press Send; unless `reply` is False, wait for the reply (default: the fake's echo)."""
     expect(page.locator(".msg.writing")).to_have_count(0)

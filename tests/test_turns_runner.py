@@ -140,8 +140,12 @@ def test_the_request_reading_a_turn_still_sends_keep_alives_and_renderings_while
     from webapp.views import streaming
 
     monkeypatch.setattr(streaming, "KEEPALIVE", 0.2)
+    # Renderings spaced by the shortest interval (HTML_EVERY), whatever earlier tests left behind (the
+    # process's last render cost and its running turns space them), and a second's pause after the
+    # first words.
+    monkeypatch.setattr(streaming._Snapshots, "_spaced", lambda self, cost: streaming.HTML_EVERY)
     gate = threading.Event()
-    threading.Timer(1.2, gate.set).start()
+    threading.Timer(1.7, gate.set).start()
     fake.queue(reply("**bold** start, then the rest", chunks=["**bold** start", ", then the rest"],
                      gate=gate, delay=0.7, reasoning=False))
     body = client.post("/c/new/turns", data={"message": "slow"}).get_data(as_text=True)

@@ -88,6 +88,7 @@ class Reply:
     chunk_delay: float = 0.0
     keepalive_every: object = None
     gate: object = None           # threading.Event holding the stream after its first delta
+    tail_delay: float = 0.0       # silence between the terminal event and `[DONE]` (streams)
     usage: bool = True
     # url_citation annotations of the reply's text (sent as the API does: streamed after the deltas,
     # and in the final part); default when the request asks for web search: one citation per result.
@@ -599,7 +600,8 @@ class _Handler(BaseHTTPRequestHandler):
             body = None
         key = self._key_used()
         entry = {"path": self.path, "headers": dict(self.headers), "body": body, "key": key,
-                 "accepted": False, "rejection": None}
+                 "accepted": False, "rejection": None,
+                 "peer": self.client_address}  # the client's (host, port): one per connection
         with self.fake._lock:
             valid = key is not None and self.fake.key_valid(key)
         if not valid:
@@ -827,6 +829,7 @@ class _SSE:
     def finish(self, kind, response):
         self.event(kind, response=response)
         self.h.terminal_written = True
+        self.wait(getattr(self.b, "tail_delay", 0.0))
         self.write(b"data: [DONE]\n\n")
         self.end()
 

@@ -54,6 +54,35 @@ def test_the_connection_is_reused_between_turns(client, fake):
     assert next(iter(pool.pools._container.values())).num_connections == 1
 
 
+def test_streamed_turns_reuse_one_connection(client, fake):
+    # A streamed reply ends with its terminal event, then `[DONE]` and the chunked body's end. Read to
+    # there, the connection goes back to the pool: the next turn skips the DNS lookup, TCP and TLS
+    # handshakes (over HTTPS to openrouter.ai, the most of a short turn's own cost).
+    for text in ("one", "two", "three"):
+        events = client.stream([conversation.user_item(text)], StreamState())
+        kinds = []
+        for kind, _ in events:
+            kinds.append(kind)
+            if kind == "done":
+                time.sleep(0.2)  # as the runner does: it stores the reply, then closes the stream
+                events.close()
+        assert kinds[-1] == "done"
+    assert [sent["body"]["stream"] for sent in fake.requests] == [True] * 3
+    assert len({sent["peer"] for sent in fake.requests}) == 1
+
+
+def test_a_streamed_turn_whose_end_is_late_does_not_wait_for_it(client, fake):
+    # An upstream that holds `[DONE]` back after the terminal event: the reply is done at once, and its
+    # connection is closed rather than waited on (the next turn opens a new one).
+    fake.queue(reply("Hi.", tail_delay=3.0))
+    started = time.monotonic()
+    events = ask_streamed(client, StreamState())
+    assert events[-1][0] == "done" and events[-1][1].text == "Hi."
+    assert time.monotonic() - started < 2.0
+    assert ask(client).text.startswith("Reply")
+    assert len({sent["peer"] for sent in fake.requests}) == 2
+
+
 def test_an_incomplete_reply_keeps_its_status_and_reason(client, fake):
     fake.queue(reply("cut", status="incomplete"))
     got = ask(client)

@@ -235,7 +235,7 @@ class Client:
 
         `state` collects the item id and text so far, so a caller that sees an `UpstreamError` (or
         stops early: closing this generator closes the upstream connection) still has them."""
-        summary, reasoning_id = _Summary(), None
+        summary, reasoning_id, ended = _Summary(), None, False
         try:
             response = self._post(items, True, state, options)
         except UpstreamError:
@@ -299,7 +299,9 @@ class Client:
                             yield "reasoning", piece
                             continue
                 elif kind in ("response.completed", "response.incomplete", "response.done"):
-                    yield "done", self._final(event.get("response"), state, kind, summary.text())
+                    final = self._final(event.get("response"), state, kind, summary.text())
+                    ended = True
+                    yield "done", final
                     return
                 elif kind == "response.failed":
                     raise UpstreamError("failed", detail=error_detail(event.get("response")))
@@ -315,6 +317,8 @@ class Client:
             timeout = isinstance(exc, (requests.Timeout, urllib3.exceptions.TimeoutError, TimeoutError))
             raise UpstreamError("timeout" if timeout else "cut") from None
         finally:
+            if ended:
+                state.finish(response.raw)  # the connection back to the pool, when its end is here
             state.detach()
             response.close()
 

@@ -36,23 +36,24 @@ class StreamState:
         then read on, nothing lost: this only looks, it never takes bytes off the stream. In any
         doubt, False: the caller just reads (and waits there)."""
         try:
-            sock = self._conn.sock
-            if isinstance(sock, ssl.SSLSocket) and sock.pending():
-                return False
-            reader = raw._fp.fp  # http.client's buffered reader over the socket
-            saved = sock.gettimeout()
-            sock.settimeout(0)  # so a peek with nothing buffered asks the socket once, without waiting
-            try:
-                # (The line break that ends the chunk just read stays buffered: not more of the reply.)
-                if reader.peek(3).strip(b"\r\n"):
-                    return False
-            except (BlockingIOError, ssl.SSLWantReadError):
-                pass  # nothing has arrived
-            finally:
-                sock.settimeout(saved)
-            return not select.select([sock], [], [], timeout)[0]
+            return _quiet(self._conn.sock, raw, timeout)
         except Exception:
             return False
+
+    def finish(self, raw):
+        """After the reply's terminal event: read the rest of the body (OpenRouter's `[DONE]`, the
+        chunked body's end) when it has already arrived, so the connection goes back to the pool
+        and the next turn skips the DNS lookup and the TCP and TLS handshakes. Never waits: an end
+        still on its way just means the connection is closed, as before. Detached first, so a late
+        Stop cannot cut the connection once another turn has it."""
+        with self._lock:
+            conn, self._conn = self._conn, None
+        try:
+            for _ in range(4):  # `[DONE]`, then the last chunk: one or two reads
+                if _quiet(conn.sock, raw, 0) or not raw.read1(65536):
+                    return
+        except Exception:
+            pass  # closed with the response, as before
 
     def detach(self):
         with self._lock:
@@ -72,6 +73,34 @@ class StreamState:
                 sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass  # already closed
+
+
+def _quiet(sock, raw, timeout):
+    """StreamState.quiet for the socket `sock` under the urllib3 response `raw`."""
+    if isinstance(sock, ssl.SSLSocket) and sock.pending():
+        return False
+    reader = raw._fp.fp  # http.client's buffered reader over the socket
+    saved = sock.gettimeout()
+    sock.settimeout(0)  # so a peek with nothing buffered asks the socket once, without waiting
+    try:
+        try:
+            # (The line break that ends the chunk just read stays buffered: not more of the reply.)
+            if reader.peek(3).strip(b"\r\n"):
+                return False
+        except (BlockingIOError, ssl.SSLWantReadError):
+            pass  # nothing has arrived
+        if isinstance(sock, ssl.SSLSocket):  # no MSG_PEEK through TLS: whether bytes are on the way
+            return not select.select([sock], [], [], timeout)[0]
+        # A peek that waits on the socket itself: cheaper than select under gevent (which builds a
+        # watcher per call; the socket reuses its own), and it leaves the bytes for the real read.
+        sock.settimeout(timeout)
+        try:
+            sock.recv(1, socket.MSG_PEEK)  # data, or b"" at the end: either way, not quiet
+        except (TimeoutError, BlockingIOError):
+            return True
+        return False
+    finally:
+        sock.settimeout(saved)
 
 
 # The StreamState of the request this thread is making (one request at a time per thread).

@@ -640,6 +640,14 @@ def test_off_disables_a_limit(make_app, fake):
     assert 429 in [send(limited, f"m{i}").status_code for i in range(6)]
 
 
+def test_one_limit_off_leaves_the_other_counting(make_app, fake):
+    # With both off a send skips Flask-Limiter altogether; with only one off the other still counts.
+    app = limited_app(make_app, RATE_LIMIT_PER_SESSION=None, RATE_LIMIT_PER_ADDRESS="2/minute")
+    assert [send(app.test_client(), f"m{i}").status_code for i in range(3)] == [303, 303, 429]
+    app = limited_app(make_app, RATE_LIMIT_PER_SESSION=None, RATE_LIMIT_PER_ADDRESS=None)
+    assert [send(app.test_client(), f"m{i}").status_code for i in range(4)] == [303] * 4
+
+
 def test_a_send_refused_for_a_taken_waiting_place_neither_locks_nor_reads_the_history(make_app, fake,
                                                                                     monkeypatch):
     """300 sends at once into one busy conversation took seconds to refuse, each waiting for the

@@ -6,6 +6,9 @@
 #   ./bench.sh --profile  cProfile of a turn, store traffic, py-spy during a burst: docs/bench/profiles.md
 #   ./bench.sh --hosts    two hosts on one Redis: a reply followed from the other host, and Stop
 #                         pressed there (about a minute): docs/bench/hosts.md
+#   ./bench.sh --ab REV [streamed|nojs] [ROUNDS]
+#                         the 1,000-turn burst, the app at git revision REV against this tree and
+#                         the floor, rounds interleaved (about 3 minutes a round): printed only
 #   ./bench.sh --peer     Gradio's ChatInterface on the same fake upstream, side by side (its own venv
 #                         in build/peer-venv): docs/bench/peer.md
 set -euo pipefail
@@ -19,6 +22,7 @@ fi
 case "${1:-}" in
   --profile) shift; exec .venv/bin/python -m bench.profile "$@" ;;
   --hosts) shift; exec .venv/bin/python -m bench.hosts "$@" ;;
+  --ab) shift; exec .venv/bin/python -m bench.ab "$@" ;;
   --peer)
     shift
     [ -x build/peer-venv/bin/python ] || "$PY" -m venv build/peer-venv

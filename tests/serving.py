@@ -69,8 +69,8 @@ class Gunicorn:
     """`gunicorn wsgi:app -c gunicorn.conf.py` in a child process; its output goes to `log_path`."""
 
     def __init__(self, env, log_path, workers=2, threads=None, worker_class=None, app="wsgi:app",
-                 config="gunicorn.conf.py"):
-        self.port = free_port()
+                 config="gunicorn.conf.py", cwd=ROOT):
+        self.port, self.cwd = free_port(), cwd  # cwd: another checkout of the app (bench/ab.py)
         # The benchmarks also serve bench.floor_app:app, and with bench/gc_probe.conf.py
         self.app, self.config = app, config
         self.url = f"http://127.0.0.1:{self.port}"
@@ -94,7 +94,7 @@ class Gunicorn:
         self.log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", self.app, "-c", self.config],
-            cwd=ROOT, env=self.env, stdout=self.log, stderr=subprocess.STDOUT)
+            cwd=self.cwd, env=self.env, stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

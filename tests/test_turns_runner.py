@@ -204,3 +204,52 @@ def test_a_store_failure_on_a_picked_up_reply_never_says_nothing_was_sent(app):
         fresh = list(streaming._event_stream(failing(), "c", streaming._Snapshots()))
     assert last_error(picked_up)["unsent"] is False
     assert last_error(fresh)["unsent"] is True  # a send whose turn never started: text goes back
+
+
+def test_events_read_together_go_out_in_one_write_and_nothing_waits_for_more(app):
+    """The request's stream (`batched`) holds the words read from the upstream together until the
+    reader says CAUGHT_UP (its next read would wait), then writes them at once, adjacent deltas as
+    one event with the last one's id; the upstream's keep-alives among words add nothing."""
+    from tests.sse import sse_events
+    from webapp.views import streaming
+
+    def upstream():
+        yield "1", "delta", "Hel"
+        yield "2", "alive", None
+        yield "3", "delta", "lo"
+        yield None, "caught_up", None
+        yield "4", "delta", " world"
+        yield None, "caught_up", None
+
+    with app.app_context():
+        batched = list(streaming._relay(upstream(), "c", streaming._Snapshots(), batched=True))
+        one_by_one = list(streaming._relay(upstream(), "c", streaming._Snapshots()))
+    assert [sse_events(chunk) for chunk in batched] == [[("delta", "Hello")], [("delta", " world")]]
+    assert batched[0].startswith("id: 3\n")
+    # Without `batched` (a follower's stream), each event is its own write, as it comes.
+    assert [chunk.split("\n")[0] for chunk in one_by_one] == ["id: 1", ": keep-alive", "id: 3", "id: 4"]
+
+
+def test_a_reader_says_caught_up_before_every_read_that_would_wait(fake):
+    """`Client.stream(idle=…)` yields ("caught_up", None) after the first word, before the upstream
+    (held by a gate) sends the rest: the stream writes that word then, not with the next."""
+    import threading
+
+    from tests.fake_openrouter import FakeOpenRouter, reply
+    from webapp.openrouter import Client, StreamState
+
+    for chunked in (True, False):  # a chunked body, and one that ends when the connection closes
+        with FakeOpenRouter(api_key=fake.api_key, chunked=chunked) as upstream:
+            client = Client(fake.api_key, upstream.base_url, "openai/o4-mini", 100)
+            gate = threading.Event()
+            upstream.queue(reply("ti ny", chunks=["ti", " ny"], gate=gate, reasoning=False))
+            kinds = []
+            for kind, value in client.stream([{"type": "message", "role": "user",
+                                               "content": [{"type": "input_text", "text": "x"}]}],
+                                             StreamState(), idle=lambda: 0.05):
+                kinds.append((kind, value if kind == "delta" else None))
+                if kind == "idle":
+                    gate.set()
+            first = kinds.index(("delta", "ti"))
+            assert ("caught_up", None) in kinds[first:kinds.index(("delta", " ny"))], (chunked, kinds)
+            assert kinds[-1][0] == "done"

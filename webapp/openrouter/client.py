@@ -9,7 +9,7 @@ import urllib3
 
 from .connection import StreamState, _current, _HTTPPool, _HTTPSPool
 from .errors import UpstreamError, error_detail, error_for_status, parse_retry_after, register_secret
-from .parsing import IDLE, Reply, _Summary, _summary_texts, reply_from_response, sse_data
+from .parsing import CAUGHT_UP, IDLE, Reply, _Summary, _summary_texts, reply_from_response, sse_data
 
 MODELS_READ_TIMEOUT = 10.0  # seconds for GET /models: a page waits on it, so never the turn's long read
 SIGNIN_READ_TIMEOUT = 30.0  # seconds for POST /auth/keys: the person waits on the callback page
@@ -48,6 +48,22 @@ def _answer(response, own_key=False, refused=None):
         return _body(response)
     finally:
         response.close()
+
+
+class _Waiting:
+    """What `sse_data` asks before each read of a stream read with `idle()` (see `Client.stream`)."""
+
+    def __init__(self, state, raw, idle):
+        self.state, self.raw, self.idle = state, raw, idle
+
+    def ready(self):
+        # idle() None: nobody waits on this reading any more (a turn handed to its own thread):
+        # read on without looking.
+        return self.idle() is None or self.state.ready(self.raw)
+
+    def wait(self):
+        wait = self.idle()
+        return wait is not None and not self.state.arrives(self.raw, wait)
 
 
 class Client:
@@ -231,7 +247,8 @@ class Client:
         start of `Reply.reasoning`, blank lines between parts included), and last ("done", Reply).
         `options`: as for `respond`. `idle()`, when given, says how many seconds the caller would wait
         for the next event (None: as long as it takes); after that long without one, ("idle", None)
-        is yielded and the reading goes on.
+        is yielded and the reading goes on. With `idle`, ("caught_up", None) also comes before
+        every read that would wait: all that had arrived is read (a stream writes what it holds).
 
         `state` collects the item id and text so far, so a caller that sees an `UpstreamError` (or
         stops early: closing this generator closes the upstream connection) still has them."""
@@ -246,11 +263,10 @@ class Client:
                 # Some failures arrive as a plain JSON body even when a stream was asked for.
                 yield "done", reply_from_response(response.json())
                 return
-            quiet = None if idle is None else (
-                lambda: (wait := idle()) is not None and state.quiet(response.raw, wait))
-            for data in sse_data(response.raw, quiet):
-                if data is IDLE:
-                    yield "idle", None
+            waiting = None if idle is None else _Waiting(state, response.raw, idle)
+            for data in sse_data(response.raw, waiting):
+                if data is IDLE or data is CAUGHT_UP:
+                    yield data, None
                     continue
                 if data is None:
                     yield "alive", None

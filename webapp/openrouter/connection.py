@@ -29,16 +29,24 @@ class StreamState:
             self._conn = conn
             conn.chat_owner = self
 
-    def quiet(self, raw, timeout):
-        """Whether nothing more of this reply arrives within `timeout` seconds: nothing is waiting
-        on the way (in http.client's buffer, in TLS) and the socket stays unreadable. Lets whoever
-        reads the reply do something else while the model pauses (a rendering, a keep-alive) and
-        then read on, nothing lost: this only looks, it never takes bytes off the stream. In any
-        doubt, False: the caller just reads (and waits there)."""
+    def ready(self, raw):
+        """Whether more of this reply has already arrived (in http.client's buffer, in TLS, on the
+        socket): reading it now does not wait. Never waits, never takes bytes off the stream. In
+        any doubt, False: the caller then writes out what it holds before it reads."""
         try:
-            return _quiet(self._conn.sock, raw, timeout)
+            return _ready(_socket(self._conn, raw), raw)
         except Exception:
             return False
+
+    def arrives(self, raw, timeout):
+        """Whether more of this reply arrives within `timeout` seconds (asked once `ready` said
+        no). Lets whoever reads the reply do something else while the model pauses (a rendering,
+        a keep-alive) and then read on, nothing lost. In any doubt, True: the caller just reads
+        (and waits there)."""
+        try:
+            return _arrives(_socket(self._conn, raw), timeout)
+        except Exception:
+            return True
 
     def finish(self, raw):
         """After the reply's terminal event: read the rest of the body (OpenRouter's `[DONE]`, the
@@ -50,7 +58,7 @@ class StreamState:
             conn, self._conn = self._conn, None
         try:
             for _ in range(4):  # `[DONE]`, then the last chunk: one or two reads
-                if _quiet(conn.sock, raw, 0) or not raw.read1(65536):
+                if not _ready(conn.sock, raw) or not raw.read1(65536):
                     return
         except Exception:
             pass  # closed with the response, as before
@@ -75,32 +83,58 @@ class StreamState:
                 pass  # already closed
 
 
-def _quiet(sock, raw, timeout):
-    """StreamState.quiet for the socket `sock` under the urllib3 response `raw`."""
+def _socket(conn, raw):
+    """The socket a reply comes on: its connection's, or, for a body that ends when the connection
+    closes (no length, not chunked: http.client hands the socket to the response), the response's."""
+    if conn is not None and conn.sock is not None:
+        return conn.sock
+    return raw._fp.fp.raw._sock  # http.client's reader, over the socket's SocketIO
+
+
+def _ready(sock, raw):
+    """StreamState.ready for the socket `sock` under the urllib3 response `raw`."""
     if isinstance(sock, ssl.SSLSocket) and sock.pending():
-        return False
+        return True
     reader = raw._fp.fp  # http.client's buffered reader over the socket
     saved = sock.gettimeout()
     sock.settimeout(0)  # so a peek with nothing buffered asks the socket once, without waiting
     try:
         try:
-            # (The line break that ends the chunk just read stays buffered: not more of the reply.)
-            if reader.peek(3).strip(b"\r\n"):
-                return False
+            buffered = reader.peek(3)
         except (BlockingIOError, ssl.SSLWantReadError):
-            pass  # nothing has arrived
-        if isinstance(sock, ssl.SSLSocket):  # no MSG_PEEK through TLS: whether bytes are on the way
-            return not select.select([sock], [], [], timeout)[0]
-        # A peek that waits on the socket itself: cheaper than select under gevent (which builds a
-        # watcher per call; the socket reuses its own), and it leaves the bytes for the real read.
-        sock.settimeout(timeout)
-        try:
-            sock.recv(1, socket.MSG_PEEK)  # data, or b"" at the end: either way, not quiet
-        except (TimeoutError, BlockingIOError):
+            return False  # nothing buffered, nothing on the socket
+        if not buffered:
+            return False  # the same, said by the socket's reader
+        if buffered.strip(b"\r\n"):
             return True
+        # Only the line break that ends the chunk just read is buffered: not more of the reply.
+        # The peek did not ask the socket (it had bytes): ask it now.
+        if isinstance(sock, ssl.SSLSocket):  # no MSG_PEEK through TLS: whether bytes are on the way
+            return bool(select.select([sock], [], [], 0)[0])
+        try:
+            sock.recv(1, socket.MSG_PEEK)  # data, or b"" at the end: either way, read it now
+        except (BlockingIOError, TimeoutError):
+            return False
+        return True
+    finally:
+        sock.settimeout(saved)
+
+
+def _arrives(sock, timeout):
+    """StreamState.arrives for the socket `sock`."""
+    if isinstance(sock, ssl.SSLSocket):
+        return bool(select.select([sock], [], [], timeout)[0])
+    # A peek that waits on the socket itself: cheaper than select under gevent (which builds a
+    # watcher per call; the socket reuses its own), and it leaves the bytes for the real read.
+    saved = sock.gettimeout()
+    sock.settimeout(timeout)
+    try:
+        sock.recv(1, socket.MSG_PEEK)
+    except (TimeoutError, BlockingIOError):
         return False
     finally:
         sock.settimeout(saved)
+    return True
 
 
 # The StreamState of the request this thread is making (one request at a time per thread).

@@ -24,20 +24,25 @@ class Reply:
 
 
 IDLE = "idle"  # what `sse_data` yields when the stream stayed quiet as long as its caller asked
+CAUGHT_UP = "caught_up"  # what it yields when all that had arrived is read, before a read that waits
 
 
-def sse_data(raw, quiet=None):
+def sse_data(raw, waiting=None):
     """Yield each SSE event's `data` (a str) from a urllib3 response, or None for a comment line.
-    `quiet()`, when given, is asked before each read: True (nothing arrived for as long as the
-    caller wanted to wait) yields IDLE, and the reading goes on after it.
+    `waiting`, when given, is asked before each read: `ready()` (something has arrived: read it at
+    once); if not, CAUGHT_UP is yielded (whoever streams the events writes out what it holds, so
+    events read together go out together and none waits), then `wait()`: True when nothing arrived
+    for as long as the caller wanted to wait, which yields IDLE, and the reading goes on after it.
 
     `read1` returns whatever bytes have arrived, so no event waits for a buffer to fill (requests'
     `iter_lines` reads 512-byte blocks and holds small events back when the body is not chunked)."""
     buf, data = b"", []
     while True:
-        if quiet is not None and quiet():
-            yield IDLE
-            continue
+        if waiting is not None and not waiting.ready():
+            yield CAUGHT_UP
+            if waiting.wait():
+                yield IDLE
+                continue
         chunk = raw.read1(65536)
         if not chunk:
             return

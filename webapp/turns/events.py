@@ -13,6 +13,8 @@ HTML = "html"  # the server's sanitised rendering of the reply so far (the strea
 DONE = "done"  # the reply ended (stored, stopped or cut): final
 ERROR = "error"  # the turn failed: final
 IDLE = "idle"  # the upstream stayed quiet as long as the turn's reader asked (never published)
+CAUGHT_UP = "caught_up"  # all the upstream had sent is read; the next read would wait: what the
+                         # reader's stream holds goes out now (never published)
 TICK = "tick"  # a follower's wait ran out with nothing new (a rendering or a keep-alive may be due)
 
 FINAL = (DONE, ERROR)

@@ -12,7 +12,7 @@ import time
 from .. import attachments, conversation, render
 from ..openrouter import StreamState, UpstreamError
 from . import admission, settle
-from .events import DONE, ERROR, IDLE, TICK as QUIET
+from .events import CAUGHT_UP, DONE, ERROR, IDLE, TICK as QUIET
 from . import relay as relays
 
 log = logging.getLogger(__name__)
@@ -125,7 +125,7 @@ def reading(store, client, running, items, stream=True, request=None, idle=None)
                 outcome = (DONE, {"text": reply.text, "stored": ok,
                                   "note": conversation.note_text(settle.note_for(reply))})
                 break
-            if kind != IDLE:
+            if kind != IDLE and kind != CAUGHT_UP:
                 running.publish(kind, value)
             yield kind, value
             if running.stop_requested:
@@ -306,18 +306,24 @@ class Reader:
 
     def events(self):
         """(id, kind, data) of the turn's events, each as soon as the upstream sends it, to the end;
-        (None, "tick", None) whenever the upstream stayed quiet for `idle()` seconds."""
+        (None, "caught_up", None) whenever all the upstream had sent is read (what the stream holds
+        goes out then: events read together are written together), and (None, "tick", None)
+        whenever the upstream stayed quiet for `idle()` seconds."""
         with self._lock:
-            if self._taken or self._handed:  # (not expected: one stream reads) follow it instead
-                yield from self.running.relay.listen()
-                return
+            following = self._taken or self._handed  # (not expected: one stream reads) follow it
             self._taken = True
+        if following:
+            for event in self.running.relay.listen():
+                yield event
+                yield None, CAUGHT_UP, None
+            return
         relay, seen = self.running.relay, 0
         for kind, _ in self.steps:
             new, seen = relay.since(seen)
-            if new:
-                yield from new
-            elif kind == IDLE:
+            yield from new
+            if kind == CAUGHT_UP:
+                yield None, CAUGHT_UP, None
+            elif kind == IDLE and not new:
                 yield None, QUIET, None
         self._exhausted = True
         new, seen = relay.since(seen)

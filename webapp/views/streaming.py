@@ -13,8 +13,8 @@ from flask import (Blueprint, Response, current_app, redirect, render_template, 
 
 from .. import conversation, render, sending, turns
 from ..turns import relay as relays
-from ..turns.events import (ALIVE, DELTA, DONE, ERROR, FINAL, HTML, QUEUED, REASONING, RESUMED,
-                            STARTED, TICK)
+from ..turns.events import (ALIVE, DELTA, DONE, ERROR, FINAL, HTML, QUEUED, REASONING,
+                            RESUMED, STARTED, TICK)
 from ..limits import per_session_and_address
 from . import wiring
 
@@ -79,15 +79,15 @@ class _Snapshots:
         return min(HTML_AT_MOST, max(HTML_EVERY, 10 * max(1, self.live()) * cost))
 
 
-def _event_stream(events, cid, snapshots, begun=False):
+def _event_stream(events, cid, snapshots, begun=False, batched=False):
     """Relay events as SSE. Deltas are text for textContent, at once; `html` events carry the
     sanitised rendering of the text so far; the final event carries the whole reply's HTML.
     If the store fails on the way, the stream still ends with a message (and, when no turn began,
     with `unsent`, so the page puts the text back in the box). `begun`: a reply picked up again,
-    whose turn began long before this stream."""
+    whose turn began long before this stream. `batched`: see `_relay`."""
     yield ": stream open\n\n"
     try:
-        for chunk in _relay(events, cid, snapshots):
+        for chunk in _relay(events, cid, snapshots, batched):
             begun = begun or chunk.startswith(f"event: {STARTED}")
             yield chunk
     except Exception:  # StoreError, a Redis error: nothing else can answer this stream now
@@ -96,34 +96,44 @@ def _event_stream(events, cid, snapshots, begun=False):
                           "unsent": not begun})
 
 
-def _relay(events, cid, snapshots):
-    """(id, kind, data) events as SSE text: deltas at once, renderings when due, keep-alives."""
+def _relay(events, cid, snapshots, batched=False):
+    """(id, kind, data) events as SSE text: deltas at once, renderings when due, keep-alives.
+    `batched` (the events of `runner.Reader`): the words and keep-alives read from the upstream
+    together are held until it says CAUGHT_UP (the next read would wait), then written in one go,
+    adjacent deltas as one event: a busy process that finds several upstream events waiting sends
+    one write, not one per token. Nothing waits for more to come."""
     last_write = time.monotonic()
+    held = []
     for event_id, kind, value in events:
+        if kind in (DELTA, REASONING, ALIVE):
+            if kind == DELTA:
+                snapshots.add(value)
+            held.append((event_id, kind, value))
+            if batched:
+                continue
         now = time.monotonic()
-        if kind == DELTA:
-            snapshots.add(value)
-            yield sse(DELTA, value, event_id)
-            last_write = now
-        elif kind == ALIVE:
-            yield ": keep-alive\n\n"  # the upstream's own keep-alive, passed on
-            last_write = now
-        elif kind in (STARTED, QUEUED, REASONING, RESUMED):
-            yield sse(kind, value, event_id)
+        out = [sse(k, v, i) for i, k, v in relays.coalesced([e for e in held if e[1] != ALIVE])]
+        if not out and held:
+            out.append(": keep-alive\n\n")  # only the upstream's keep-alives: passed on, once
+        held = []
+        if kind in (STARTED, QUEUED, RESUMED):
+            out.append(sse(kind, value, event_id))
         elif kind in FINAL:
-            yield sse(kind, wiring.finished(kind, value, cid), event_id)
+            out.append(sse(kind, wiring.finished(kind, value, cid), event_id))
+            yield "".join(out)
             return
         html = snapshots.due(now)
         if html is not None:
-            yield sse(HTML, html)
-            last_write = now
-        elif now - last_write >= KEEPALIVE:
-            yield ": keep-alive\n\n"
+            out.append(sse(HTML, html))
+        elif not out and now - last_write >= KEEPALIVE:
+            out.append(": keep-alive\n\n")
+        if out:
+            yield "".join(out)
             last_write = now
 
 
-def _stream_response(events, cid, snapshots, begun=False):
-    response = Response(stream_with_context(_event_stream(events, cid, snapshots, begun)),
+def _stream_response(events, cid, snapshots, begun=False, batched=False):
+    response = Response(stream_with_context(_event_stream(events, cid, snapshots, begun, batched)),
                         mimetype="text/event-stream")
     response.headers["Cache-Control"] = "no-cache"
     response.headers["X-Accel-Buffering"] = "no"  # nginx: do not buffer this response
@@ -211,7 +221,7 @@ def stream(cid=None):
     started, snapshots = [], _Snapshots()
     running = _start(send, begun, started, snapshots) if begun else None
     response = _stream_response(_start_when_free(send, begun, running, snapshots, started, ahead),
-                                send.cid, snapshots)
+                                send.cid, snapshots, batched=True)
     response.call_on_close(lambda: _hand_over(started))
     return response
 

@@ -108,21 +108,15 @@ def _ready(sock, raw):
         if buffered.strip(b"\r\n"):
             return True
         # Only the line break that ends the chunk just read is buffered: not more of the reply.
-        # The peek did not ask the socket (it had bytes): ask it now.
-        if isinstance(sock, ssl.SSLSocket):  # no MSG_PEEK through TLS: whether bytes are on the way
-            return bool(select.select([sock], [], [], 0)[0])
-        try:
-            sock.recv(1, socket.MSG_PEEK)  # data, or b"" at the end: either way, read it now
-        except (BlockingIOError, TimeoutError):
-            return False
-        return True
+        # The peek did not ask the socket (it had bytes): ask it now, without waiting.
+        return _arrives(sock, 0)
     finally:
         sock.settimeout(saved)
 
 
 def _arrives(sock, timeout):
-    """StreamState.arrives for the socket `sock`."""
-    if isinstance(sock, ssl.SSLSocket):
+    """StreamState.arrives for the socket `sock`: data, or the end of the stream, within `timeout`."""
+    if isinstance(sock, ssl.SSLSocket):  # no MSG_PEEK through TLS: whether bytes are on the way
         return bool(select.select([sock], [], [], timeout)[0])
     # A peek that waits on the socket itself: cheaper than select under gevent (which builds a
     # watcher per call; the socket reuses its own), and it leaves the bytes for the real read.

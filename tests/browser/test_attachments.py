@@ -19,6 +19,14 @@ def file(name, data, mime):
     return {"name": name, "mimeType": mime, "buffer": data}
 
 
+def loaded_width(page, img):
+    """The image's natural width once the browser has finished with it (loaded or failed: 0).
+    The thumbnails are lazy, so asking straight after they appear races their load."""
+    handle = img.element_handle()
+    page.wait_for_function("(img) => img.complete", arg=handle)
+    return page.evaluate("(img) => img.naturalWidth", handle)
+
+
 def test_files_are_chosen_shown_as_chips_sent_streamed_and_cleared(page, server, fake):
     fake.queue(reply("A single dot. " * 5, chunk_delay=0.02))
     page.set_input_files('input[name="files"]', [file("dot.png", PNG, "image/png"),
@@ -37,7 +45,7 @@ def test_files_are_chosen_shown_as_chips_sent_streamed_and_cleared(page, server,
     sha = hashlib.sha256(PNG).hexdigest()
     thumb = page.locator(f'article.user img[src$="/files/{sha}"]')
     expect(thumb).to_have_count(1)
-    assert page.evaluate("(img) => img.complete && img.naturalWidth", thumb.element_handle()) == 1
+    assert loaded_width(page, thumb) == 1
     expect(chips).to_have_count(0)
     assert page.evaluate("document.querySelector('input[name=files]').files.length") == 0
     parts = fake.requests[-1]["body"]["input"][-1]["content"]
@@ -85,7 +93,7 @@ def test_with_javascript_off_a_file_is_posted_with_the_form(browser, server, fak
         sha = hashlib.sha256(PNG).hexdigest()
         thumb = page.locator(f'article.user img[src$="/files/{sha}"]')
         expect(thumb).to_have_count(1)
-        assert page.evaluate("(img) => img.naturalWidth", thumb.element_handle()) == 1
+        assert loaded_width(page, thumb) == 1
         assert fake.requests[-1]["body"]["input"][-1]["content"][1]["type"] == "input_image"
     finally:
         context.close()

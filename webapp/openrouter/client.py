@@ -9,7 +9,8 @@ import urllib3
 
 from .connection import StreamState, _current, _HTTPPool, _HTTPSPool
 from .errors import UpstreamError, error_detail, error_for_status, parse_retry_after, register_secret
-from .parsing import CAUGHT_UP, IDLE, Reply, _Summary, _summary_texts, reply_from_response, sse_data
+from .parsing import (CAUGHT_UP, IDLE, Reply, _Summary, _summary_texts, body_pieces, reply_from_response,
+                      sse_data)
 
 MODELS_READ_TIMEOUT = 10.0  # seconds for GET /models: a page waits on it, so never the turn's long read
 SIGNIN_READ_TIMEOUT = 30.0  # seconds for POST /auth/keys: the person waits on the callback page
@@ -264,7 +265,8 @@ class Client:
                 yield "done", reply_from_response(response.json())
                 return
             waiting = None if idle is None else _Waiting(state, response.raw, idle)
-            for data in sse_data(response.raw, waiting):
+            pieces = body_pieces(response.raw)
+            for data in sse_data(pieces, waiting):
                 if data is IDLE or data is CAUGHT_UP:
                     yield data, None
                     continue
@@ -334,7 +336,7 @@ class Client:
             raise UpstreamError("timeout" if timeout else "cut") from None
         finally:
             if ended:
-                state.finish(response.raw)  # the connection back to the pool, when its end is here
+                state.finish(response.raw, pieces)  # the connection back to the pool, when its end is here
             state.detach()
             response.close()
 

@@ -48,17 +48,17 @@ class StreamState:
         except Exception:
             return True
 
-    def finish(self, raw):
-        """After the reply's terminal event: read the rest of the body (OpenRouter's `[DONE]`, the
-        chunked body's end) when it has already arrived, so the connection goes back to the pool
-        and the next turn skips the DNS lookup and the TCP and TLS handshakes. Never waits: an end
+    def finish(self, raw, pieces):
+        """After the reply's terminal event: read the rest of the body's `pieces` (OpenRouter's
+        `[DONE]`, the chunked body's end) when it has already arrived, so the connection goes back
+        to the pool and the next turn skips the DNS lookup and the TCP and TLS handshakes. Never waits: an end
         still on its way just means the connection is closed, as before. Detached first, so a late
         Stop cannot cut the connection once another turn has it."""
         with self._lock:
             conn, self._conn = self._conn, None
         try:
             for _ in range(4):  # `[DONE]`, then the last chunk: one or two reads
-                if not _ready(conn.sock, raw) or not raw.read1(65536):
+                if not _ready(conn.sock, raw) or not next(pieces, b""):
                     return
         except Exception:
             pass  # closed with the response, as before

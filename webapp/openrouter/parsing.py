@@ -27,15 +27,25 @@ IDLE = "idle"  # what `sse_data` yields when the stream stayed quiet as long as 
 CAUGHT_UP = "caught_up"  # what it yields when all that had arrived is read, before a read that waits
 
 
-def sse_data(raw, waiting=None):
-    """Yield each SSE event's `data` (a str) from a urllib3 response, or None for a comment line.
-    `waiting`, when given, is asked before each read: `ready()` (something has arrived: read it at
-    once); if not, CAUGHT_UP is yielded (whoever streams the events writes out what it holds, so
-    events read together go out together and none waits), then `wait()`: True when nothing arrived
-    for as long as the caller wanted to wait, which yields IDLE, and the reading goes on after it.
+def body_pieces(raw):
+    """A streamed urllib3 response's body as it arrives: a chunked body (OpenRouter's) chunk by chunk
+    through urllib3's own reader, which takes each chunk's size line and closing line break with it
+    (nothing of a read chunk is left buffered, so "has more arrived?" is one look, and the
+    connection goes back to the pool when the last chunk is read); any other body, whatever bytes
+    have arrived at each read. Neither waits for a buffer to fill (requests' `iter_lines` reads
+    512-byte blocks and holds small events back when the body is not chunked)."""
+    if raw.chunked and raw.supports_chunked_reads():
+        return raw.read_chunked()
+    return iter(lambda: raw.read1(65536), b"")
 
-    `read1` returns whatever bytes have arrived, so no event waits for a buffer to fill (requests'
-    `iter_lines` reads 512-byte blocks and holds small events back when the body is not chunked)."""
+
+def sse_data(pieces, waiting=None):
+    """Yield each SSE event's `data` (a str) from a body's `pieces` (`body_pieces`), or None for a
+    comment line. `waiting`, when given, is asked before each read: `ready()` (something has
+    arrived: read it at once); if not, CAUGHT_UP is yielded (whoever streams the events writes out
+    what it holds, so events read together go out together and none waits), then `wait()`: True
+    when nothing arrived for as long as the caller wanted to wait, which yields IDLE, and the
+    reading goes on after it."""
     buf, data = b"", []
     while True:
         if waiting is not None and not waiting.ready():
@@ -43,7 +53,7 @@ def sse_data(raw, waiting=None):
             if waiting.wait():
                 yield IDLE
                 continue
-        chunk = raw.read1(65536)
+        chunk = next(pieces, b"")
         if not chunk:
             return
         buf += chunk

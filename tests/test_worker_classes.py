@@ -1,6 +1,6 @@
 """The key behaviours under a real gunicorn with each worker class gunicorn.conf.py offers
 (GUNICORN_WORKER_CLASS=gthread, the default, and gevent): a JS-off turn, a streamed turn whose first
-delta arrives before the upstream finishes, Stop before the first byte, and a graceful SIGTERM that
+delta arrives before the upstream finishes, a rendering sent while the model pauses, Stop before the first byte, and a graceful SIGTERM that
 stores a reply still being written."""
 
 import signal
@@ -55,6 +55,27 @@ def test_a_js_off_turn(server, fake):
 
 def test_a_streamed_turn_delivers_its_first_delta_before_the_upstream_finishes(server, fake):
     first_delta_arrives_before_the_upstream_finishes(server, fake)
+
+
+def test_while_the_model_pauses_the_words_so_far_are_rendered(server, fake):
+    """The request reading the reply stops waiting on a silent upstream to send what is due (here
+    the markdown of the first words), then reads on: under gevent by waiting on the socket's own
+    watcher, under threads by a peek that waits. Without it the rendering would come only with
+    the next words, after the pause."""
+    import threading
+
+    gate = threading.Event()
+    fake.queue(reply("**bold** start, then the rest", chunks=["**bold** start", ", then the rest"],
+                     gate=gate, reasoning=False))
+    stream = events(start_turn(Browser(), server, "pause after the first words"))
+    until("delta", stream)
+    try:
+        html, seen = until("html", stream)  # during the pause: nothing else can bring it
+    finally:
+        gate.set()
+    assert "<strong>bold</strong>" in html and not [k for k, _ in seen if k == "delta"]
+    _, rest = until("done", stream)
+    assert "".join(d for k, d in rest if k == "delta") == ", then the rest"
 
 
 def test_stop_before_the_first_byte_settles_at_once(server, fake):

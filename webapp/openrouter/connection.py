@@ -118,12 +118,17 @@ def _arrives(sock, timeout):
     """StreamState.arrives for the socket `sock`: data, or the end of the stream, within `timeout`."""
     if isinstance(sock, ssl.SSLSocket):  # no MSG_PEEK through TLS: whether bytes are on the way
         return bool(select.select([sock], [], [], timeout)[0])
-    # A peek that waits on the socket itself: cheaper than select under gevent (which builds a
-    # watcher per call; the socket reuses its own), and it leaves the bytes for the real read.
+    # gevent's socket (the default worker): wait on the socket's own watcher, as its recv does once
+    # the socket has said "nothing yet" (`ready` has just asked it), with no call that returns
+    # nothing. Elsewhere a peek that waits: it leaves the bytes for the real read.
+    wait = getattr(sock, "_wait", None) if timeout else None
     saved = sock.gettimeout()
     sock.settimeout(timeout)
     try:
-        sock.recv(1, socket.MSG_PEEK)
+        if wait is not None:
+            wait(sock._read_event)
+        else:
+            sock.recv(1, socket.MSG_PEEK)
     except (TimeoutError, BlockingIOError):
         return False
     finally:

@@ -60,7 +60,7 @@ class _Snapshots:
         return self.interval if self.dirty else KEEPALIVE
 
     def due(self, now):
-        if not self.dirty:
+        if not self.dirty or now - self.last < HTML_EVERY:  # never sooner than that, whatever the spacing
             return None
         if not self.rendered and not self.at_once:
             # Spaced by the process's latest render, asked again each time: when a burst of replies

@@ -33,6 +33,7 @@ class LocalRelay:
         self.text = ""  # the reply's words so far (every delta's)
         self.finished = False
         self._cond = threading.Condition()
+        self._waiting = 0  # followers waiting on the condition: an event with none wakes nobody
 
     def publish(self, kind, data=None, final=False):
         """Append an event (ignored once the turn has ended: a Stop may settle it first)."""
@@ -50,7 +51,15 @@ class LocalRelay:
         if kind == DELTA:
             self.text += data
         self.finished = final
-        self._cond.notify_all()
+        if self._waiting:  # (the notify's own checks cost more than the rest, once per word)
+            self._cond.notify_all()
+
+    def _wait(self, predicate, timeout):  # with the condition held
+        self._waiting += 1
+        try:
+            return self._cond.wait_for(predicate, timeout)
+        finally:
+            self._waiting -= 1
 
     def position(self):
         """(the last event's id, the reply's words up to it): what a progress save records, so a
@@ -83,7 +92,8 @@ class LocalRelay:
         while True:
             with self._cond:
                 if seen == len(self.events) and not self.finished:
-                    self._cond.wait(tick() if callable(tick) else tick)
+                    self._wait(lambda: seen < len(self.events) or self.finished,
+                               tick() if callable(tick) else tick)
                 new, finished = self.events[seen:], self.finished
             yield from coalesced(new)
             seen += len(new)
@@ -95,7 +105,7 @@ class LocalRelay:
     def wait(self, timeout):
         """True once the final event is published, False if `timeout` seconds pass first."""
         with self._cond:
-            return self._cond.wait_for(lambda: self.finished, timeout)
+            return self._wait(lambda: self.finished, timeout)
 
 
 def coalesced(events):
@@ -190,7 +200,7 @@ class Mirror(LocalRelay):
         wanted = _order(after)
         if wanted is not None:
             with self._cond:
-                self._cond.wait_for(lambda: self.finished or _order(self.last_id) >= wanted, 1.0)
+                self._wait(lambda: self.finished or _order(self.last_id) >= wanted, 1.0)
         return super().before(after)
 
     def feed(self, entries):

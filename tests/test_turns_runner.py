@@ -230,6 +230,28 @@ def test_events_read_together_go_out_in_one_write_and_nothing_waits_for_more(app
     assert [chunk.split("\n")[0] for chunk in one_by_one] == ["id: 1", ": keep-alive", "id: 3", "id: 4"]
 
 
+def test_a_rendering_due_never_holds_back_the_words_read_with_it(app, monkeypatch):
+    """When a rendering of the reply is due as words are written, the words go out first, in their
+    own write: the rendering (which costs more the longer the reply) comes after them."""
+    from tests.sse import sse_events
+    from webapp.views import streaming
+
+    rendered = []
+    monkeypatch.setattr(streaming.render, "markdown",
+                        lambda text: rendered.append(text) or f"<p>{text}</p>")
+    snapshots = streaming._Snapshots(at_once=True)  # due at its first word
+
+    def upstream():
+        yield "1", "delta", "Hello"
+        yield None, "caught_up", None
+
+    with app.app_context():
+        writes = streaming._relay(upstream(), "c", snapshots, batched=True)
+        first = next(writes)
+        assert sse_events(first) == [("delta", "Hello")] and rendered == []  # out before any render
+        assert sse_events(next(writes)) == [("html", "<p>Hello</p>")]
+
+
 def test_a_reader_says_caught_up_before_every_read_that_would_wait(fake):
     """`Client.stream(idle=…)` yields ("caught_up", None) after the first word, before the upstream
     (held by a gate) sends the rest: the stream writes that word then, not with the next."""

@@ -122,13 +122,15 @@ def _relay(events, cid, snapshots, batched=False):
             out.append(sse(kind, wiring.finished(kind, value, cid), event_id))
             yield "".join(out)
             return
+        if out:
+            yield "".join(out)  # the words first: a rendering due now never holds them back
+            last_write = now
         html = snapshots.due(now)
         if html is not None:
-            out.append(sse(HTML, html))
+            yield sse(HTML, html)
+            last_write = now
         elif not out and now - last_write >= KEEPALIVE:
-            out.append(": keep-alive\n\n")
-        if out:
-            yield "".join(out)
+            yield ": keep-alive\n\n"
             last_write = now
 
 

@@ -92,7 +92,7 @@ def test_streaming_renders_are_spaced_by_how_many_replies_stream_at_once(monkeyp
     monkeypatch.setattr(streaming.render, "markdown", slow)
     monkeypatch.setattr(streaming._Snapshots, "last_cost", 0.01)
     first, intervals = {}, {}
-    for live in (1, 50, 1000):
+    for live in (1, 5, 1000):
         snapshots = streaming._Snapshots(live=lambda live=live: live)
         snapshots.add("**bold** text")
         started = clock[0]
@@ -109,8 +109,8 @@ def test_streaming_renders_are_spaced_by_how_many_replies_stream_at_once(monkeyp
         clock[0] += snapshots.interval + 0.001
         assert "more" in snapshots.due(clock[0])
     assert first == pytest.approx(intervals, abs=0.06)  # the first render is spaced like the others
-    assert intervals[1] == pytest.approx(streaming.HTML_EVERY)  # 10 × 10 ms is less than the floor
-    assert intervals[50] == pytest.approx(10 * 50 * 0.01)
+    assert intervals[1] == pytest.approx(streaming.HTML_EVERY)  # 10 ms ÷ 5 % is less than the floor
+    assert intervals[5] == pytest.approx(5 * 0.01 / streaming.RENDER_SHARE)  # a twentieth of a core
     assert intervals[1000] == streaming.HTML_AT_MOST  # formatting still shows within seconds
 
 

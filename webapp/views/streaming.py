@@ -23,6 +23,9 @@ bp = Blueprint("streaming", __name__)
 KEEPALIVE = 15.0  # seconds of silence before a comment line keeps proxies from cutting the stream
 HTML_EVERY = 0.3  # seconds between renders of a streaming reply's markdown, at the least
 HTML_AT_MOST = 5.0  # and at the most: under any load the formatting shows within a few seconds
+# The share of one core a process spends on those renders at most, however many replies stream: under
+# load the formatting trails the words a little more, and the words themselves keep their pace.
+RENDER_SHARE = 0.05
 
 
 def sse(kind, data=None, event_id=None):
@@ -36,9 +39,9 @@ class _Snapshots:
     """The markdown of a streaming reply, rendered by the server's one sanitising renderer every few
     hundred milliseconds, so the page shows formatting as it arrives. Rendering costs more for a
     longer reply and is repeated for every reply streaming in this process at once, so renders are
-    spaced to take at most a tenth of one core in all: with `live()` replies streaming, each waits
-    10 × live × the last render's time, between HTML_EVERY and HTML_AT_MOST (the deltas themselves
-    are never held back). A new reply's first render waits that long after its first delta too (a
+    spaced to take at most RENDER_SHARE of one core in all: with `live()` replies streaming, each
+    waits live × the last render's time ÷ RENDER_SHARE, between HTML_EVERY and HTML_AT_MOST (the
+    deltas themselves are never held back). A new reply's first render waits that long after its first delta too (a
     token or two needs no formatting); a resumed one (`at_once`) is rendered at once, since its first
     delta is the whole text so far."""
 
@@ -76,7 +79,7 @@ class _Snapshots:
         return html
 
     def _spaced(self, cost):
-        return min(HTML_AT_MOST, max(HTML_EVERY, 10 * max(1, self.live()) * cost))
+        return min(HTML_AT_MOST, max(HTML_EVERY, max(1, self.live()) * cost / RENDER_SHARE))
 
 
 def _event_stream(events, cid, snapshots, begun=False, batched=False):

@@ -9,6 +9,9 @@
 #   ./bench.sh --ab REV [streamed|nojs] [ROUNDS]
 #                         the 1,000-turn burst, the app at git revision REV against this tree and
 #                         the floor, rounds interleaved (about 3 minutes a round): printed only
+#   ./bench.sh --inprocess [streamed|nojs] [--pace S] [--profile app|floor]
+#                         the app against the floor in one process, turn by turn alternated (under a
+#                         minute; steadier than the bursts for a change of a few per cent): printed only
 #   ./bench.sh --peer     Gradio's ChatInterface on the same fake upstream, side by side (its own venv
 #                         in build/peer-venv): docs/bench/peer.md
 set -euo pipefail
@@ -23,6 +26,7 @@ case "${1:-}" in
   --profile) shift; exec .venv/bin/python -m bench.profile "$@" ;;
   --hosts) shift; exec .venv/bin/python -m bench.hosts "$@" ;;
   --ab) shift; exec .venv/bin/python -m bench.ab "$@" ;;
+  --inprocess) shift; exec .venv/bin/python -m bench.inprocess "$@" ;;
   --peer)
     shift
     [ -x build/peer-venv/bin/python ] || "$PY" -m venv build/peer-venv

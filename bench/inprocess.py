@@ -1,0 +1,122 @@
+"""In-process A/B of one kind of turn, the app against the floor: `./bench.sh --inprocess [streamed|nojs]`.
+
+The 1,000-turn bursts move by 20-30 % between rounds of the same code on these shared cores, more than
+most single changes save. Here the app (wsgi:app) and the floor (bench/floor_app.py) run in this one
+process under gevent's monkey-patching, as under gunicorn's gevent worker, driven alternately by
+Flask's test client: each turn is a new browser's first send (a new conversation), the process's own
+CPU time counted around it, medians compared. Runs of the same code agree within about 2 % here.
+
+    --turns N     turns per side (default 300)
+    --pace S      seconds between the upstream's 40 deltas (streamed; default 0.002: each read waits;
+                  0: every event is already waiting, so only the per-turn work shows)
+    --profile app|floor   then cProfile that side's turns (CPU time) and print the top functions
+
+`strace -c -f -p PID` on this process, while it runs, counts the syscalls of either side."""
+
+import argparse
+import sys
+
+from gevent import monkey
+
+monkey.patch_all()
+
+import cProfile  # noqa: E402
+import io  # noqa: E402
+import logging  # noqa: E402
+import os  # noqa: E402
+import pstats  # noqa: E402
+import re  # noqa: E402
+import statistics  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+
+from bench import run  # noqa: E402
+
+CSRF = re.compile(r'name="csrf_token"[^>]*value="([^"]+)"')
+
+
+def turn(app, kind, profile=None):
+    """One new browser's first send; the CPU seconds it took this process (the page it loaded to
+    get its token not counted)."""
+    client = app.test_client()
+    token = CSRF.search(client.get("/").get_data(as_text=True)).group(1)
+    headers = {"X-CSRFToken": token}
+    started = time.process_time()
+    if profile:
+        profile.enable()
+    if kind == "streamed":
+        response = client.post("/turns", data={"csrf_token": token, "message": "hello"}, buffered=False,
+                               headers={**headers, "Accept": "text/event-stream"})
+        body = b"".join(response.response)
+        response.close()
+        if b"event: done" not in body:
+            raise RuntimeError(f"the stream did not end with done: {body[-300:]!r}")
+    else:
+        response = client.post("/", data={"csrf_token": token, "message": "hello"}, headers=headers)
+        if response.status_code != 303:
+            raise RuntimeError(f"POST / answered {response.status_code}")
+        page = client.get(response.headers["Location"].split("#")[0])
+        if b'data-role="assistant"' not in page.data:
+            raise RuntimeError("the page has no reply")
+    if profile:
+        profile.disable()
+    return time.process_time() - started
+
+
+def quiet(*loggers):
+    """The app's log lines (one per turn) still formatted and written, as under gunicorn, to
+    /dev/null rather than over the results."""
+    sink = open(os.devnull, "w")
+    for logger in loggers:
+        for handler in getattr(logger, "handlers", ()):
+            if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+                handler.setStream(sink)
+
+
+def main(kind="streamed", turns=300, pace=0.002, profile=None):
+    if kind == "streamed":
+        upstream, base = run.spawn_upstream("ticks", str(run.TICKS), str(pace))
+    else:
+        upstream, base = run.spawn_upstream("fake", "0.0")
+    os.environ.update(run.app_env(base, tempfile.mkdtemp(prefix="bench-inprocess-")))
+    try:
+        import wsgi
+        from bench import floor_app
+        quiet(logging.getLogger(), *logging.getLogger().manager.loggerDict.values())
+        apps = {"app": wsgi.app, "floor": floor_app.app}
+        for app in apps.values():
+            for _ in range(20):  # warm: imports, caches, pooled connections
+                turn(app, kind)
+        spent = {name: [] for name in apps}
+        for _ in range(turns):
+            for name, app in apps.items():
+                spent[name].append(turn(app, kind) * 1000)
+        medians = {name: statistics.median(values) for name, values in spent.items()}
+        for name, values in spent.items():
+            quartiles = statistics.quantiles(values, n=4)
+            print(f"{name}: {medians[name]:.2f} ms CPU per {kind} turn (median; quartiles "
+                  f"{quartiles[0]:.2f}-{quartiles[2]:.2f})")
+        print(f"app ÷ floor: {medians['app'] / medians['floor']:.2f}")
+        if profile:
+            prof = cProfile.Profile(time.process_time)
+            for _ in range(min(turns, 100)):
+                turn(apps[profile], kind, prof)
+            out = io.StringIO()
+            stats = pstats.Stats(prof, stream=out)
+            stats.sort_stats("tottime").print_stats(40)
+            stats.sort_stats("cumulative").print_stats(40)
+            print(out.getvalue())
+    finally:
+        upstream.kill()
+        upstream.wait()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("kind", nargs="?", default="streamed", choices=["streamed", "nojs"])
+    parser.add_argument("--turns", type=int, default=300)
+    parser.add_argument("--pace", type=float, default=0.002)
+    parser.add_argument("--profile", choices=["app", "floor"])
+    args = parser.parse_args()
+    main(args.kind, args.turns, args.pace, args.profile)
+    sys.exit(0)

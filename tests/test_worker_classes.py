@@ -1,7 +1,7 @@
 """The key behaviours under a real gunicorn with each worker class gunicorn.conf.py offers
 (GUNICORN_WORKER_CLASS=gthread, the default, and gevent): a JS-off turn, a streamed turn whose first
-delta arrives before the upstream finishes, a rendering sent while the model pauses, Stop before the first byte, and a graceful SIGTERM that
-stores a reply still being written."""
+delta arrives before the upstream finishes, a rendering sent while the model pauses and Stop pressed
+then, Stop before the first byte, and a graceful SIGTERM that stores a reply still being written."""
 
 import signal
 import time
@@ -76,6 +76,34 @@ def test_while_the_model_pauses_the_words_so_far_are_rendered(server, fake):
     assert "<strong>bold</strong>" in html and not [k for k, _ in seen if k == "delta"]
     _, rest = until("done", stream)
     assert "".join(d for k, d in rest if k == "delta") == ", then the rest"
+
+
+def test_stop_while_the_model_pauses_after_its_first_words_settles_at_once(server, fake):
+    """The request reading the reply is waiting on a silent upstream (under gevent on the socket's
+    own watcher) for as long as a keep-alive allows: Stop cuts the upstream connection, which wakes
+    that wait, and the reply ends stopped with its first words kept, well within half a second."""
+    import threading
+
+    gate = threading.Event()
+    fake.queue(reply("First words, then a long pause", chunks=["First words,", " then a long pause"],
+                     gate=gate, reasoning=False))
+    browser = Browser()
+    stream = events(start_turn(browser, server, "pause, then stop"))
+    started, _ = until("started", stream)
+    try:
+        until("delta", stream)
+        until("html", stream)  # a rendering, sent during the pause: now the reader waits up to a keep-alive
+        asked = time.monotonic()
+        stopped = browser.post(server.url + "/stop", data={"turn": started["turn"]},
+                               headers={"Accept": "application/json"}, timeout=30)
+        assert stopped.status_code == 200
+        done, _ = until("done", stream)
+        took = time.monotonic() - asked
+    finally:
+        gate.set()
+    assert done["stopped"] and done["kept"] and took < 0.5, (done, took)
+    assert wait_for(lambda: fake.disconnects == 1)  # the upstream request itself was closed
+    assert messages(browser.get(server.url + "/").text)[-1] == ("assistant", "First words,")
 
 
 def test_stop_before_the_first_byte_settles_at_once(server, fake):

@@ -25,21 +25,19 @@ import io  # noqa: E402
 import logging  # noqa: E402
 import os  # noqa: E402
 import pstats  # noqa: E402
-import re  # noqa: E402
 import statistics  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 
 from bench import run  # noqa: E402
-
-CSRF = re.compile(r'name="csrf_token"[^>]*value="([^"]+)"')
+from tests.serving import csrf_token_in  # noqa: E402
 
 
 def turn(app, kind, profile=None):
     """One new browser's first send; the CPU seconds it took this process (the page it loaded to
     get its token not counted)."""
     client = app.test_client()
-    token = CSRF.search(client.get("/").get_data(as_text=True)).group(1)
+    token = csrf_token_in(client.get("/").get_data(as_text=True))
     headers = {"X-CSRFToken": token}
     started = time.process_time()
     if profile:
@@ -112,7 +110,8 @@ def main(kind="streamed", turns=300, pace=0.002, profile=None):
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("kind", nargs="?", default="streamed", choices=["streamed", "nojs"])
     parser.add_argument("--turns", type=int, default=300)
     parser.add_argument("--pace", type=float, default=0.002)

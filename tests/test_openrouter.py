@@ -442,3 +442,27 @@ def test_reply_parsing_reads_both_summary_shapes_and_skips_junk():
     got = reply_from_response(body)
     assert got.reasoning == "plain\n\ntyped" and got.text == "answer"
     assert reply_from_response({"status": "completed", "output": [message("msg_1")]}).reasoning is None
+
+
+def test_bytes_already_buffered_count_as_arrived_even_a_lone_line_break():
+    """`StreamState.ready` on a body that is not chunked (it ends when the connection closes): the
+    blank line that ends an SSE event with CRLF line breaks may be all that sits in the reader's
+    buffer. It is part of the reply, so reading on must not wait for more to come first (that
+    would hold the event back until the upstream's next bytes)."""
+    import socket
+    from types import SimpleNamespace
+
+    from webapp.openrouter import StreamState
+
+    ours, upstream = socket.socketpair()
+    try:
+        reader = ours.makefile("rb")  # http.client's reader is the same: buffered, over a SocketIO
+        raw = SimpleNamespace(_fp=SimpleNamespace(fp=reader))
+        upstream.sendall(b"data: x\r\n\r\n")
+        assert reader.readline() == b"data: x\r\n"  # the rest, "\r\n", now waits in the buffer
+        assert StreamState().ready(raw)
+        assert reader.read1(65536) == b"\r\n"
+        assert not StreamState().ready(raw)  # nothing buffered, nothing on the socket
+    finally:
+        ours.close()
+        upstream.close()

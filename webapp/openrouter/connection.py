@@ -103,13 +103,9 @@ def _ready(sock, raw):
             buffered = reader.peek(3)
         except (BlockingIOError, ssl.SSLWantReadError):
             return False  # nothing buffered, nothing on the socket
-        if not buffered:
-            return False  # the same, said by the socket's reader
-        if buffered.strip(b"\r\n"):
-            return True
-        # Only the line break that ends the chunk just read is buffered: not more of the reply.
-        # The peek did not ask the socket (it had bytes): ask it now, without waiting.
-        return _arrives(sock, 0)
+        # Whatever is buffered is more of the reply: a chunked body is read chunk by chunk with each
+        # chunk's closing line break (`body_pieces`), so no framing is left behind in the buffer.
+        return bool(buffered)  # (empty: the socket's reader says nothing has arrived)
     finally:
         sock.settimeout(saved)
 

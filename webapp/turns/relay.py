@@ -90,10 +90,9 @@ class LocalRelay:
         with self._cond:
             seen = self._seen.get(after, 0) if isinstance(after, str) else 0
         while True:
-            with self._cond:
-                if seen == len(self.events) and not self.finished:
-                    self._wait(lambda: seen < len(self.events) or self.finished,
-                               tick() if callable(tick) else tick)
+            with self._cond:  # (returns at once when there is something new, or the end)
+                self._wait(lambda: seen < len(self.events) or self.finished,
+                           tick() if callable(tick) else tick)
                 new, finished = self.events[seen:], self.finished
             yield from coalesced(new)
             seen += len(new)

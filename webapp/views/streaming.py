@@ -41,9 +41,9 @@ class _Snapshots:
     longer reply and is repeated for every reply streaming in this process at once, so renders are
     spaced to take at most RENDER_SHARE of one core in all: with `live()` replies streaming, each
     waits live × the last render's time ÷ RENDER_SHARE, between HTML_EVERY and HTML_AT_MOST (the
-    deltas themselves are never held back). A new reply's first render waits that long after its first delta too (a
-    token or two needs no formatting); a resumed one (`at_once`) is rendered at once, since its first
-    delta is the whole text so far."""
+    deltas themselves are never held back). A new reply's first render waits that long after its
+    first delta too (a token or two needs no formatting); a resumed one (`at_once`) is rendered at
+    once, since its first delta is the whole text so far."""
 
     last_cost = 0.0  # seconds the last render in this process took: spaces a new reply's first one
 

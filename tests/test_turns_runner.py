@@ -6,6 +6,7 @@ import time
 import pytest
 from cachelib.file import FileSystemCache
 
+from tests.conftest import messages
 from tests.test_store import file_store
 from webapp import conversation, turns, usage
 from webapp.store import FileBackend, Store
@@ -275,3 +276,38 @@ def test_a_reader_says_caught_up_before_every_read_that_would_wait(fake):
             first = kinds.index(("delta", "ti"))
             assert ("caught_up", None) in kinds[first:kinds.index(("delta", " ny"))], (chunked, kinds)
             assert kinds[-1][0] == "done"
+
+
+def test_a_stored_reply_ends_its_stream_with_done_even_if_the_store_then_stops_answering(
+        client, fake, monkeypatch):
+    """The final event describes the conversation as the turn stored it (its articles, count, title):
+    from the record the settle wrote, not from a second read of the store. So once the reply is
+    stored, its stream ends with `done` and the reply's articles even when the store stops answering
+    reads right after (a lost Redis); and the end of a turn costs one read of the conversation less."""
+    from tests.fake_openrouter import reply
+    from tests.sse import sse_events
+    from webapp.store import Store, StoreError
+    from webapp.turns import settle
+
+    stored = []
+    real_settle, real_load = settle.settle, Store.load
+
+    def settle_then_lose_the_store(*args, **kwargs):
+        outcome = real_settle(*args, **kwargs)
+        stored.append(outcome)
+        return outcome
+
+    def load(self, cid):
+        if stored:
+            raise StoreError("the store stopped answering")
+        return real_load(self, cid)
+
+    monkeypatch.setattr(settle, "settle", settle_then_lose_the_store)
+    monkeypatch.setattr(Store, "load", load)
+    fake.queue(reply("Stored before the store went away"))
+    found = sse_events(client.post("/c/new/turns", data={"message": "hi"}).get_data(as_text=True))
+    assert stored and stored[0]  # the reply was stored (then reads failed)
+    kind, done = found[-1]
+    assert kind == "done", found[-1]
+    assert done["count"] == 2 and done["title"] == "hi"
+    assert messages(done["articles"]) == [("user", "hi"), ("assistant", "Stored before the store went away")]

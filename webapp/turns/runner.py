@@ -42,6 +42,7 @@ class Turn:
         self.saved = (time.monotonic(), "")  # (when, text) of the last progress save or heartbeat
         self.relay = relays.for_turn(store, turn)
         self.outcome = None  # (kind, data) of its final event, once settled
+        self.settled = None  # the conversation as its reply was stored (for its final event here)
         self.reader = None  # a `Reader`, when the request that began it reads the reply
 
     @property
@@ -118,11 +119,11 @@ def reading(store, client, running, items, stream=True, request=None, idle=None)
             if kind == DONE:
                 reply = value
                 html = render.markdown(reply.text)  # outside the conversation's lock
-                ok = settle.settle(store, cid, turn, lambda conv, pending: settle.add_reply(
+                running.settled = settle.settle(store, cid, turn, lambda conv, pending: settle.add_reply(
                     conv, pending, reply.item_id, reply.status, reply.text, html,
                     note=settle.note_for(reply), model=reply.model, usage=reply.usage,
                     reasoning=reply.reasoning, annotations=reply.annotations))
-                outcome = (DONE, {"text": reply.text, "stored": ok,
+                outcome = (DONE, {"text": reply.text, "stored": running.settled is not None,
                                   "note": conversation.note_text(settle.note_for(reply))})
                 break
             if kind != IDLE and kind != CAUGHT_UP:

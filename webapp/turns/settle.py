@@ -81,13 +81,14 @@ def current(store, cid):
 
 def settle(store, cid, turn, change):
     """Apply `change(conv, pending)` only if `turn` is still pending here (a "New chat" or a Stop from
-    another worker may have settled it already: then there is nothing left to do)."""
+    another worker may have settled it already: then there is nothing left to do, and None comes
+    back). Returns the conversation as it was stored: the turn's final event is built from it."""
     with store.update(cid) as conv:
         pending = conv.get("pending")
-        if pending and pending["turn"] == turn:
-            change(conv, pending)
-            return True
-    return False
+        if not (pending and pending["turn"] == turn):
+            return None
+        change(conv, pending)
+    return conv
 
 
 def note_for(reply):

@@ -82,15 +82,15 @@ class _Snapshots:
         return min(HTML_AT_MOST, max(HTML_EVERY, max(1, self.live()) * cost / RENDER_SHARE))
 
 
-def _event_stream(events, cid, snapshots, begun=False, batched=False):
+def _event_stream(events, cid, snapshots, begun=False, batched=False, settled=lambda: None):
     """Relay events as SSE. Deltas are text for textContent, at once; `html` events carry the
     sanitised rendering of the text so far; the final event carries the whole reply's HTML.
     If the store fails on the way, the stream still ends with a message (and, when no turn began,
     with `unsent`, so the page puts the text back in the box). `begun`: a reply picked up again,
-    whose turn began long before this stream. `batched`: see `_relay`."""
+    whose turn began long before this stream. `batched`, `settled`: see `_relay`."""
     yield ": stream open\n\n"
     try:
-        for chunk in _relay(events, cid, snapshots, batched):
+        for chunk in _relay(events, cid, snapshots, batched, settled):
             begun = begun or chunk.startswith(f"event: {STARTED}")
             yield chunk
     except Exception:  # StoreError, a Redis error: nothing else can answer this stream now
@@ -99,12 +99,14 @@ def _event_stream(events, cid, snapshots, begun=False, batched=False):
                           "unsent": not begun})
 
 
-def _relay(events, cid, snapshots, batched=False):
+def _relay(events, cid, snapshots, batched=False, settled=lambda: None):
     """(id, kind, data) events as SSE text: deltas at once, renderings when due, keep-alives.
     `batched` (the events of `runner.Reader`): the words and keep-alives read from the upstream
     together are held until it says CAUGHT_UP (the next read would wait), then written in one go,
     adjacent deltas as one event: a busy process that finds several upstream events waiting sends
-    one write, not one per token. Nothing waits for more to come."""
+    one write, not one per token. Nothing waits for more to come. `settled()`: the conversation as
+    the turn stored it, when this process settled it (the final event is built from it, without
+    reading the store again), else None."""
     last_write = time.monotonic()
     held = []
     for event_id, kind, value in events:
@@ -122,7 +124,7 @@ def _relay(events, cid, snapshots, batched=False):
         if kind in (STARTED, QUEUED, RESUMED):
             out.append(sse(kind, value, event_id))
         elif kind in FINAL:
-            out.append(sse(kind, wiring.finished(kind, value, cid), event_id))
+            out.append(sse(kind, wiring.finished(kind, value, cid, settled()), event_id))
             yield "".join(out)
             return
         if out:
@@ -137,9 +139,9 @@ def _relay(events, cid, snapshots, batched=False):
             last_write = now
 
 
-def _stream_response(events, cid, snapshots, begun=False, batched=False):
-    response = Response(stream_with_context(_event_stream(events, cid, snapshots, begun, batched)),
-                        mimetype="text/event-stream")
+def _stream_response(events, cid, snapshots, begun=False, batched=False, settled=lambda: None):
+    response = Response(stream_with_context(_event_stream(events, cid, snapshots, begun, batched,
+                                                          settled)), mimetype="text/event-stream")
     response.headers["Cache-Control"] = "no-cache"
     response.headers["X-Accel-Buffering"] = "no"  # nginx: do not buffer this response
     return response
@@ -226,7 +228,8 @@ def stream(cid=None):
     started, snapshots = [], _Snapshots()
     running = _start(send, begun, started, snapshots) if begun else None
     response = _stream_response(_start_when_free(send, begun, running, snapshots, started, ahead),
-                                send.cid, snapshots, batched=True)
+                                send.cid, snapshots, batched=True,
+                                settled=lambda: started[0].settled if started else None)
     response.call_on_close(lambda: _hand_over(started))
     return response
 

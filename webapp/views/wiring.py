@@ -67,8 +67,10 @@ def render_chat(cid, conv, *, status=200, entries=None, **shown):
     return render_template("chat.html", **context), status
 
 
-def finished(kind, data, cid):
-    """What the page's script is told when a reply of conversation `cid` ends (page.finished)."""
-    return page.finished(kind, data, store().load(cid), offers(), current_app.config,
+def finished(kind, data, cid, conv=None):
+    """What the page's script is told when a reply of conversation `cid` ends (page.finished), from
+    `conv` as the turn stored it when this process settled it, else as the store has it now."""
+    conv = conv if conv is not None else store().load(cid)
+    return page.finished(kind, data, conv, offers(), current_app.config,
                          article=get_template_attribute("_message.html", "article"),
                          edit_url=url_for("chat.edit", cid=cid), cid=cid)

@@ -10,6 +10,11 @@ CPU time counted around it, medians compared. Runs of the same code agree within
     --pace S      seconds between the upstream's 40 deltas (streamed; default 0.002: each read waits;
                   0: every event is already waiting, so only the per-turn work shows)
     --profile app|floor   then cProfile that side's turns (CPU time) and print the top functions
+    --against REV also run the app as it was at git revision REV, in this same process, alternating
+                  with the others turn by turn ("then" against "app"): the A/B of a change that
+                  separate runs, whose ratios move with the machine by more than 2 %, cannot show.
+                  REV's package is extracted under build/ as `webapp_then` (it imports itself
+                  relatively), with its templates and static files beside it.
 
 `strace -c -f -p PID` on this process, while it runs, counts the syscalls of either side."""
 
@@ -27,6 +32,7 @@ import os  # noqa: E402
 import pstats  # noqa: E402
 import statistics  # noqa: E402
 import tempfile  # noqa: E402
+import subprocess  # noqa: E402
 import time  # noqa: E402
 
 from bench import run  # noqa: E402
@@ -71,7 +77,23 @@ def quiet(*loggers):
                 handler.setStream(sink)
 
 
-def main(kind="streamed", turns=300, pace=0.002, profile=None):
+def then_app(rev):
+    """The app at git revision `rev`, built from a copy of that revision's tree under build/, its
+    package renamed `webapp_then` so it loads beside this tree's `webapp`."""
+    root = os.path.join(run.ROOT, "build", f"inprocess-{rev}")
+    if not os.path.isdir(root):
+        os.makedirs(root)
+        archive = subprocess.run(["git", "archive", rev, "webapp", "templates", "static"], cwd=run.ROOT,
+                                 check=True, capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", root], input=archive, check=True)
+        os.rename(os.path.join(root, "webapp"), os.path.join(root, "webapp_then"))
+    sys.path.insert(0, root)
+    import webapp_then
+
+    return webapp_then.create_app()
+
+
+def main(kind="streamed", turns=300, pace=0.002, profile=None, against=None):
     if kind == "streamed":
         upstream, base = run.spawn_upstream("ticks", str(run.TICKS), str(pace))
     else:
@@ -80,8 +102,10 @@ def main(kind="streamed", turns=300, pace=0.002, profile=None):
     try:
         import wsgi
         from bench import floor_app
-        quiet(logging.getLogger(), *logging.getLogger().manager.loggerDict.values())
         apps = {"app": wsgi.app, "floor": floor_app.app}
+        if against:
+            apps = {"then": then_app(against), **apps}
+        quiet(logging.getLogger(), *logging.getLogger().manager.loggerDict.values())
         for app in apps.values():
             for _ in range(20):  # warm: imports, caches, pooled connections
                 turn(app, kind)
@@ -95,6 +119,9 @@ def main(kind="streamed", turns=300, pace=0.002, profile=None):
             print(f"{name}: {medians[name]:.2f} ms CPU per {kind} turn (median; quartiles "
                   f"{quartiles[0]:.2f}-{quartiles[2]:.2f})")
         print(f"app ÷ floor: {medians['app'] / medians['floor']:.2f}")
+        if against:
+            print(f"then ({against}) ÷ floor: {medians['then'] / medians['floor']:.2f}; "
+                  f"app ÷ then: {medians['app'] / medians['then']:.3f}")
         if profile:
             prof = cProfile.Profile(time.process_time)
             for _ in range(min(turns, 100)):
@@ -116,6 +143,7 @@ if __name__ == "__main__":
     parser.add_argument("--turns", type=int, default=300)
     parser.add_argument("--pace", type=float, default=0.002)
     parser.add_argument("--profile", choices=["app", "floor"])
+    parser.add_argument("--against", metavar="REV")
     args = parser.parse_args()
-    main(args.kind, args.turns, args.pace, args.profile)
+    main(args.kind, args.turns, args.pace, args.profile, args.against)
     sys.exit(0)

@@ -14,7 +14,7 @@ from werkzeug.exceptions import HTTPException, SecurityError
 from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.security import safe_join
 
-from . import access, guards, limits, ops, secret_key, sessions, settings, signin
+from . import access, guards, limits, ops, secret_key, sessions, settings, signin, urls
 from .catalogue import Catalogue
 from .offers import Offers
 from .openrouter import Client
@@ -154,6 +154,7 @@ def create_app(overrides=None, env=None):
     from . import purge, views
 
     versioned_static(app)
+    app.jinja_env.globals["url_for"] = urls.kept_url_for(app)  # each URL built once per process
     guards.init_app(app)  # before the limiter: a refused request spends nobody's quota
     limits.init_app(app, app.config["REDIS_URL"], redis)
     for blueprint in views.blueprints:

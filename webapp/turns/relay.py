@@ -32,7 +32,9 @@ class LocalRelay:
         self._seen = {}  # id -> how many events a follower that had it has seen
         self.text = ""  # the reply's words so far (every delta's)
         self.finished = False
-        self._cond = threading.Condition()
+        # Over a plain lock: never taken twice by one holder, and the default (a re-entrant lock)
+        # is pure Python once gevent patches threading, costing more than the rest of a publish.
+        self._cond = threading.Condition(threading.Lock())
         self._waiting = 0  # followers waiting on the condition: an event with none wakes nobody
 
     def publish(self, kind, data=None, final=False):

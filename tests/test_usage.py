@@ -375,3 +375,54 @@ def test_context_error_from_an_exception_and_its_detail():
 
     assert usage.is_context_error(Upstream("The request was refused.")) is True
     assert usage.is_context_error(ValueError("boom")) is False
+
+
+def test_values_kept_by_identity_are_worked_out_once_per_object_and_per_dependency():
+    from webapp.usage.kept import ByIdentity
+
+    worked = []
+
+    def compute(obj, *also):
+        worked.append(obj)
+        return (len(obj), also)
+
+    kept = ByIdentity(keep=3)
+    a, twin = {"x": 1}, {"x": 1}
+    assert kept.value(a, compute) == (1, ()) and kept.value(a, compute) == (1, ())
+    assert len(worked) == 1
+    assert kept.value(twin, compute) == (1, ()) and len(worked) == 2  # equal, but another object
+    assert kept.value(a, compute, (0.1, 0.2)) == (1, ((0.1, 0.2),)) and len(worked) == 3  # new prices
+    for obj in ({}, {}, {}):  # more than it keeps: all dropped, then worked out again as they come
+        kept.value(obj, compute)
+    assert kept.value(a, compute, (0.1, 0.2)) == (1, ((0.1, 0.2),)) and len(worked) == 7
+
+
+def test_a_long_conversations_estimate_and_total_come_from_its_items_once(monkeypatch):
+    """The context budget and the total of a long conversation are worked out from each item once
+    while it lives (every page view and turn asked for all of them again). A new item, or a copy
+    decoded from the store (new objects), is worked out afresh, and the results stay exact."""
+    from webapp.usage import cost, estimate
+
+    conv = conversation.new()
+    for i in range(50):
+        conversation.add_turn(conv, f"message {i}", f"msg_{i}", "completed", "A reply. " * (i + 1),
+                              usage={"input_tokens": 10 + i, "output_tokens": 5}, model="m")
+    expected_tokens = sum(estimate.item_tokens(item) for item in conv["items"])
+    calls = []
+    real = estimate.item_tokens
+    monkeypatch.setattr(estimate, "item_tokens", lambda item: calls.append(item) or real(item))
+    assert usage.estimate_items(conv["items"]) == expected_tokens
+    assert len(calls) == 100
+    assert usage.estimate_items(conv["items"]) == expected_tokens and len(calls) == 100
+    longer = [*conv["items"], conversation.user_item("one more", None)]
+    assert usage.estimate_items(longer) == expected_tokens + real(longer[-1]) and len(calls) == 101
+    copied = [dict(item) for item in conv["items"]]
+    assert usage.estimate_items(copied) == expected_tokens and len(calls) == 201
+
+    before = usage.totals(conv, {})
+    assert before["input"] == sum(10 + i for i in range(50)) and before["output"] == 250
+    numbers = []
+    monkeypatch.setattr(cost, "_reply_numbers", lambda meta, prices: numbers.append(meta) or (1, 1, None, False))
+    assert usage.totals(conv, {}) == before and numbers == []  # every reply's numbers were kept
+    priced = usage.totals(conv, {"m": (0.5, 0.5)})  # another price: worked out again
+    assert len(numbers) == 50 and priced["input"] == 50

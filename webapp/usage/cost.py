@@ -6,6 +6,7 @@ import math
 from decimal import ROUND_HALF_UP, Context, Decimal, localcontext
 from functools import lru_cache
 
+from .kept import ByIdentity
 from .numbers import count, money, reasoning_tokens, usage_dict, whole
 
 # Enough digits to show any float to the cent (the largest has 309 before the point); a bigger
@@ -125,6 +126,16 @@ def turn_usage(meta_entry, prices=None):
             "estimated": estimated, "text": " \u00b7 ".join(parts)}
 
 
+def _reply_numbers(meta, prices):
+    """(input tokens, output tokens, cost, estimated) of one reply's meta entry."""
+    usage = usage_dict(meta.get("usage"))
+    return (count(usage.get("input_tokens")) or 0, count(usage.get("output_tokens")) or 0,
+            *cost_of(usage, prices))
+
+
+_REPLIES = ByIdentity(keep=8192)  # each reply's numbers, worked out once while its meta entry lives
+
+
 def totals(conv, prices_by_model=None):
     """The whole conversation's usage, summed over every reply (dropped turns included: they were
     paid for):
@@ -151,12 +162,11 @@ def totals(conv, prices_by_model=None):
         if not is_reply and not isinstance(meta.get("usage"), dict):
             continue
         replies += 1
-        usage = usage_dict(meta.get("usage"))
-        total_in += count(usage.get("input_tokens")) or 0
-        total_out += count(usage.get("output_tokens")) or 0
         model = meta.get("model")
         prices = prices_by_model.get(model) if isinstance(model, str) else None
-        cost, guess = cost_of(usage, prices)
+        tokens_in, tokens_out, cost, guess = _REPLIES.value(meta, _reply_numbers, prices)
+        total_in += tokens_in
+        total_out += tokens_out
         if cost is None:
             unpriced += 1
             continue

@@ -1,6 +1,7 @@
 """Token estimates: cheap and rough (the real tokenizer is the provider's and differs per model), good
 enough to warn before a request cannot fit, never to bill; they err on the high side."""
 
+from .kept import ByIdentity
 from .numbers import count
 
 # The estimate (see `estimate_tokens`).
@@ -51,9 +52,13 @@ def item_tokens(item):
     return total
 
 
+_ITEMS = ByIdentity(keep=8192)  # each history item's estimate, worked out once while it lives
+
+
 def estimate_items(items):
     """Estimated tokens of a list of Responses API items: each item's texts plus ITEM_OVERHEAD."""
-    return sum(item_tokens(item) for item in items or ())
+    value = _ITEMS.value
+    return sum(value(item, item_tokens) for item in items or ())
 
 
 def estimate_turn(history, message, instructions, reply_text):

@@ -13,8 +13,10 @@ def links(html):
 def test_kept_urls_are_the_ones_flask_builds_whatever_the_values(app):
     url_for = urls.kept_url_for(app)
     cases = [("chat.index", {}), ("static", {"filename": "app.css"}), ("chat.send", {"cid": "new"}),
-             ("conversations.rename", {"cid": "a b/c"}), ("chat.conversation_page", {"cid": "x", "_anchor": "m"}),
-             ("chat.conversation_page", {"cid": "x", "edit": "2"}), ("share.view", {"token": "t", "_external": True})]
+             ("conversations.rename", {"cid": "a b/c"}),
+             ("chat.conversation_page", {"cid": "x", "_anchor": "m"}),
+             ("chat.conversation_page", {"cid": "x", "edit": "2"}),
+             ("share.view", {"token": "t", "_external": True})]
     with app.test_request_context("/"):
         for _ in range(2):  # built, then kept
             for endpoint, values in cases:

@@ -422,7 +422,8 @@ def test_a_long_conversations_estimate_and_total_come_from_its_items_once(monkey
     before = usage.totals(conv, {})
     assert before["input"] == sum(10 + i for i in range(50)) and before["output"] == 250
     numbers = []
-    monkeypatch.setattr(cost, "_reply_numbers", lambda meta, prices: numbers.append(meta) or (1, 1, None, False))
+    monkeypatch.setattr(cost, "_reply_numbers",
+                        lambda meta, prices: numbers.append(meta) or (1, 1, None, False))
     assert usage.totals(conv, {}) == before and numbers == []  # every reply's numbers were kept
     priced = usage.totals(conv, {"m": (0.5, 0.5)})  # another price: worked out again
     assert len(numbers) == 50 and priced["input"] == 50

@@ -386,15 +386,17 @@ def test_values_kept_by_identity_are_worked_out_once_per_object_and_per_dependen
         worked.append(obj)
         return (len(obj), also)
 
-    kept = ByIdentity(keep=3)
+    kept = ByIdentity(keep=1000, weight=lambda obj, value: 300)
     a, twin = {"x": 1}, {"x": 1}
     assert kept.value(a, compute) == (1, ()) and kept.value(a, compute) == (1, ())
     assert len(worked) == 1
     assert kept.value(twin, compute) == (1, ()) and len(worked) == 2  # equal, but another object
     assert kept.value(a, compute, (0.1, 0.2)) == (1, ((0.1, 0.2),)) and len(worked) == 3  # new prices
-    for obj in ({}, {}, {}):  # more than it keeps: all dropped, then worked out again as they come
-        kept.value(obj, compute)
-    assert kept.value(a, compute, (0.1, 0.2)) == (1, ((0.1, 0.2),)) and len(worked) == 7
+    # Past 1,000 (characters) held, all are let go, then worked out again as they come: what it keeps
+    # alive is bounded by size.
+    kept.value({}, compute)
+    assert kept.value(a, compute, (0.1, 0.2)) == (1, ((0.1, 0.2),)) and len(worked) == 5
+    assert kept.value(a, compute, (0.1, 0.2)) and len(worked) == 5
 
 
 def test_a_long_conversations_estimate_and_total_come_from_its_items_once(monkeypatch):
@@ -402,7 +404,11 @@ def test_a_long_conversations_estimate_and_total_come_from_its_items_once(monkey
     while it lives (every page view and turn asked for all of them again). A new item, or a copy
     decoded from the store (new objects), is worked out afresh, and the results stay exact."""
     from webapp.usage import cost, estimate
+    from webapp.usage.kept import ByIdentity
 
+    # Memos of their own: what earlier tests left in the module's could fill them mid-test.
+    monkeypatch.setattr(estimate, "_ITEMS", ByIdentity(keep=1 << 20, weight=estimate._ITEMS.weight))
+    monkeypatch.setattr(cost, "_REPLIES", ByIdentity(keep=1 << 20, weight=cost._meta_chars))
     conv = conversation.new()
     for i in range(50):
         conversation.add_turn(conv, f"message {i}", f"msg_{i}", "completed", "A reply. " * (i + 1),

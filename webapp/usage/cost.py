@@ -133,7 +133,14 @@ def _reply_numbers(meta, prices):
             *cost_of(usage, prices))
 
 
-_REPLIES = ByIdentity(keep=8192)  # each reply's numbers, worked out once while its meta entry lives
+def _meta_chars(meta, numbers):
+    """About how many characters a reply's meta entry holds (its rendered HTML, its reasoning)."""
+    return 64 + sum(len(text) for text in (meta.get("html"), meta.get("reasoning")) if isinstance(text, str))
+
+
+# Each reply's numbers, worked out once while its meta entry lives; the entries held alive for it come
+# to about 4 million characters at most.
+_REPLIES = ByIdentity(keep=4 << 20, weight=_meta_chars)
 
 
 def totals(conv, prices_by_model=None):

@@ -52,7 +52,9 @@ def item_tokens(item):
     return total
 
 
-_ITEMS = ByIdentity(keep=8192)  # each history item's estimate, worked out once while it lives
+# Each history item's estimate, worked out once while it lives; the items held alive for it come to
+# about 4 million characters at most (an item's are about CHARS_PER_TOKEN per estimated token).
+_ITEMS = ByIdentity(keep=4 << 20, weight=lambda item, tokens: 64 + CHARS_PER_TOKEN * tokens)
 
 
 def estimate_items(items):

@@ -9,13 +9,17 @@ import threading
 
 class ByIdentity:
     """`value(obj, compute, *also)`: `compute(obj, *also)`, kept by `obj`'s identity and by the values
-    `also` it depends on (a model's prices, which a catalogue refresh may change). The object
-    is held with its value, so its id is never mistaken for a later object's; at most `keep` are
-    held, then all are dropped and worked out again as they come."""
+    `also` it depends on (a model's prices, which a catalogue refresh may change). The object is
+    held with its value, so its id is never mistaken for a later object's. What it holds alive is
+    bounded by size, not count (a message may be 100,000 characters, and with Redis another
+    worker's write makes the next read decode a whole history afresh): `weight(obj, value)` says
+    about how many characters an object holds; past `keep` characters in all, every object is let
+    go and worked out again as it comes."""
 
-    def __init__(self, keep):
-        self.keep = keep
+    def __init__(self, keep, weight):
+        self.keep, self.weight = keep, weight
         self._known = {}
+        self._held = 0
         self._lock = threading.Lock()
 
     def value(self, obj, compute, *also):
@@ -23,8 +27,11 @@ class ByIdentity:
         if known is not None and known[0] is obj and known[1] == also:
             return known[2]
         value = compute(obj, *also)
+        weight = self.weight(obj, value)
         with self._lock:
-            if len(self._known) >= self.keep:
+            if self._held + weight > self.keep:
                 self._known.clear()
+                self._held = 0
             self._known[id(obj)] = (obj, also, value)
+            self._held += weight
         return value

@@ -80,10 +80,12 @@ def quiet(*loggers):
 def then_app(rev):
     """The app at git revision `rev`, built from a copy of that revision's tree under build/, its
     package renamed `webapp_then` so it loads beside this tree's `webapp`."""
-    root = os.path.join(run.ROOT, "build", f"inprocess-{rev}")
+    commit = subprocess.run(["git", "rev-parse", "--verify", f"{rev}^{{commit}}"], cwd=run.ROOT, check=True,
+                            capture_output=True, text=True).stdout.strip()
+    root = os.path.join(run.ROOT, "build", f"inprocess-{commit}")  # (a branch name moves on)
     if not os.path.isdir(root):
         os.makedirs(root)
-        archive = subprocess.run(["git", "archive", rev, "webapp", "templates", "static"], cwd=run.ROOT,
+        archive = subprocess.run(["git", "archive", commit, "webapp", "templates", "static"], cwd=run.ROOT,
                                  check=True, capture_output=True).stdout
         subprocess.run(["tar", "-x", "-C", root], input=archive, check=True)
         os.rename(os.path.join(root, "webapp"), os.path.join(root, "webapp_then"))

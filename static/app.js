@@ -471,9 +471,11 @@
         this.restart(); // the server starts this reply over: show it from its first word again
       } else if (kind === "started") {
         this.turn = data.turn || this.turn;
-        if (this.stopWanted) this.stop(); // Stop was pressed before the turn had its name
         if (data.session) { form.dataset.session = data.session; rememberSession(data.session); }
         if (data.conversation && form.dataset.conversation === "new") adopt(data.conversation, data.url, data.title);
+        // Stop pressed before the turn had its name; after adopt, so a first send's stop goes to its
+        // new conversation rather than to "new".
+        if (this.stopWanted) this.stop();
       } else if (kind === "queued") {
         this.thinking.textContent = data.message;
         this.waiter = data.waiter;

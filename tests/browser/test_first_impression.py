@@ -8,6 +8,7 @@ import requests
 from playwright.sync_api import expect
 
 from tests.serving import Browser
+from tests.sse import wait_for
 from tests.fake_openrouter import hang, reply
 
 USER = '[data-role="user"]'
@@ -143,6 +144,22 @@ def test_send_becomes_stop_and_stop_before_any_words_gives_the_text_back(page, f
     expect(page.locator("#notice")).to_contain_text("Stopped before the model answered")
     expect(page.locator("#error")).to_be_hidden()
 
+
+def test_stop_pressed_before_a_new_conversation_is_named_stops_it_there(page, fake):
+    # CI caught this race: Stop pressed on a first send before its stream said "started" was sent,
+    # when the name came, to the conversation "new" (404), and the reply went on being written.
+    # Holding the send's request makes the race certain: Stop is pressed before the server sees it.
+    held = []
+    page.route("**/turns", lambda route: held.append(route))
+    fake.queue(hang(20))
+    with page.expect_request("**/turns"):
+        send(page, "never mind")
+    page.get_by_role("button", name="Stop").click()
+    held[0].continue_()
+    expect(page.locator("#notice")).to_contain_text("Stopped before the model answered", timeout=10000)
+    expect(page.locator(BOX)).to_have_value("never mind")
+    expect(page.get_by_role("button", name="Send")).to_be_visible()
+    assert wait_for(lambda: fake.disconnects == 1)  # the upstream request was cut, not left to run on
 
 def test_the_still_writing_notice_clears_when_the_reply_finishes(page, fake):
     gate = threading.Event()

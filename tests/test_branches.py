@@ -125,6 +125,29 @@ def test_branches_are_pure_data():
     assert len(conversation.all_items(conv)) == 8
 
 
+def test_fork_and_switch_never_change_the_forks_of_the_copy_they_were_given_from():
+    # The store hands out a history whose forks are shared with the copy it keeps (store._copy):
+    # fork and switch copy only what they change, and must never change that.
+    import copy
+
+    conv = conversation.new()
+    for n in range(3):
+        conversation.add_turn(conv, f"q{n}", f"msg_{n}", "completed", f"a{n}")
+    conversation.fork(conv, 2)
+    conversation.add_turn(conv, "q1b", "msg_b", "completed", "a1b")
+    conversation.fork(conv, 0)
+    conversation.add_turn(conv, "q0b", "msg_c", "completed", "a0b")
+    kept = copy.deepcopy(conv)
+    for step in (lambda c: conversation.fork(c, 0), lambda c: conversation.switch(c, 0, 0),
+                 lambda c: conversation.fork(c, 2)):
+        given = {**conv, "items": list(conv["items"]), "meta": list(conv["meta"])}  # as store._copy
+        step(given)
+        assert conv == kept
+    conversation.switch(conv, 0, 0)
+    conversation.fork(conv, 2)  # the version switched in carries its own fork at 2: a third version
+    assert conversation.versions(conv, 2) == (2, 3) and conversation.versions(conv, 0) == (0, 2)
+
+
 def test_versions_not_on_screen_are_stowed_so_the_history_holds_only_the_branch_on_screen(client, fake):
     store = client.application.extensions["chat_store"]
     cid = three_turns(client)

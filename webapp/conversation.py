@@ -11,7 +11,6 @@ Plain functions on a plain dict (JSON-able, so any store can hold it); no Flask,
 interleave); `failed` keeps the user's text of a turn that could not be answered, so it is never lost.
 """
 
-import copy
 import time
 from dataclasses import dataclass, fields
 
@@ -133,13 +132,24 @@ def _cut(conv, at):
     conv["dropped"] = min(conv.get("dropped", 0), at)
 
 
+def _own_fork(conv, at):
+    """`conv`'s forks, and its fork at message `at` (or None), as copies this history may change:
+    the store shares a loaded history's forks with the copy it keeps (store._copy), so only the
+    dict of forks and the one fork changed are copied, not every version (a deep copy grew with
+    each regenerate)."""
+    forks = dict(conv.get("forks") or {})
+    found = forks.get(str(at))
+    if found is not None:
+        found = forks[str(at)] = {**found, "versions": list(found["versions"])}
+    return forks, found
+
+
 def fork(conv, at):
     """Keep the branch from message `at` on as a version of its own, and cut it from the one on
     screen (a new version of that message follows)."""
-    forks = copy.deepcopy(conv.get("forks") or {})  # never change the stored copy in place
+    forks, found = _own_fork(conv, at)
     conv["forks"] = forks
     tail = _tail(conv, at)
-    found = forks.get(str(at))
     if found is None:
         found = forks[str(at)] = {"versions": [tail], "current": 0}
     else:
@@ -152,8 +162,7 @@ def fork(conv, at):
 def switch(conv, at, to, load=lambda ref: None):
     """Show version `to` of the branch from message `at` on. False when there is no such version.
     A version stowed elsewhere (`{"ref"}`: see Store) is read with `load(ref)`."""
-    forks = copy.deepcopy(conv.get("forks") or {})
-    found = forks.get(str(at))
+    forks, found = _own_fork(conv, at)
     if found is None or not isinstance(to, int) or not 0 <= to < len(found["versions"]):
         return False
     if to == found["current"]:

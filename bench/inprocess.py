@@ -10,6 +10,8 @@ CPU time counted around it, medians compared. Runs of the same code agree within
     --pace S      seconds between the upstream's 40 deltas (streamed; default 0.002: each read waits;
                   0: every event is already waiting, so only the per-turn work shows)
     --profile app|floor   then cProfile that side's turns (CPU time) and print the top functions
+    --history N   nojs only: each turn is a regenerate on a conversation of N turns (built first through
+                  each app's own form), POST→303→GET, as the table's "JS-off overhead at 50 turns"
     --against REV also run the app as it was at git revision REV, in this same process, alternating
                   with the others turn by turn ("then" against "app"): the A/B of a change that
                   separate runs, whose ratios move with the machine by more than 2 %, cannot show.
@@ -67,6 +69,43 @@ def turn(app, kind, profile=None):
     return time.process_time() - started
 
 
+class Conversation:
+    """One browser's conversation of `size` turns in `app`, built through its JS-off form; each call
+    then regenerates the last reply (so every sample sends exactly `size` turns) and returns the CPU
+    seconds of the POST, its redirect's GET included (as `turn`)."""
+
+    def __init__(self, app, size):
+        self.client = app.test_client()
+        self.token = csrf_token_in(self.client.get("/").get_data(as_text=True))
+        self.path = "/c/new"
+        for i in range(size):
+            page = self._send({"message": f"building turn {i}"})
+        self.last = run.REGENERATE.findall(page)[-1]
+
+    def _send(self, fields):
+        response = self.client.post(self.path, data={"csrf_token": self.token, **fields},
+                                    headers={"X-CSRFToken": self.token})
+        if response.status_code != 303:
+            raise RuntimeError(f"POST {self.path} answered {response.status_code}")
+        self.path = response.headers["Location"].split("#")[0]
+        page = self.client.get(self.path).get_data(as_text=True)
+        if 'data-role="assistant"' not in page:
+            raise RuntimeError("the page has no reply")
+        self.token = csrf_token_in(page)
+        return page
+
+    def __call__(self, profile=None):
+        started = time.process_time()
+        if profile:
+            profile.enable()
+        page = self._send({"message": "", "regenerate": self.last})
+        if profile:
+            profile.disable()
+        spent = time.process_time() - started
+        self.last = run.REGENERATE.findall(page)[-1]
+        return spent
+
+
 def quiet(*loggers):
     """The app's log lines (one per turn) still formatted and written, as under gunicorn, to
     /dev/null rather than over the results."""
@@ -95,7 +134,7 @@ def then_app(rev):
     return webapp_then.create_app()
 
 
-def main(kind="streamed", turns=300, pace=0.002, profile=None, against=None):
+def main(kind="streamed", turns=300, pace=0.002, profile=None, against=None, history=0):
     if kind == "streamed":
         upstream, base = run.spawn_upstream("ticks", str(run.TICKS), str(pace))
     else:
@@ -108,17 +147,21 @@ def main(kind="streamed", turns=300, pace=0.002, profile=None, against=None):
         if against:
             apps = {"then": then_app(against), **apps}
         quiet(logging.getLogger(), *logging.getLogger().manager.loggerDict.values())
-        for app in apps.values():
+        # One callable per side: a new browser's first send each time, or a regenerate in its conversation.
+        sides = {name: (Conversation(app, history) if history else
+                        lambda profile=None, app=app: turn(app, kind, profile)) for name, app in apps.items()}
+        for side in sides.values():
             for _ in range(20):  # warm: imports, caches, pooled connections
-                turn(app, kind)
+                side()
         spent = {name: [] for name in apps}
         for _ in range(turns):
-            for name, app in apps.items():
-                spent[name].append(turn(app, kind) * 1000)
+            for name, side in sides.items():
+                spent[name].append(side() * 1000)
         medians = {name: statistics.median(values) for name, values in spent.items()}
         for name, values in spent.items():
             quartiles = statistics.quantiles(values, n=4)
-            print(f"{name}: {medians[name]:.2f} ms CPU per {kind} turn (median; quartiles "
+            what = f"regenerate at {history} turns" if history else f"{kind} turn"
+            print(f"{name}: {medians[name]:.2f} ms CPU per {what} (median; quartiles "
                   f"{quartiles[0]:.2f}-{quartiles[2]:.2f})")
         print(f"app ÷ floor: {medians['app'] / medians['floor']:.2f}")
         if against:
@@ -127,7 +170,7 @@ def main(kind="streamed", turns=300, pace=0.002, profile=None, against=None):
         if profile:
             prof = cProfile.Profile(time.process_time)
             for _ in range(min(turns, 100)):
-                turn(apps[profile], kind, prof)
+                sides[profile](prof)
             out = io.StringIO()
             stats = pstats.Stats(prof, stream=out)
             stats.sort_stats("tottime").print_stats(40)
@@ -146,6 +189,9 @@ if __name__ == "__main__":
     parser.add_argument("--pace", type=float, default=0.002)
     parser.add_argument("--profile", choices=["app", "floor"])
     parser.add_argument("--against", metavar="REV")
+    parser.add_argument("--history", type=int, default=0)
     args = parser.parse_args()
-    main(args.kind, args.turns, args.pace, args.profile, args.against)
+    if args.history and args.kind != "nojs":
+        parser.error("--history is for nojs turns")
+    main(args.kind, args.turns, args.pace, args.profile, args.against, args.history)
     sys.exit(0)

@@ -155,6 +155,10 @@ def test_stop_pressed_before_a_new_conversation_is_named_stops_it_there(page, fa
     with page.expect_request("**/turns"):
         send(page, "never mind")
     page.get_by_role("button", name="Stop").click()
+    for _ in range(100):  # the route's message may follow the request's: let Playwright take it
+        if held:
+            break
+        page.wait_for_timeout(50)
     held[0].continue_()
     expect(page.locator("#notice")).to_contain_text("Stopped before the model answered", timeout=10000)
     expect(page.locator(BOX)).to_have_value("never mind")

@@ -111,12 +111,18 @@ def test_a_failed_edit_of_an_earlier_message_keeps_the_text_and_changes_nothing(
     assert len(texts(client, cid)) == 6 and "data-role=\"versions\"" not in html
 
 
-def test_branches_are_pure_data():
+def three_turns_with_a_second_version_of_the_second():
+    """A conversation in memory: three turns, then the second message edited (two versions of it)."""
     conv = conversation.new()
     for n in range(3):
         conversation.add_turn(conv, f"q{n}", f"msg_{n}", "completed", f"a{n}")
     conversation.fork(conv, 2)
     conversation.add_turn(conv, "q1b", "msg_b", "completed", "a1b")
+    return conv
+
+
+def test_branches_are_pure_data():
+    conv = three_turns_with_a_second_version_of_the_second()
     assert [conversation.item_text(i) for i in conv["items"]] == ["q0", "a0", "q1b", "a1b"]
     assert conversation.versions(conv, 2) == (1, 2)
     assert conversation.switch(conv, 2, 0)
@@ -130,11 +136,7 @@ def test_fork_and_switch_never_change_the_forks_of_the_copy_they_were_given_from
     # fork and switch copy only what they change, and must never change that.
     import copy
 
-    conv = conversation.new()
-    for n in range(3):
-        conversation.add_turn(conv, f"q{n}", f"msg_{n}", "completed", f"a{n}")
-    conversation.fork(conv, 2)
-    conversation.add_turn(conv, "q1b", "msg_b", "completed", "a1b")
+    conv = three_turns_with_a_second_version_of_the_second()
     conversation.fork(conv, 0)
     conversation.add_turn(conv, "q0b", "msg_c", "completed", "a0b")
     kept = copy.deepcopy(conv)

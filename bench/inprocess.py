@@ -41,32 +41,47 @@ from bench import run  # noqa: E402
 from tests.serving import csrf_token_in  # noqa: E402
 
 
+def cpu_seconds(work, profile=None):
+    """(`work()`'s result, the CPU seconds it took this process), under cProfile's `profile` when given."""
+    started = time.process_time()
+    if profile:
+        profile.enable()
+    result = work()
+    if profile:
+        profile.disable()
+    return result, time.process_time() - started
+
+
+def nojs_send(client, path, token, fields):
+    """A JS-off send as a browser makes it: POST `fields` to `path`, then GET the page its 303 names,
+    which must hold a reply. Returns (that page's path, its response)."""
+    response = client.post(path, data={"csrf_token": token, **fields}, headers={"X-CSRFToken": token})
+    if response.status_code != 303:
+        raise RuntimeError(f"POST {path} answered {response.status_code}")
+    location = response.headers["Location"].split("#")[0]
+    page = client.get(location)
+    if b'data-role="assistant"' not in page.data:
+        raise RuntimeError("the page has no reply")
+    return location, page
+
+
 def turn(app, kind, profile=None):
     """One new browser's first send; the CPU seconds it took this process (the page it loaded to
     get its token not counted)."""
     client = app.test_client()
     token = csrf_token_in(client.get("/").get_data(as_text=True))
-    headers = {"X-CSRFToken": token}
-    started = time.process_time()
-    if profile:
-        profile.enable()
-    if kind == "streamed":
+
+    def streamed():
         response = client.post("/turns", data={"csrf_token": token, "message": "hello"}, buffered=False,
-                               headers={**headers, "Accept": "text/event-stream"})
+                               headers={"X-CSRFToken": token, "Accept": "text/event-stream"})
         body = b"".join(response.response)
         response.close()
         if b"event: done" not in body:
             raise RuntimeError(f"the stream did not end with done: {body[-300:]!r}")
-    else:
-        response = client.post("/", data={"csrf_token": token, "message": "hello"}, headers=headers)
-        if response.status_code != 303:
-            raise RuntimeError(f"POST / answered {response.status_code}")
-        page = client.get(response.headers["Location"].split("#")[0])
-        if b'data-role="assistant"' not in page.data:
-            raise RuntimeError("the page has no reply")
-    if profile:
-        profile.disable()
-    return time.process_time() - started
+
+    if kind == "streamed":
+        return cpu_seconds(streamed, profile)[1]
+    return cpu_seconds(lambda: nojs_send(client, "/", token, {"message": "hello"}), profile)[1]
 
 
 class Conversation:
@@ -83,26 +98,14 @@ class Conversation:
         self.last = run.REGENERATE.findall(page)[-1]
 
     def _send(self, fields):
-        response = self.client.post(self.path, data={"csrf_token": self.token, **fields},
-                                    headers={"X-CSRFToken": self.token})
-        if response.status_code != 303:
-            raise RuntimeError(f"POST {self.path} answered {response.status_code}")
-        self.path = response.headers["Location"].split("#")[0]
-        page = self.client.get(self.path).get_data(as_text=True)
-        if 'data-role="assistant"' not in page:
-            raise RuntimeError("the page has no reply")
+        self.path, response = nojs_send(self.client, self.path, self.token, fields)
+        page = response.get_data(as_text=True)
         self.token = csrf_token_in(page)
         return page
 
     def __call__(self, profile=None):
-        started = time.process_time()
-        if profile:
-            profile.enable()
-        page = self._send({"message": "", "regenerate": self.last})
-        if profile:
-            profile.disable()
-        spent = time.process_time() - started
-        self.last = run.REGENERATE.findall(page)[-1]
+        page, spent = cpu_seconds(lambda: self._send({"message": "", "regenerate": self.last}), profile)
+        self.last = run.REGENERATE.findall(page)[-1]  # the reply the next regenerate replaces
         return spent
 
 

@@ -141,7 +141,9 @@ def test_fork_and_switch_never_change_the_forks_of_the_copy_they_were_given_from
     conversation.add_turn(conv, "q0b", "msg_c", "completed", "a0b")
     kept = copy.deepcopy(conv)
     for step in (lambda c: conversation.fork(c, 0), lambda c: conversation.switch(c, 0, 0),
-                 lambda c: conversation.fork(c, 2)):
+                 lambda c: conversation.fork(c, 2),
+                 # a fork that came in with the version switched in, then changed
+                 lambda c: conversation.switch(c, 0, 0) and conversation.fork(c, 2)):
         given = {**conv, "items": list(conv["items"]), "meta": list(conv["meta"])}  # as store._copy
         step(given)
         assert conv == kept

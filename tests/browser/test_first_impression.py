@@ -165,6 +165,7 @@ def test_stop_pressed_before_a_new_conversation_is_named_stops_it_there(page, fa
     expect(page.get_by_role("button", name="Send")).to_be_visible()
     assert wait_for(lambda: fake.disconnects == 1)  # the upstream request was cut, not left to run on
 
+
 def test_the_still_writing_notice_clears_when_the_reply_finishes(page, fake):
     gate = threading.Event()
     fake.queue(reply("slow answer", gate=gate, chunks=["slow", " answer"]))

@@ -1,6 +1,11 @@
 """Running a turn: a store failure still ends the stream, a Stop nobody answers still settles, and
 progress saves are spaced when many replies stream at once."""
 
+import ast
+import os
+import subprocess
+import sys
+import textwrap
 import time
 
 import pytest
@@ -64,6 +69,31 @@ def test_a_stop_no_worker_answers_is_settled_from_the_saved_progress_with_a_sent
                      "output_tokens": usage.estimate_tokens("some words"), "estimated": True}
     shown = usage.turn_usage({"usage": spent}, (0.000001, 0.000002))["text"]
     assert shown.startswith("\u2248 ") and shown.endswith("(estimate)") and " in \u00b7 " in shown
+
+
+def test_under_gevent_a_turn_registers_without_letting_other_greenlets_run_under_the_lock(tmp_path):
+    """Every send takes the lock that reserves and registers turns. Under gunicorn's gevent worker a
+    registering turn used to ask whether the progress saver was alive (`Thread.is_alive()`), and
+    gevent's answer runs the other greenlets first: the lock stayed held for a whole round of the
+    event loop, and under a burst of sends each one queued behind the others, one round each."""
+    script = textwrap.dedent("""
+        from gevent import monkey; monkey.patch_all()
+        import pathlib, sys, gevent
+        from tests.test_store import file_store
+        from webapp.turns import admission, runner
+        store = file_store(pathlib.Path(sys.argv[1]))
+        runner.register(store, "c1", "t1")  # the process's first turn starts its progress saver
+        gevent.sleep(0.05)
+        seen = []
+        gevent.spawn(lambda: seen.append(admission.LOCK.locked()))  # ready to run at the next switch
+        runner.register(store, "c2", "t2")
+        gevent.sleep(0)
+        print(seen)
+    """)
+    root = os.path.join(os.path.dirname(__file__), "..")
+    out = subprocess.run([sys.executable, "-c", script, str(tmp_path)], cwd=root, capture_output=True,
+                         text=True, check=True).stdout
+    assert ast.literal_eval(out) == [False]
 
 
 def test_progress_saves_are_spaced_out_when_many_replies_stream_at_once(tmp_path, monkeypatch):

@@ -6,6 +6,7 @@
     settle.py     how a turn ends in the stored conversation, exactly once (also a dead worker's)
     relay.py      how a turn's events reach whoever follows it, resumable from any event id
     events.py     the kinds of event, shared by the runner, the relay, the stream and the page
+    daemons.py    the threads a process runs once for all its turns, started after gunicorn's fork
 
 None of them speaks HTTP to the browser or imports Flask. What the views use is named here.
 """

@@ -19,6 +19,7 @@ import secrets
 import threading
 
 from ..store import RedisBackend
+from .daemons import ProcessThread
 from .events import DELTA, TICK
 
 log = logging.getLogger(__name__)
@@ -222,7 +223,7 @@ class RedisFollowing:
         self.client = client
         self._lock = threading.Lock()
         self._mirrors = {}  # turn -> [Mirror, followers]
-        self._thread = None
+        self._reader = ProcessThread(self._read_forever, "relay")
         # A stream of this process's own: an entry there ends the reader's wait at once, so a new
         # follower's stream is read from the next XREAD on.
         self._wake = f"relay-wake:{os.getpid()}:{secrets.token_hex(6)}"
@@ -236,9 +237,7 @@ class RedisFollowing:
                 return found[0]
             mirror = Mirror(start, text)
             self._mirrors[turn] = [mirror, 1]
-            if self._thread is None or not self._thread.is_alive():  # started lazily: after the fork
-                self._thread = threading.Thread(target=self._read_forever, name="relay", daemon=True)
-                self._thread.start()
+        self._reader.ensure()  # outside the lock: starting a thread waits for it to start
         try:
             pipe = self.client.pipeline(transaction=False)
             pipe.xadd(self._wake, {"w": "1"}, maxlen=10, approximate=True)

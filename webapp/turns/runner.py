@@ -12,6 +12,7 @@ import time
 from .. import attachments, conversation, render
 from ..openrouter import StreamState, UpstreamError
 from . import admission, settle
+from .daemons import ProcessThread
 from .events import CAUGHT_UP, DONE, ERROR, IDLE, TICK as QUIET
 from . import relay as relays
 
@@ -241,22 +242,19 @@ def _save_progress_forever():
                 log.warning("could not save the progress of turn %s", one.turn, exc_info=True)
 
 
-_saver = None
+_saver = ProcessThread(_save_progress_forever, "progress")
 
 
 def register(store, cid, turn, streaming=True, model=None, owner=None, limit=None, slot=None):
     """A `Turn` listed as running in this process, in the place `slot` reserved for it."""
-    global _saver
     running = Turn(store, cid, turn, streaming, model, owner, limit)
     relays.listen_for_stops(store, _stop_here)
+    _saver.ensure()  # outside the lock below: starting a thread waits for it to start
     with admission.LOCK:
         if slot is not None:
             slot.drop_locked()  # the running turn takes the reserved place, under the same lock
         admission.LIVE[turn] = running
         admission.RUNNING[owner] += 1
-        if _saver is None or not _saver.is_alive():  # started lazily: after gunicorn's fork
-            _saver = threading.Thread(target=_save_progress_forever, name="progress", daemon=True)
-            _saver.start()
     return running
 
 

@@ -1,5 +1,10 @@
 """The relay: a turn's events reach every follower, from the first or from the last one it had, by id."""
 
+import ast
+import os
+import subprocess
+import sys
+import textwrap
 import threading
 
 from webapp.turns.events import ALIVE, DELTA, DONE, TICK
@@ -53,3 +58,31 @@ def test_a_quiet_relay_ticks_so_the_stream_can_send_a_keep_alive():
     relay = LocalRelay()
     follower = relay.listen(tick=0.01)
     assert next(follower) == (None, TICK, None)
+
+
+def test_under_gevent_waking_a_follower_never_lets_other_greenlets_run_under_the_relay_lock():
+    """A Condition over gevent's plain lock asks "do I hold it?" by trying it without blocking, and
+    gevent answers a failed try by running every other ready greenlet first: each word published to
+    a turn with a follower (a reloaded page, a second tab, another host's Mirror) held the relay's
+    lock for a round of the event loop."""
+    script = textwrap.dedent("""
+        from gevent import monkey; monkey.patch_all()
+        import gevent
+        from webapp.turns.relay import LocalRelay
+        relay = LocalRelay()
+        got = []
+        gevent.spawn(lambda: got.extend(relay.listen(tick=5.0)))
+        gevent.sleep(0.05)  # the follower waits on the relay
+        seen = []
+        gevent.spawn(lambda: seen.append(relay._cond._lock.locked()))  # ready at the next switch
+        relay.publish("delta", "hello")  # wakes the follower
+        gevent.sleep(0)
+        relay.publish("done", {}, final=True)
+        gevent.sleep(0.05)
+        print([seen, [kind for _, kind, _ in got]])
+    """)
+    root = os.path.join(os.path.dirname(__file__), "..")
+    out = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True,
+                         check=True).stdout
+    seen, kinds = ast.literal_eval(out)
+    assert seen == [False] and kinds == ["delta", "done"]

@@ -25,6 +25,41 @@ from .events import DELTA, TICK
 log = logging.getLogger(__name__)
 
 
+class _HeldLock:
+    """A plain lock that knows which thread (greenlet) holds it, for a Condition. Without
+    `_is_owned`, `Condition.wait` and `notify_all` ask whether the caller holds the lock by trying it
+    without blocking; under gevent a failed try first runs every other ready greenlet, so each
+    word published to a turn with a follower held the relay's lock for a round of the event loop."""
+
+    __slots__ = ("_lock", "_holder")
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._holder = None
+
+    def acquire(self, blocking=True, timeout=-1):
+        if self._lock.acquire(blocking, timeout):
+            self._holder = threading.get_ident()
+            return True
+        return False
+
+    def release(self):
+        self._holder = None
+        self._lock.release()
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()
+
+    def locked(self):
+        return self._lock.locked()
+
+    def _is_owned(self):
+        return self._holder == threading.get_ident()
+
+
 class LocalRelay:
     """One turn's events in this process, with ids. A follower replays them from any id it was given."""
 
@@ -33,9 +68,10 @@ class LocalRelay:
         self._seen = {}  # id -> how many events a follower that had it has seen
         self.text = ""  # the reply's words so far (every delta's)
         self.finished = False
-        # Over a plain lock: never taken twice by one holder, and the default (a re-entrant lock)
-        # is pure Python once gevent patches threading, costing more than the rest of a publish.
-        self._cond = threading.Condition(threading.Lock())
+        # Over a plain lock (see `_HeldLock`): never taken twice by one holder, and the default (a
+        # re-entrant lock) is pure Python once gevent patches threading, costing more than the rest
+        # of a publish.
+        self._cond = threading.Condition(_HeldLock())
         self._waiting = 0  # followers waiting on the condition: an event with none wakes nobody
 
     def publish(self, kind, data=None, final=False):

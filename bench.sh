@@ -9,7 +9,7 @@
 #   ./bench.sh --ab REV [streamed|nojs] [ROUNDS]
 #                         the 1,000-turn burst, the app at git revision REV against this tree and
 #                         the floor, rounds interleaved (about 3 minutes a round): printed only
-#   ./bench.sh --inprocess [streamed|nojs] [--pace S] [--profile app|floor]
+#   ./bench.sh --inprocess [streamed|nojs] [--pace S] [--profile app|floor] [--at-once K]
 #                         the app against the floor in one process, turn by turn alternated (under a
 #                         minute; steadier than the bursts for a change of a few per cent): printed only
 #   ./bench.sh --peer     Gradio's ChatInterface on the same fake upstream, side by side (its own venv

@@ -12,6 +12,13 @@ CPU time counted around it, medians compared. Runs of the same code agree within
     --profile app|floor   then cProfile that side's turns (CPU time) and print the top functions
     --history N   nojs only: each turn is a regenerate on a conversation of N turns (built first through
                   each app's own form), POST→303→GET, as the table's "JS-off overhead at 50 turns"
+    --at-once K   each sample is K new browsers' first sends started together (their pages loaded
+                  first, not counted), CPU per turn the batch's ÷ K, as one gevent worker of the burst
+                  sees them (`--pace` then defaults to the burst's 0.05); streamed, also each delta's
+                  delay from the upstream to the app's response (median per side). Work that only
+                  costs while other turns run (a lock held across a switch, the event loop's rounds)
+                  shows here and not turn by turn.
+    --rounds N    with --at-once: batches per side (default 3)
     --against REV also run the app as it was at git revision REV, in this same process, alternating
                   with the others turn by turn ("then" against "app"): the A/B of a change that
                   separate runs, whose ratios move with the machine by more than 2 %, cannot show.
@@ -21,6 +28,7 @@ CPU time counted around it, medians compared. Runs of the same code agree within
 `strace -c -f -p PID` on this process, while it runs, counts the syscalls of either side."""
 
 import argparse
+import re
 import sys
 
 from gevent import monkey
@@ -37,6 +45,7 @@ import tempfile  # noqa: E402
 import subprocess  # noqa: E402
 import time  # noqa: E402
 
+import gevent.pool  # noqa: E402
 from bench import run  # noqa: E402
 from tests.serving import csrf_token_in  # noqa: E402
 
@@ -65,23 +74,59 @@ def nojs_send(client, path, token, fields):
     return location, page
 
 
+STAMP = re.compile(rb"(\d{10}\.\d{6}) ")  # a `ticks` delta: the time the upstream sent it
+
+
+def new_browser(app):
+    """A new browser that has loaded the page: (its test client, its CSRF token)."""
+    client = app.test_client()
+    return client, csrf_token_in(client.get("/").get_data(as_text=True))
+
+
+def streamed_send(client, token, delays=None):
+    """A streamed first send, read to its end; with `delays`, each delta's seconds from the upstream
+    writing it to the app's response giving it out are appended there."""
+    response = client.post("/turns", data={"csrf_token": token, "message": "hello"}, buffered=False,
+                           headers={"X-CSRFToken": token, "Accept": "text/event-stream"})
+    chunks = []
+    for chunk in response.response:
+        chunks.append(chunk)
+        if delays is not None:
+            now = time.time()
+            delays.extend(now - float(stamp) for event in chunk.split(b"\n\n") if b"event: delta\n" in event
+                          for stamp in STAMP.findall(event))
+    response.close()
+    body = b"".join(chunks)
+    if b"event: done" not in body:
+        raise RuntimeError(f"the stream did not end with done: {body[-300:]!r}")
+
+
+def first_send(client, token, kind, delays=None):
+    if kind == "streamed":
+        streamed_send(client, token, delays)
+    else:
+        nojs_send(client, "/", token, {"message": "hello"})
+
+
 def turn(app, kind, profile=None):
     """One new browser's first send; the CPU seconds it took this process (the page it loaded to
     get its token not counted)."""
-    client = app.test_client()
-    token = csrf_token_in(client.get("/").get_data(as_text=True))
+    client, token = new_browser(app)
+    return cpu_seconds(lambda: first_send(client, token, kind), profile)[1]
 
-    def streamed():
-        response = client.post("/turns", data={"csrf_token": token, "message": "hello"}, buffered=False,
-                               headers={"X-CSRFToken": token, "Accept": "text/event-stream"})
-        body = b"".join(response.response)
-        response.close()
-        if b"event: done" not in body:
-            raise RuntimeError(f"the stream did not end with done: {body[-300:]!r}")
 
-    if kind == "streamed":
-        return cpu_seconds(streamed, profile)[1]
-    return cpu_seconds(lambda: nojs_send(client, "/", token, {"message": "hello"}), profile)[1]
+def at_once(app, kind, count, delays=None):
+    """`count` new browsers' first sends started together; the CPU seconds per turn (their pages,
+    loaded first, not counted). `delays`: see `streamed_send`."""
+    browsers = [new_browser(app) for _ in range(count)]
+    group = gevent.pool.Group()
+
+    def batch():
+        for client, token in browsers:
+            group.spawn(first_send, client, token, kind, delays)
+        group.join(raise_error=True)
+
+    return cpu_seconds(batch)[1] / count
 
 
 class Conversation:
@@ -137,11 +182,15 @@ def then_app(rev):
     return webapp_then.create_app()
 
 
-def main(kind="streamed", turns=300, pace=0.002, profile=None, against=None, history=0):
+def main(kind="streamed", turns=300, pace=None, profile=None, against=None, history=0, together=0,
+         rounds=3):
+    if pace is None:
+        pace = run.PACE if together else 0.002
     if kind == "streamed":
         upstream, base = run.spawn_upstream("ticks", str(run.TICKS), str(pace))
     else:
-        upstream, base = run.spawn_upstream("fake", "0.0")
+        # At once, the burst's 2 s upstream: the turns overlap as they do there.
+        upstream, base = run.spawn_upstream("fake", "2.0" if together else "0.0")
     os.environ.update(run.app_env(base, tempfile.mkdtemp(prefix="bench-inprocess-")))
     try:
         import wsgi
@@ -153,6 +202,10 @@ def main(kind="streamed", turns=300, pace=0.002, profile=None, against=None, his
         # One callable per side: a new browser's first send each time, or a regenerate in its conversation.
         sides = {name: (Conversation(app, history) if history else
                         lambda profile=None, app=app: turn(app, kind, profile)) for name, app in apps.items()}
+        if together:
+            for app in apps.values():
+                at_once(app, kind, 20)  # warm: imports, caches, pooled connections
+            return batches(apps, kind, together, rounds)
         for side in sides.values():
             for _ in range(20):  # warm: imports, caches, pooled connections
                 side()
@@ -184,17 +237,40 @@ def main(kind="streamed", turns=300, pace=0.002, profile=None, against=None, his
         upstream.wait()
 
 
+def batches(apps, kind, count, rounds):
+    """`rounds` batches of `count` first sends at once per side, the sides alternated batch by batch."""
+    spent = {name: [] for name in apps}
+    delays = {name: [] for name in apps}
+    for number in range(rounds):
+        for name, app in apps.items():
+            spent[name].append(at_once(app, kind, count, delays[name] if kind == "streamed" else None) * 1000)
+            print(f"batch {number + 1}, {name}: {spent[name][-1]:.2f} ms CPU per turn", flush=True)
+    medians = {name: statistics.median(values) for name, values in spent.items()}
+    for name in apps:
+        forwarding = (f"; a delta's delay upstream → response, median {statistics.median(delays[name]) * 1000:.1f} ms"
+                      if delays[name] else "")
+        print(f"{name}: {medians[name]:.2f} ms CPU per {kind} turn, {count} at once (median of "
+              f"{rounds}){forwarding}")
+    print(f"app ÷ floor: {medians['app'] / medians['floor']:.2f}")
+    if "then" in medians:
+        print(f"app ÷ then: {medians['app'] / medians['then']:.3f}")
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("kind", nargs="?", default="streamed", choices=["streamed", "nojs"])
     parser.add_argument("--turns", type=int, default=300)
-    parser.add_argument("--pace", type=float, default=0.002)
+    parser.add_argument("--pace", type=float)
     parser.add_argument("--profile", choices=["app", "floor"])
     parser.add_argument("--against", metavar="REV")
     parser.add_argument("--history", type=int, default=0)
+    parser.add_argument("--at-once", type=int, default=0, metavar="K")
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     if args.history and args.kind != "nojs":
         parser.error("--history is for nojs turns")
-    main(args.kind, args.turns, args.pace, args.profile, args.against, args.history)
+    if args.at_once and (args.history or args.profile):
+        parser.error("--at-once is for first sends, without --profile")
+    main(args.kind, args.turns, args.pace, args.profile, args.against, args.history, args.at_once, args.rounds)
     sys.exit(0)

@@ -341,3 +341,28 @@ def test_a_stored_reply_ends_its_stream_with_done_even_if_the_store_then_stops_a
     assert kind == "done", found[-1]
     assert done["count"] == 2 and done["title"] == "hi"
     assert messages(done["articles"]) == [("user", "hi"), ("assistant", "Stored before the store went away")]
+
+
+def test_a_process_thread_starts_once_per_process_and_runs_again_after_its_work_fails(monkeypatch):
+    """The progress saver and the Redis relay's reader: asked for at every turn, started once; if
+    their work ever raises, it is logged and run again, so the process never goes on without them."""
+    import threading
+
+    from webapp.turns import daemons
+
+    monkeypatch.setattr(daemons, "RESTART_AFTER", 0.01)
+    runs, again = [], threading.Event()
+
+    def work():
+        runs.append(threading.current_thread().name)
+        if len(runs) == 1:
+            raise RuntimeError("the first round fails")
+        again.set()
+        threading.Event().wait()  # then runs for good, as the saver does
+
+    worker = daemons.ProcessThread(work, "test-daemon")
+    for _ in range(5):
+        worker.ensure()
+    assert again.wait(5)
+    assert runs == ["test-daemon", "test-daemon"]  # one thread, its work run twice
+    assert [t.name for t in threading.enumerate()].count("test-daemon") == 1

@@ -1,9 +1,11 @@
 """Fixtures: the fake OpenRouter (real HTTP on loopback), an app wired to it, and helpers to read pages."""
 
+import ast
 import os
 import re
 import subprocess
 import sys
+import textwrap
 import time
 from html import unescape
 
@@ -107,6 +109,16 @@ def messages(html):
 def textarea(html):
     match = re.search(r'<textarea[^>]*name="message"[^>]*>(.*?)</textarea>', html, re.S)
     return unescape(match.group(1)) if match else None
+
+
+def under_gevent(script, *args):
+    """What `script` prints, read as a Python literal: run (with `args` as sys.argv[1:]) in a fresh
+    interpreter from the project's root, after gevent's monkey-patching, as in gunicorn's gevent
+    worker. Patching this test process would change every test after it."""
+    code = "from gevent import monkey; monkey.patch_all()\n" + textwrap.dedent(script)
+    out = subprocess.run([sys.executable, "-c", code, *map(str, args)], cwd=ROOT, capture_output=True,
+                         text=True, check=True).stdout
+    return ast.literal_eval(out)
 
 
 def alert(html):

@@ -1,11 +1,7 @@
 """Assistant markdown becomes safe HTML: hostile model output stays text, markdown still renders."""
 
-import ast
 import itertools
 import os
-import subprocess
-import sys
-import textwrap
 import threading
 import time
 from html.parser import HTMLParser
@@ -13,6 +9,7 @@ from html.parser import HTMLParser
 import pygments.lexer
 import pytest
 
+from tests.conftest import under_gevent
 from webapp import render
 
 HOSTILE = [
@@ -327,8 +324,7 @@ def test_under_gevent_a_request_waiting_on_its_socket_runs_between_chunks():
     """As under gunicorn's gevent worker (time.sleep monkey-patched): a greenlet whose socket is
     ready runs while a long message renders, between its chunks (after gevent's sleep(0) the
     rendering would go on at once, its loop never polling the socket)."""
-    script = textwrap.dedent("""
-        from gevent import monkey; monkey.patch_all()
+    events = under_gevent("""
         import gevent, socket
         from webapp import render
         events, (a, b) = [], socket.socketpair()
@@ -340,8 +336,4 @@ def test_under_gevent_a_request_waiting_on_its_socket_runs_between_chunks():
         render.markdown("A paragraph of *prose*.\\n\\n" * 2000)
         print(events)
     """)
-    root = os.path.join(os.path.dirname(__file__), "..")
-    out = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True,
-                         check=True).stdout
-    events = ast.literal_eval(out)
     assert events.count("chunk") > 5 and 0 < events.index("request") < len(events) - 1

@@ -1,12 +1,8 @@
 """The relay: a turn's events reach every follower, from the first or from the last one it had, by id."""
 
-import ast
-import os
-import subprocess
-import sys
-import textwrap
 import threading
 
+from tests.conftest import under_gevent
 from webapp.turns.events import ALIVE, DELTA, DONE, TICK
 from webapp.turns.relay import LocalRelay, coalesced
 
@@ -65,8 +61,7 @@ def test_under_gevent_waking_a_follower_never_lets_other_greenlets_run_under_the
     gevent answers a failed try by running every other ready greenlet first: each word published to
     a turn with a follower (a reloaded page, a second tab, another host's Mirror) held the relay's
     lock for a round of the event loop."""
-    script = textwrap.dedent("""
-        from gevent import monkey; monkey.patch_all()
+    seen, kinds = under_gevent("""
         import gevent
         from webapp.turns.relay import LocalRelay
         relay = LocalRelay()
@@ -81,8 +76,4 @@ def test_under_gevent_waking_a_follower_never_lets_other_greenlets_run_under_the
         gevent.sleep(0.05)
         print([seen, [kind for _, kind, _ in got]])
     """)
-    root = os.path.join(os.path.dirname(__file__), "..")
-    out = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True,
-                         check=True).stdout
-    seen, kinds = ast.literal_eval(out)
     assert seen == [False] and kinds == ["delta", "done"]

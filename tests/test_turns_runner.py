@@ -1,17 +1,12 @@
 """Running a turn: a store failure still ends the stream, a Stop nobody answers still settles, and
 progress saves are spaced when many replies stream at once."""
 
-import ast
-import os
-import subprocess
-import sys
-import textwrap
 import time
 
 import pytest
 from cachelib.file import FileSystemCache
 
-from tests.conftest import messages
+from tests.conftest import messages, under_gevent
 from tests.test_store import file_store
 from webapp import conversation, turns, usage
 from webapp.store import FileBackend, Store
@@ -76,8 +71,7 @@ def test_under_gevent_a_turn_registers_without_letting_other_greenlets_run_under
     registering turn used to ask whether the progress saver was alive (`Thread.is_alive()`), and
     gevent's answer runs the other greenlets first: the lock stayed held for a whole round of the
     event loop, and under a burst of sends each one queued behind the others, one round each."""
-    script = textwrap.dedent("""
-        from gevent import monkey; monkey.patch_all()
+    seen = under_gevent("""
         import pathlib, sys, gevent
         from tests.test_store import file_store
         from webapp.turns import admission, runner
@@ -89,11 +83,8 @@ def test_under_gevent_a_turn_registers_without_letting_other_greenlets_run_under
         runner.register(store, "c2", "t2")
         gevent.sleep(0)
         print(seen)
-    """)
-    root = os.path.join(os.path.dirname(__file__), "..")
-    out = subprocess.run([sys.executable, "-c", script, str(tmp_path)], cwd=root, capture_output=True,
-                         text=True, check=True).stdout
-    assert ast.literal_eval(out) == [False]
+    """, tmp_path)
+    assert seen == [False]
 
 
 def test_progress_saves_are_spaced_out_when_many_replies_stream_at_once(tmp_path, monkeypatch):

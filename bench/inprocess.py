@@ -135,8 +135,7 @@ class Conversation:
     seconds of the POST, its redirect's GET included (as `turn`)."""
 
     def __init__(self, app, size):
-        self.client = app.test_client()
-        self.token = csrf_token_in(self.client.get("/").get_data(as_text=True))
+        self.client, self.token = new_browser(app)
         self.path = "/c/new"
         for i in range(size):
             page = self._send({"message": f"building turn {i}"})
@@ -199,13 +198,13 @@ def main(kind="streamed", turns=300, pace=None, profile=None, against=None, hist
         if against:
             apps = {"then": then_app(against), **apps}
         quiet(logging.getLogger(), *logging.getLogger().manager.loggerDict.values())
-        # One callable per side: a new browser's first send each time, or a regenerate in its conversation.
-        sides = {name: (Conversation(app, history) if history else
-                        lambda profile=None, app=app: turn(app, kind, profile)) for name, app in apps.items()}
         if together:
             for app in apps.values():
                 at_once(app, kind, 20)  # warm: imports, caches, pooled connections
-            return batches(apps, kind, together, rounds)
+            return batches(apps, kind, together, rounds, against)
+        # One callable per side: a new browser's first send each time, or a regenerate in its conversation.
+        sides = {name: (Conversation(app, history) if history else
+                        lambda profile=None, app=app: turn(app, kind, profile)) for name, app in apps.items()}
         for side in sides.values():
             for _ in range(20):  # warm: imports, caches, pooled connections
                 side()
@@ -219,10 +218,7 @@ def main(kind="streamed", turns=300, pace=None, profile=None, against=None, hist
             what = f"regenerate at {history} turns" if history else f"{kind} turn"
             print(f"{name}: {medians[name]:.2f} ms CPU per {what} (median; quartiles "
                   f"{quartiles[0]:.2f}-{quartiles[2]:.2f})")
-        print(f"app ÷ floor: {medians['app'] / medians['floor']:.2f}")
-        if against:
-            print(f"then ({against}) ÷ floor: {medians['then'] / medians['floor']:.2f}; "
-                  f"app ÷ then: {medians['app'] / medians['then']:.3f}")
+        ratios(medians, against)
         if profile:
             prof = cProfile.Profile(time.process_time)
             for _ in range(min(turns, 100)):
@@ -237,7 +233,15 @@ def main(kind="streamed", turns=300, pace=None, profile=None, against=None, hist
         upstream.wait()
 
 
-def batches(apps, kind, count, rounds):
+def ratios(medians, against=None):
+    """The app's median against the floor's, and, with --against, the app as it was at REV."""
+    print(f"app ÷ floor: {medians['app'] / medians['floor']:.2f}")
+    if against:
+        print(f"then ({against}) ÷ floor: {medians['then'] / medians['floor']:.2f}; "
+              f"app ÷ then: {medians['app'] / medians['then']:.3f}")
+
+
+def batches(apps, kind, count, rounds, against=None):
     """`rounds` batches of `count` first sends at once per side, the sides alternated batch by batch."""
     spent = {name: [] for name in apps}
     delays = {name: [] for name in apps}
@@ -251,9 +255,7 @@ def batches(apps, kind, count, rounds):
                       if delays[name] else "")
         print(f"{name}: {medians[name]:.2f} ms CPU per {kind} turn, {count} at once (median of "
               f"{rounds}){forwarding}")
-    print(f"app ÷ floor: {medians['app'] / medians['floor']:.2f}")
-    if "then" in medians:
-        print(f"app ÷ then: {medians['app'] / medians['then']:.3f}")
+    ratios(medians, against)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
-"""The threads a worker process runs once for all its turns (the progress saver, the Redis relay's
-reader), each started the first time a turn needs it: after gunicorn's fork, since a thread started
-in the master does not run in the workers."""
+"""The threads a worker process runs once for all its turns (the progress saver; with Redis, the
+relay's reader and the Stop listener), each started the first time a turn needs it: after gunicorn's
+fork, since a thread started in the master does not run in the workers."""
 
 import logging
 import os

@@ -328,8 +328,7 @@ class StopListener:
 
     def __init__(self, client, on_stop):
         self.client, self.on_stop = client, on_stop
-        self._thread = threading.Thread(target=self._listen_forever, name="stops", daemon=True)
-        self._thread.start()
+        ProcessThread(self._listen_forever, "stops").ensure()
 
     def _listen_forever(self):
         pubsub, failing = None, False

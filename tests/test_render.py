@@ -1,6 +1,7 @@
 """Assistant markdown becomes safe HTML: hostile model output stays text, markdown still renders."""
 
 import itertools
+import random
 import os
 import threading
 import time
@@ -75,18 +76,110 @@ def test_the_shipped_code_stylesheet_is_the_generated_one():
         assert f.read() == render.code_css()
 
 
+# A reply as models write them: headings, paragraphs, lists tight and loose, fences with blank lines
+# inside, math, a table, a quote, an indented code block.
+REPLY = """## Setting up
+
+First, a few words on what we are building: a **service** that reads events and writes a summary.
+
+- Python 3.11
+- Redis 7
+
+* a loose list
+
+* of two items
+
+1. Install it.
+
+2. Configure it: a list with blank lines between its items is one list.
+
+   Still the second item.
+
+```python
+BATCH = 100
+
+def handle(event):
+
+    return event["id"]
+```
+
+The average is $\\bar{x}_n = \\bar{x}_{n-1} + \\frac{x_n - \\bar{x}_{n-1}}{n}$, no history needed.
+
+$$
+\\sigma^2 = \\frac{1}{n} \\sum_i (x_i - \\bar{x})^2
+$$
+
+| Setting | Default |
+|---|---:|
+| `BATCH` | 100 |
+
+> A worker that dies mid-batch leaves its events unacknowledged.
+
+    indented code
+
+    more of it
+
+~~~
+an unclosed fence
+
+with a blank line
+"""
+
+
+@pytest.mark.parametrize("text", [REPLY, REPLY.replace("\n", "\r\n"), REPLY * 3])
+def test_a_growing_reply_renders_as_the_whole_text_would_at_every_length(text):
+    """Each snapshot of a streaming reply is the HTML the whole text so far renders to, although
+    the blocks before the last cut are parsed only once."""
+    steps = random.Random(7)
+    growing, end = render.Growing(), 0
+    while end < len(text):
+        end = min(len(text), end + steps.randint(1, 30))
+        assert str(growing.html(text[:end])) == str(render.markdown(text[:end])), text[:end][-60:]
+
+
+def test_a_growing_reply_parses_only_what_follows_its_last_cut(monkeypatch):
+    parsed = []
+    real = render._MD.render
+    monkeypatch.setattr(render._MD, "render", lambda text, env=None: parsed.append(text) or real(text, env))
+    paragraphs = [f"Paragraph {i}: " + "words " * 40 + "\n\n" for i in range(40)]
+    growing, text = render.Growing(), ""
+    for paragraph in paragraphs:
+        text += paragraph
+        growing.html(text)
+    # 40 renders of a text growing to 10,000 characters parsed each paragraph twice (as the one
+    # being written, then once kept); the whole text each time would be 20 times the text.
+    assert sum(map(len, parsed)) < 3 * len(text)
+    assert str(growing.html(text)) == str(render.markdown(text))
+    parsed.clear()
+    growing.html(text + "The last one, still being written")
+    assert sum(map(len, parsed)) < 300  # only the paragraph being written, not the 40 before it
+
+
+def test_a_growing_render_starts_again_for_a_text_that_is_not_the_same_grown():
+    growing = render.Growing()
+    growing.html("First paragraph.\n\nSecond")
+    assert str(growing.html("Another *text*\n\nentirely")) == str(render.markdown("Another *text*\n\nentirely"))
+
+
+def test_a_link_whose_reference_comes_in_an_earlier_part_still_links():
+    growing, text = render.Growing(), "[docs]: https://example.com/docs\n\nSee the [docs].\n\nMore text"
+    for end in range(1, len(text) + 1):
+        html = str(growing.html(text[:end]))
+    assert '<a href="https://example.com/docs"' in html and html == str(render.markdown(text))
+
+
 def test_streaming_renders_are_spaced_by_how_many_replies_stream_at_once(monkeypatch):
     from webapp.views import streaming
 
     clock = [100.0]
     monkeypatch.setattr(streaming.time, "monotonic", lambda: clock[0])
-    real = streaming.render.markdown
+    real = streaming.render.Growing.html
 
-    def slow(text):  # each render "takes" 10 ms
+    def slow(self, text):  # each render "takes" 10 ms
         clock[0] += 0.01
-        return real(text)
+        return real(self, text)
 
-    monkeypatch.setattr(streaming.render, "markdown", slow)
+    monkeypatch.setattr(streaming.render.Growing, "html", slow)
     monkeypatch.setattr(streaming._Snapshots, "last_cost", 0.01)
     first, intervals = {}, {}
     for live in (1, 5, 1000):
@@ -123,13 +216,13 @@ def test_a_burst_of_new_replies_spaces_their_first_renders_by_the_latest_render(
     for snapshots in replies:
         snapshots.add("first token")
     clock[0] += streaming.HTML_EVERY + 0.001
-    real = streaming.render.markdown
+    real = streaming.render.Growing.html
 
-    def slow(text):  # each render "takes" 1 ms
+    def slow(self, text):  # each render "takes" 1 ms
         clock[0] += 0.001
-        return real(text)
+        return real(self, text)
 
-    monkeypatch.setattr(streaming.render, "markdown", slow)
+    monkeypatch.setattr(streaming.render.Growing, "html", slow)
     assert replies[0].due(clock[0]) is not None  # the first is due: no render has cost anything yet
     assert replies[1].due(clock[0]) is None  # now 10 × 500 × 1 ms apart: the others wait
     assert replies[2].due(clock[0] + 4.0) is None

@@ -429,9 +429,10 @@ def _chunks(text):
         yield "\n".join(chunk), _size(chunk) <= CHUNK or _closing(chunk[0]) is not None
 
 
-def _rendered(pieces, render, as_text):
-    """Each (piece, parse) rendered while the budget lasts, else as escaped text."""
-    spent, env = 0.0, {}  # one env: a link reference defined in a chunk serves the chunks after it
+def _rendered(pieces, render, as_text, env=None):
+    """Each (piece, parse) rendered while the budget lasts, else as escaped text. `env`: markdown-it's
+    (one for all the pieces: a link reference defined in one serves the pieces after it)."""
+    spent, env = 0.0, {} if env is None else env
     for i, (piece, parse) in enumerate(pieces):
         if i:
             # Other users' requests and streams run between chunks: under gunicorn's gevent worker
@@ -448,13 +449,13 @@ def _rendered(pieces, render, as_text):
             yield as_text(piece)
 
 
-def _html(text):
+def _html(text, env=None):
     """The message's sanitised HTML, chunk by chunk: parsed while the budget lasts, else as escaped
     text."""
     # A text of one chunk at most (most replies, every early snapshot of a streaming one) is not split.
     return _rendered([(text, True)] if len(text) <= CHUNK else _chunks(text),
                      lambda chunk, env: _clean(_MD.render(chunk, env)),
-                     lambda chunk: _clean(f'<p class="plain">{escape(chunk)}</p>\n'))
+                     lambda chunk: _clean(f'<p class="plain">{escape(chunk)}</p>\n'), env)
 
 
 # Built once: nh3.clean() would build the same sanitiser (its allowlists) on every call, half its cost.
@@ -470,6 +471,57 @@ def _clean(html):
 def markdown(text):
     """Sanitised HTML for an assistant message (each chunk's HTML is sanitised on its own)."""
     return Markup("".join(_html(text)))
+
+
+# Where a text that keeps growing can be cut for good: a blank line (outside a fence), then a whole
+# line that starts a block of its own whatever follows it: not indented (a list item's or a code
+# block's continuation), not a list item (a list with blank lines between its items is one list).
+_LINE = re.compile(r"[^\r\n]*(?:\r\n?|\n)")
+_CONTINUES = re.compile(r"[ \t]|[-*+](?:[ \t]|$)|\d{1,9}[.)](?:[ \t]|$)")
+
+
+def _last_cut(text, start):
+    """The offset of the last place after `start` (itself such a place, or 0) where `text` can be
+    cut without changing how the part before it renders, however the text goes on; `start` if none."""
+    cut, blank, closing = start, False, None
+    for line in _LINE.finditer(text, start):
+        body = line.group().rstrip("\r\n")
+        if closing is not None:  # inside a fence: up to its closing line
+            if closing.fullmatch(body):
+                closing = None
+            continue
+        if not body.strip(" \t"):
+            blank = True
+            continue
+        if blank and not _CONTINUES.match(body):
+            cut = line.start()
+        blank = False
+        closing = _closing(body)
+    return cut
+
+
+class Growing:
+    """The HTML of a text that only grows (a reply while it streams), rendered again and again as it
+    grows: the part before its last cut (`_last_cut`) is rendered once and kept, and each rendering
+    parses only what follows it. Re-rendering the whole reply every few hundred milliseconds costs
+    more with every paragraph; this costs about the same for the last paragraph of a long reply as
+    for the first. The kept part is what `markdown` gives for it, bar two things the whole reply's
+    rendering (when it is stored) gets right: a link whose reference is defined only further on, and
+    the part's own budget (each part has one)."""
+
+    def __init__(self):
+        self._text, self._html, self._env = "", "", {}
+
+    def html(self, text):
+        if not text.startswith(self._text):  # not the same text grown: start again
+            self._text, self._html, self._env = "", "", {}
+        cut = _last_cut(text, len(self._text))
+        if cut > len(self._text):
+            self._html += "".join(_html(text[len(self._text):cut], self._env))
+            self._text = text[:cut]
+        # The rest with a copy of the references so far: what it defines is defined again next time.
+        env = {**self._env, "references": dict(self._env.get("references", {}))}
+        return Markup(self._html + "".join(_html(text[len(self._text):], env)))
 
 
 def stored(meta, text):

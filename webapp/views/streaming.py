@@ -37,13 +37,13 @@ def sse(kind, data=None, event_id=None):
 
 class _Snapshots:
     """The markdown of a streaming reply, rendered by the server's one sanitising renderer every few
-    hundred milliseconds, so the page shows formatting as it arrives. Rendering costs more for a
-    longer reply and is repeated for every reply streaming in this process at once, so renders are
-    spaced to take at most RENDER_SHARE of one core in all: with `live()` replies streaming, each
-    waits live × the last render's time ÷ RENDER_SHARE, between HTML_EVERY and HTML_AT_MOST (the
-    deltas themselves are never held back). A new reply's first render waits that long after its
-    first delta too (a token or two needs no formatting); a resumed one (`at_once`) is rendered at
-    once, since its first delta is the whole text so far."""
+    hundred milliseconds, so the page shows formatting as it arrives (`render.Growing`: the blocks
+    already finished are parsed once). Rendering is repeated for every reply streaming in this
+    process at once, so renders are spaced to take at most RENDER_SHARE of one core in all: with
+    `live()` replies streaming, each waits live × the last render's time ÷ RENDER_SHARE, between
+    HTML_EVERY and HTML_AT_MOST (the deltas themselves are never held back). A new reply's first
+    render waits that long after its first delta too (a token or two needs no formatting); a resumed
+    one (`at_once`) is rendered at once, since its first delta is the whole text so far."""
 
     last_cost = 0.0  # seconds the last render in this process took: spaces a new reply's first one
 
@@ -51,6 +51,7 @@ class _Snapshots:
         # `text`: the reply's words a resumed stream does not send again (the page has them).
         self.text, self.dirty, self.last, self.interval = text, False, None, HTML_EVERY
         self.live, self.at_once, self.rendered = live, at_once, False
+        self.growing = render.Growing()  # each render parses only the reply's last blocks
 
     def add(self, delta):
         if self.last is None:  # the first delta: `due` spaces the first render from here
@@ -72,7 +73,7 @@ class _Snapshots:
         if now - self.last < self.interval:
             return None
         started = time.monotonic()
-        html = str(render.markdown(self.text))
+        html = str(self.growing.html(self.text))
         _Snapshots.last_cost = time.monotonic() - started
         self.last, self.dirty, self.rendered = now, False, True
         self.interval = self._spaced(_Snapshots.last_cost)

@@ -43,3 +43,36 @@ def test_another_browsers_conversation_is_the_same_404_as_none(tmp_path):
     assert mine.listed() == [dict(mine.listed()[0], title="Renamed")] and theirs.owned("theirs")
     mine.forget("mine")
     assert mine.listed() == []
+
+
+def locks_taken(store, monkeypatch):
+    """The keys whose lock `store` takes from now on."""
+    taken, real = [], store.backend.lock
+    monkeypatch.setattr(store.backend, "lock", lambda key, timeout: taken.append(key) or real(key, timeout))
+    return taken
+
+
+def test_a_send_in_the_conversation_already_on_top_does_not_lock_or_write_the_list(tmp_path, monkeypatch):
+    store = a_store(tmp_path)
+    me = Browser(store, Session(), lambda: None)
+    me.touch("c2", "older")
+    me.touch("c1", "newer")
+    bid, taken = me.id(), locks_taken(store, monkeypatch)
+    me = Browser(store, me.session, lambda: None)  # the next request
+    assert me.target("c1") == "c1"  # a send names its conversation: the list is read
+    me.touch("c1", "again")
+    assert taken == []  # already on top: nothing to change, no lock taken
+    me.target("c2")
+    me.touch("c2", "again")  # not on top: moved there, under the list's lock
+    assert taken == [store.index_prefix + bid] and [e["id"] for e in me.listed()] == ["c2", "c1"]
+
+
+def test_a_list_past_half_its_lifetime_is_written_again_even_when_nothing_moves(tmp_path):
+    store = a_store(tmp_path)
+    me = Browser(store, Session(), lambda: None)
+    me.touch("c1", "hello")
+    key = store.index_prefix + me.id()
+    store.backend.set(key, {"convs": store.conversations(me.id()), "saved": 1.0}, store.ttl)  # long ago
+    me.target("c1")
+    me.touch("c1", "again")  # on top, but its lifetime must start again: a browser that only ever
+    assert store.backend.get(key)["saved"] > 1.0  # writes in its top conversation keeps its list

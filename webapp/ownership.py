@@ -29,6 +29,7 @@ class Browser:
 
     def __init__(self, store, session, rotate):
         self.store, self.session, self.rotate = store, session, rotate
+        self._on_top = None  # the conversation first in the list as last read, when it needs no write
 
     def id(self, create=False):
         """This browser's id in the store, or None before its first send (`claim()` makes it)."""
@@ -56,7 +57,11 @@ class Browser:
     def listed(self):
         """This browser's conversations, newest activity first."""
         bid = self.id()
-        return self.store.conversations(bid) if bid else []
+        if not bid:
+            return []
+        entries, fresh = self.store.listing(bid)
+        self._on_top = entries[0]["id"] if entries and fresh else None
+        return entries
 
     def owned(self, cid, entries=None):
         """The list entry of conversation `cid` if this browser owns it; else `NotYours`."""
@@ -81,8 +86,12 @@ class Browser:
         return cid
 
     def touch(self, cid, title=None):
-        """Move `cid` to the top of this browser's list (it is being written in), adding it if new."""
+        """Move `cid` to the top of this browser's list (it is being written in), adding it if new.
+        Already on top when this request read the list (a send naming its conversation reads it
+        first), and not yet due to be written again: nothing to do, not even taking its lock."""
         bid = self.claim()
+        if cid == self._on_top:
+            return
         with self.store.update_conversations(bid) as entries:
             entry = next((e for e in entries if e["id"] == cid), None)
             if entries and entries[0] is entry:

@@ -529,7 +529,13 @@ class Store:
     def conversations(self, bid):
         """Browser `bid`'s conversations, newest activity first: `[{"id", "title", "at"}]`. Small: a
         turn reads this and its own conversation, never the others."""
-        return (self.backend.get(self.index_prefix + bid) or {}).get("convs", [])
+        return self.listing(bid)[0]
+
+    def listing(self, bid):
+        """(`conversations(bid)`, whether the list is within the first half of its lifetime: a
+        change to it would be the only reason to write it now)."""
+        record = self.backend.get(self.index_prefix + bid) or {}
+        return record.get("convs", []), not self._ageing(record)
 
     @contextmanager
     def update_conversations(self, bid):

@@ -259,8 +259,8 @@ def test_a_rendering_due_never_holds_back_the_words_read_with_it(app, monkeypatc
     from webapp.views import streaming
 
     rendered = []
-    monkeypatch.setattr(streaming.render, "markdown",
-                        lambda text: rendered.append(text) or f"<p>{text}</p>")
+    monkeypatch.setattr(streaming.render.Growing, "html",
+                        lambda self, text: rendered.append(text) or f"<p>{text}</p>")
     snapshots = streaming._Snapshots(at_once=True)  # due at its first word
 
     def upstream():

@@ -9,7 +9,8 @@ CPU time counted around it, medians compared. Runs of the same code agree within
     --turns N     turns per side (default 300)
     --pace S      seconds between the upstream's 40 deltas (streamed; default 0.002: each read waits;
                   0: every event is already waiting, so only the per-turn work shows)
-    --profile app|floor   then cProfile that side's turns (CPU time) and print the top functions
+    --profile app|floor   then cProfile that side's turns (CPU time) and print the top functions; the
+                  stats are kept in build/profile-SIDE.pstats (for pstats' print_callers)
     --history N   nojs only: each turn is a regenerate on a conversation of N turns (built first through
                   each app's own form), POST→303→GET, as the table's "JS-off overhead at 50 turns"
     --at-once K   each sample is K new browsers' first sends started together (their pages loaded
@@ -225,6 +226,7 @@ def main(kind="streamed", turns=300, pace=None, profile=None, against=None, hist
                 sides[profile](prof)
             out = io.StringIO()
             stats = pstats.Stats(prof, stream=out)
+            stats.dump_stats(os.path.join(run.ROOT, "build", f"profile-{profile}.pstats"))  # for print_callers
             stats.sort_stats("tottime").print_stats(40)
             stats.sort_stats("cumulative").print_stats(40)
             print(out.getvalue())

@@ -283,7 +283,7 @@ class Client:
                 if kind in ("response.output_text.delta", "response.content_part.delta"):
                     delta = event.get("delta")
                     if isinstance(delta, str) and delta:
-                        state.text += delta
+                        state.add_text(delta)
                         yield "delta", delta
                         continue
                 elif kind == "response.output_text.annotation.added":

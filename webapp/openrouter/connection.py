@@ -9,17 +9,31 @@ from dataclasses import dataclass, field
 
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
+from ..textsofar import TextSoFar
+
 @dataclass
 class StreamState:
     """What a reply has delivered so far, and the handle that cancels it. The caller keeps it, so a
     failure mid-stream keeps the text, and another thread can `cancel()` the request in any phase."""
 
     item_id: str | None = None
-    text: str = ""
+    _text: object = field(default_factory=TextSoFar, repr=False)  # the reply's words so far (`text`)
     annotations: list = field(default_factory=list)  # the reply's citations, as they streamed
     cancelled: bool = False
     _conn: object = field(default=None, repr=False)  # the urllib3 connection carrying this request
     _lock: object = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def text(self):
+        return str(self._text)
+
+    @text.setter
+    def text(self, value):
+        self._text = TextSoFar(value)
+
+    def add_text(self, delta):
+        """The reader's way to add words (the progress saver reads `text` meanwhile)."""
+        self._text.add(delta)
 
     def attach(self, conn):
         """Called by the connection as soon as its socket exists (see `_CancellableConnection`)."""

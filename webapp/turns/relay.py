@@ -19,6 +19,7 @@ import secrets
 import threading
 
 from ..store import RedisBackend
+from ..textsofar import TextSoFar
 from .daemons import ProcessThread
 from .events import DELTA, TICK
 
@@ -66,7 +67,7 @@ class LocalRelay:
     def __init__(self):
         self.events = []  # (id, kind, data)
         self._seen = {}  # id -> how many events a follower that had it has seen
-        self.text = ""  # the reply's words so far (every delta's)
+        self._text = TextSoFar()  # the reply's words so far (every delta's): `text`
         self.finished = False
         # Over a plain lock (see `_HeldLock`): never taken twice by one holder, and the default (a
         # re-entrant lock) is pure Python once gevent patches threading, costing more than the rest
@@ -88,10 +89,14 @@ class LocalRelay:
         if event_id is not None:
             self._seen[event_id] = len(self.events)
         if kind == DELTA:
-            self.text += data
+            self._text.add(data)
         self.finished = final
         if self._waiting:  # (the notify's own checks cost more than the rest, once per word)
             self._cond.notify_all()
+
+    @property
+    def text(self):
+        return str(self._text)
 
     def _wait(self, predicate, timeout):  # with the condition held
         self._waiting += 1

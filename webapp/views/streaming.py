@@ -16,6 +16,7 @@ from ..turns import relay as relays
 from ..turns.events import (ALIVE, DELTA, DONE, ERROR, FINAL, HTML, QUEUED, REASONING,
                             RESUMED, STARTED, TICK)
 from ..limits import per_session_and_address
+from ..textsofar import TextSoFar
 from . import wiring
 
 bp = Blueprint("streaming", __name__)
@@ -49,14 +50,14 @@ class _Snapshots:
 
     def __init__(self, live=lambda: len(turns.LIVE), at_once=False, text=""):
         # `text`: the reply's words a resumed stream does not send again (the page has them).
-        self.text, self.dirty, self.last, self.interval = text, False, None, HTML_EVERY
+        self.words, self.dirty, self.last, self.interval = TextSoFar(text), False, None, HTML_EVERY
         self.live, self.at_once, self.rendered = live, at_once, False
         self.growing = render.Growing()  # each render parses only the reply's last blocks
 
     def add(self, delta):
         if self.last is None:  # the first delta: `due` spaces the first render from here
             self.last = float("-inf") if self.at_once else time.monotonic()
-        self.text += delta
+        self.words.add(delta)
         self.dirty = True
 
     def wait(self):
@@ -73,7 +74,7 @@ class _Snapshots:
         if now - self.last < self.interval:
             return None
         started = time.monotonic()
-        html = str(self.growing.html(self.text))
+        html = str(self.growing.html(str(self.words)))
         _Snapshots.last_cost = time.monotonic() - started
         self.last, self.dirty, self.rendered = now, False, True
         self.interval = self._spaced(_Snapshots.last_cost)

@@ -11,6 +11,7 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from ..textsofar import TextSoFar
 
+
 @dataclass
 class StreamState:
     """What a reply has delivered so far, and the handle that cancels it. The caller keeps it, so a

@@ -137,6 +137,22 @@ def test_a_growing_reply_renders_as_the_whole_text_would_at_every_length(text):
         assert str(growing.html(text[:end])) == str(render.markdown(text[:end])), text[:end][-60:]
 
 
+# Lines that start, continue or end blocks, for texts no model would write but a parser might meet.
+LINES = ["para text", "- item", "* star", "+ plus", "1. one", "2) two", "10. ten", "   indented", "    code",
+         "\t tab", "```", "```python", "~~~", "> quote", "| a | b |", "|---|---|", "$$", "x = 1", "$a$",
+         "\\[", "\\]", "# head", "---", "===", "<div>", "**bold", "bold**", "", "", "", "  "]
+
+
+def test_growing_texts_of_random_blocks_render_as_the_whole_text_would_at_every_length():
+    rng = random.Random(11)
+    for _ in range(150):
+        text = "\n".join(rng.choice(LINES) for _ in range(rng.randint(3, 40))) + rng.choice(["", "\n", "\r\n"])
+        growing, end = render.Growing(), 0
+        while end < len(text):
+            end = min(len(text), end + rng.randint(1, 25))
+            assert str(growing.html(text[:end])) == str(render.markdown(text[:end])), repr(text[:end])
+
+
 def test_a_growing_reply_parses_only_what_follows_its_last_cut(monkeypatch):
     parsed = []
     real = render._MD.render

@@ -226,7 +226,9 @@ def main(kind="streamed", turns=300, pace=None, profile=None, against=None, hist
                 sides[profile](prof)
             out = io.StringIO()
             stats = pstats.Stats(prof, stream=out)
-            stats.dump_stats(os.path.join(run.ROOT, "build", f"profile-{profile}.pstats"))  # for print_callers
+            kept = os.path.join(run.ROOT, "build")  # (git-ignored: not there in a fresh clone)
+            os.makedirs(kept, exist_ok=True)
+            stats.dump_stats(os.path.join(kept, f"profile-{profile}.pstats"))  # for print_callers
             stats.sort_stats("tottime").print_stats(40)
             stats.sort_stats("cumulative").print_stats(40)
             print(out.getvalue())
